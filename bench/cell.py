@@ -1,0 +1,295 @@
+"""A benchmark cell: one model x method x precision x shape, normalized.
+
+A cell is the unit everything else works on: the predictor predicts one, the
+runner measures one in one child process, the store keeps one file per cell.
+``normalize`` turns a raw mapping (from YAML or the command line) into a
+``Cell`` and reports every problem at once. ``cell_id`` is a short hash of the
+normalized fields, so the same experiment always lands in the same file.
+
+New fields must get a default that reproduces today's behaviour and must be
+left out of the hash while they hold that default (see ``cell_id``), so that
+adding a feature never renames existing results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from bench.errors import UserError, allowed
+
+TASKS = ("train", "infer")
+TUNINGS = ("full", "lora", "qlora")
+STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
+OFFLOADS = ("none", "optimizer", "all")
+PRECISIONS = ("fp32", "fp16", "bf16", "pure-bf16")
+INFER_PRECISIONS = ("fp32", "fp16", "bf16")
+ATTNS = ("sdpa", "eager", "flash_attention_2")
+OPTIMIZERS = ("adamw", "adamw-foreach", "sgd", "adafactor", "adamw-8bit")
+QUANTS = ("none", "int8", "nf4")
+
+# method shorthand -> (tuning, strategy, offload)
+_STRATEGY_METHODS = {
+    "none": ("none", "none"),
+    "ddp": ("ddp", "none"),
+    "zero1": ("zero1", "none"),
+    "zero2": ("zero2", "none"),
+    "zero3": ("zero3", "none"),
+    "zero1-offload": ("zero1", "optimizer"),
+    "zero2-offload": ("zero2", "optimizer"),
+    "zero3-offload": ("zero3", "all"),
+    "fsdp": ("fsdp", "none"),
+    "fsdp-offload": ("fsdp", "all"),
+}
+METHODS: dict[str, tuple[str, str, str]] = {"full": ("full", "none", "none")}
+METHODS.update({"lora": ("lora", "none", "none"), "qlora": ("qlora", "none", "none")})
+for _name, (_strategy, _offload) in _STRATEGY_METHODS.items():
+    if _name != "none":
+        METHODS[_name] = ("full", _strategy, _offload)
+        METHODS[f"lora+{_name}"] = ("lora", _strategy, _offload)
+        METHODS[f"qlora+{_name}"] = ("qlora", _strategy, _offload)
+
+
+def method_name(tuning: str, strategy: str, offload: str) -> str:
+    """The shortest shorthand for a (tuning, strategy, offload) triple."""
+    for name, triple in METHODS.items():
+        if triple == (tuning, strategy, offload):
+            return name
+    base = tuning if strategy == "none" else f"{tuning}+{strategy}"
+    return base if offload == "none" else f"{base}-offload-{offload}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    """One normalized benchmark cell. Field docs give the default in brackets."""
+
+    model: str
+    """Catalog name, Hugging Face id or path to a config.json (never downloaded)."""
+    gpu: str
+    """Target GPU (catalog name): the card the verdicts and OOM boundary refer to."""
+    task: str = "train"
+    """``train`` (optimizer steps) or ``infer`` (``generate()`` with a KV cache)."""
+    tuning: str = "full"
+    """``full`` | ``lora`` | ``qlora``: which parameters train."""
+    strategy: str = "none"
+    """``none`` | ``ddp`` | ``zero1`` | ``zero2`` | ``zero3`` | ``fsdp``."""
+    offload: str = "none"
+    """``none`` | ``optimizer`` | ``all`` (optimizer and parameters) to host RAM."""
+    gpus: int = 1
+    """Ranks the cell runs on; ZeRO and FSDP shard across them."""
+    precision: str = "fp32"
+    """``fp32``; ``fp16``/``bf16`` mixed precision (fp32 master); ``pure-bf16``."""
+    batch: int = 1
+    """Micro-batch per GPU."""
+    seq: int = 512
+    """Tokens per sample (the source length for encoder-decoder models)."""
+    target_seq: int | None = None
+    """Decoder length for encoder-decoder models [= seq]."""
+    new_tokens: int = 128
+    """Generated tokens for ``task: infer``."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    grad_ckpt: bool = False
+    """Activation (gradient) checkpointing of every transformer block."""
+    attn: str | None = None
+    """``sdpa`` | ``eager`` | ``flash_attention_2`` [the model's transformers default]."""
+    optimizer: str = "adamw"
+    """``adamw`` (fused) | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] | None = None
+    """Module names LoRA wraps [PEFT's default for the architecture]."""
+    ds_config: str | None = None
+    """Path to a DeepSpeed JSON whose bucket, overlap and offload settings apply."""
+    quant: str = "none"
+    """Weight quantization for ``infer``: ``none`` | ``int8`` | ``nf4`` (reserved)."""
+    steps: int = 3
+    """Measured optimizer steps (or generations)."""
+    warmup: int = 1
+    """Unmeasured steps before them."""
+    label: str = ""
+    """Free text kept in every output; not part of the cell id."""
+
+    @property
+    def method(self) -> str:
+        return method_name(self.tuning, self.strategy, self.offload)
+
+    @property
+    def decoder_seq(self) -> int:
+        return self.target_seq if self.target_seq is not None else self.seq
+
+    @property
+    def trains(self) -> bool:
+        return self.task == "train"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["lora_targets"] is not None:
+            d["lora_targets"] = list(d["lora_targets"])
+        return d
+
+    @property
+    def cell_id(self) -> str:
+        return cell_id(self)
+
+    @property
+    def slug(self) -> str:
+        """Readable name: model, method, precision and shape."""
+        model = self.model.rstrip("/").split("/")[-1]
+        parts = [model, self.task, self.method, self.precision, f"b{self.batch}", f"s{self.seq}"]
+        if self.grad_accum > 1:
+            parts.append(f"ga{self.grad_accum}")
+        if self.grad_ckpt:
+            parts.append("ckpt")
+        if self.gpus > 1:
+            parts.append(f"x{self.gpus}")
+        if self.task == "infer":
+            parts = [model, "infer", self.precision, f"b{self.batch}", f"s{self.seq}", f"n{self.new_tokens}"]
+        return "-".join(parts)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Cell))
+_DEFAULTS = {f.name: f.default for f in fields(Cell) if f.default is not dataclasses.MISSING}
+# Fields added after the first release: hashed only when they differ from the default.
+_LATE_FIELDS = {"quant"}
+_NOT_HASHED = {"label"}
+
+
+def cell_id(cell: Cell) -> str:
+    """A 10-hex-digit hash of the normalized cell (label excluded)."""
+    d = cell.to_dict()
+    for k in _NOT_HASHED:
+        d.pop(k)
+    for k in _LATE_FIELDS:
+        if d[k] == _DEFAULTS[k]:
+            d.pop(k)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _int(raw: dict, key: str, problems: list[str], where: str, minimum: int = 1) -> int | None:
+    v = raw.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        problems.append(f"{where}{key}: {v!r} is not allowed; allowed: an integer >= {minimum}")
+        return None
+    return v
+
+
+def _bool(raw: dict, key: str, problems: list[str], where: str) -> bool | None:
+    v = raw.get(key)
+    if not isinstance(v, bool):
+        problems.append(f"{where}{key}: {v!r} is not allowed; allowed: true, false")
+        return None
+    return v
+
+
+def normalize(raw: dict[str, Any], where: str = "") -> Cell:
+    """Build a ``Cell`` from a raw mapping; raise ``UserError`` with every problem.
+
+    ``where`` prefixes each message (e.g. ``"cell 3 (gpt2-full-...): "``).
+    Catalog lookups (model, GPU, DeepSpeed config) are checked by
+    ``bench.matrix.validate_cell``; here only the cell's own grammar.
+    """
+    problems: list[str] = []
+    raw = dict(raw)
+    unknown = sorted(set(raw) - set(FIELD_NAMES) - {"method"})
+    for k in unknown:
+        problems.append(f"{where}unknown key {k!r}; allowed: method, {', '.join(FIELD_NAMES)}")
+        raw.pop(k)
+
+    method = raw.pop("method", None)
+    if method is not None:
+        if method not in METHODS:
+            problems.append(f"{where}" + allowed("method", method, METHODS))
+        else:
+            triple = METHODS[method]
+            for k, v in zip(("tuning", "strategy", "offload"), triple):
+                if k in raw and raw[k] != v:
+                    problems.append(f"{where}{k}: {raw[k]!r} contradicts method {method!r} (which sets {k}={v!r})")
+                raw[k] = v
+    for k in ("model", "gpu"):
+        if not isinstance(raw.get(k), str) or not raw.get(k):
+            problems.append(f"{where}{k}: {raw.get(k)!r} is not allowed; allowed: a non-empty name")
+    for key, choices in (("task", TASKS), ("tuning", TUNINGS), ("strategy", STRATEGIES),
+                         ("offload", OFFLOADS), ("precision", PRECISIONS),
+                         ("optimizer", OPTIMIZERS), ("quant", QUANTS)):
+        if key in raw and raw[key] not in choices:
+            problems.append(f"{where}" + allowed(key, raw[key], choices))
+    if raw.get("attn") is not None and raw["attn"] not in ATTNS:
+        problems.append(f"{where}" + allowed("attn", raw["attn"], ATTNS))
+    for key in ("batch", "seq", "new_tokens", "grad_accum", "gpus", "lora_r", "lora_alpha", "steps"):
+        if key in raw:
+            _int(raw, key, problems, where)
+    if "warmup" in raw:
+        _int(raw, "warmup", problems, where, minimum=0)
+    if raw.get("target_seq") is not None:
+        _int(raw, "target_seq", problems, where)
+    if "grad_ckpt" in raw:
+        _bool(raw, "grad_ckpt", problems, where)
+    if "lora_dropout" in raw:
+        v = raw["lora_dropout"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            problems.append(f"{where}lora_dropout: {v!r} is not allowed; allowed: a number in [0, 1)")
+        else:
+            raw["lora_dropout"] = float(v)
+    if raw.get("lora_targets") is not None:
+        v = raw["lora_targets"]
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) for x in v):
+            problems.append(f"{where}lora_targets: {v!r} is not allowed; allowed: a list of module names")
+        else:
+            raw["lora_targets"] = tuple(v)
+    if raw.get("ds_config") is not None and not isinstance(raw["ds_config"], str):
+        problems.append(f"{where}ds_config: {raw['ds_config']!r} is not allowed; allowed: a path to a JSON file")
+    if "label" in raw:
+        raw["label"] = "" if raw["label"] is None else str(raw["label"])
+    if problems:
+        raise UserError(*problems)
+
+    c = Cell(**raw)
+    problems += _consistency(c, where)
+    if problems:
+        raise UserError(*problems)
+    return c
+
+
+def _consistency(c: Cell, where: str) -> list[str]:
+    """Rules that involve more than one field."""
+    p = []
+    if c.task == "infer":
+        if (c.tuning, c.strategy, c.offload) != ("full", "none", "none"):
+            p.append(f"{where}method: {c.method!r} is not allowed for task 'infer'; allowed: full (no training method)")
+        if c.precision not in INFER_PRECISIONS:
+            p.append(f"{where}" + allowed("precision (task infer: the weights' dtype)", c.precision, INFER_PRECISIONS))
+        if c.gpus != 1:
+            p.append(f"{where}gpus: {c.gpus} is not allowed for task 'infer'; allowed: 1 (layer-wise split is not supported yet)")
+    else:
+        if c.quant != "none":
+            p.append(f"{where}quant: {c.quant!r} is not allowed for task 'train'; allowed: none (use tuning: qlora)")
+    if c.offload != "none" and c.strategy not in ("zero1", "zero2", "zero3", "fsdp"):
+        p.append(f"{where}offload: {c.offload!r} needs a ZeRO or FSDP strategy, not strategy {c.strategy!r}")
+    if c.offload == "all" and c.strategy in ("zero1", "zero2"):
+        p.append(f"{where}offload: 'all' (parameters too) needs zero3 or fsdp, not {c.strategy!r}; allowed: none, optimizer")
+    if c.strategy == "fsdp" and c.offload == "optimizer":
+        p.append(f"{where}offload: 'optimizer' is not allowed with fsdp (FSDP2 offloads parameters, gradients and optimizer together); allowed: none, all")
+    if c.strategy == "none" and c.gpus > 1:
+        p.append(f"{where}gpus: {c.gpus} needs a strategy (ddp, zero1-3, fsdp); strategy is 'none'")
+    if c.tuning == "qlora" and c.precision not in ("fp16", "bf16"):
+        p.append(f"{where}precision: {c.precision!r} is not allowed for qlora; allowed: fp16, bf16 (the compute dtype)")
+    if c.attn == "flash_attention_2" and c.precision == "fp32":
+        p.append(f"{where}attn: 'flash_attention_2' needs fp16 or bf16, not precision 'fp32'")
+    if c.ds_config is not None and c.strategy not in ("zero1", "zero2", "zero3"):
+        p.append(f"{where}ds_config: given but strategy is {c.strategy!r}; a DeepSpeed config needs zero1, zero2 or zero3")
+    return p
+
+
+def replace(cell: Cell, **changes: Any) -> Cell:
+    """A copy of ``cell`` with ``changes`` applied and re-validated."""
+    d = cell.to_dict()
+    d.update(changes)
+    return normalize(d)

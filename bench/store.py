@@ -1,0 +1,131 @@
+"""The results store: one JSON file per cell, written atomically.
+
+Layout::
+
+    results/<gpu>/machine.json                 what the machine was
+    results/<gpu>/<matrix>/<cell_id>.json      one record per cell
+
+A record is plain data (never executed)::
+
+    {"schema_version": 1, "cell_id": ..., "slug": ..., "label": ..., "matrix": ...,
+     "cell": {normalized cell}, "status": "ok|oom|timeout|error|skipped",
+     "environment": {...}, "measured": {...} | null, "predicted": {...} | null,
+     "prediction_error": float | null, "error": "stderr tail" | null,
+     "started_at": iso8601, "finished_at": iso8601}
+
+Files are written to a temporary name in the same folder and renamed, so a
+killed writer leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from bench.errors import UserError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "timeout", "error", "skipped")
+FINISHED = ("ok", "oom")
+"""Statuses a re-run keeps; ``error`` and ``timeout`` rerun with ``--retry-failed``."""
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` via temp file + fsync + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    """Read one record; refuse other schema versions with the fix."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from None
+    if not isinstance(rec, dict) or "cell_id" not in rec:
+        raise UserError(f"{path}: not a bench result record (no cell_id)")
+    version = rec.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(
+            f"{path}: schema_version {version!r} is not supported (this bench reads {SCHEMA_VERSION}); "
+            f"re-run the cell with `bench run MATRIX --force`, or use the bench release that wrote it"
+        )
+    return rec
+
+
+def record_files(paths: Iterable[Path | str]) -> list[Path]:
+    """Every cell record under the given files or folders, sorted, machine.json excluded."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += [f for f in p.rglob("*.json") if f.name != "machine.json" and not f.name.startswith(".tmp")]
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"results: {str(p)!r} does not exist; give result folders or record files")
+    return sorted(set(out))
+
+
+def load_records(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    return [load_record(f) for f in record_files(paths)]
+
+
+class Store:
+    """A results folder (default ``results/``)."""
+
+    def __init__(self, root: Path | str = "results"):
+        self.root = Path(root)
+
+    def folder(self, gpu: str, matrix: str) -> Path:
+        return self.root / gpu / matrix
+
+    def path(self, gpu: str, matrix: str, cell_id: str) -> Path:
+        return self.folder(gpu, matrix) / f"{cell_id}.json"
+
+    def write(self, record: dict[str, Any]) -> Path:
+        """Persist one record at its place; returns the path."""
+        if record.get("status") not in STATUSES:
+            raise ValueError(f"record status {record.get('status')!r} not in {STATUSES}")
+        rec = {"schema_version": SCHEMA_VERSION, **record}
+        path = self.path(rec["cell"]["gpu"], rec["matrix"], rec["cell_id"])
+        atomic_write_json(path, rec)
+        return path
+
+    def read(self, gpu: str, matrix: str, cell_id: str) -> dict[str, Any] | None:
+        p = self.path(gpu, matrix, cell_id)
+        return load_record(p) if p.exists() else None
+
+    def statuses(self, gpu: str, matrix: str) -> dict[str, str]:
+        """cell_id -> status of every record of one matrix (for resume)."""
+        folder = self.folder(gpu, matrix)
+        if not folder.is_dir():
+            return {}
+        return {r["cell_id"]: r["status"] for r in (load_record(f) for f in record_files([folder]))}
+
+    def completed(self, gpu: str, matrix: str, retry_failed: bool = False) -> set[str]:
+        """Cell ids a re-run skips: ``ok``/``oom`` always, others unless ``retry_failed``."""
+        keep = FINISHED if retry_failed else STATUSES
+        return {cid for cid, st in self.statuses(gpu, matrix).items() if st in keep}
+
+    def write_machine(self, gpu: str, info: dict[str, Any]) -> Path:
+        path = self.root / gpu / "machine.json"
+        atomic_write_json(path, {"schema_version": SCHEMA_VERSION, **info})
+        return path
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        yield from load_records([self.root]) if self.root.exists() else []
