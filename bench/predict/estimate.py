@@ -1,0 +1,126 @@
+"""``predict(cell)``: the peak GPU memory of a cell, as a breakdown that adds up.
+
+Pipeline: trace the real model's micro-step on meta tensors
+(``model_trace``), replay the whole run (load, micro-steps, optimizer steps,
+the strategy's buffers) through the caching-allocator model (``program``,
+``plain``/``zero``/``fsdp``/``generate``), then add what lives outside the
+allocator (CUDA context, kernels, NCCL). Peak NVML process memory =
+allocator reserved peak + context.
+
+The trace runs at the model's full depth (meta tensors allocate nothing, so
+depth costs only Python time); batches above 2 are derived from traces at
+batch 1 and 2 (``model_trace.trace_train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench import gpus
+from bench.predict import model_trace, plain
+from bench.predict.program import CONTEXT, PARTS, RESERVE, Outcome
+
+GiB = 2**30
+
+# Memory a CUDA process holds outside the caching allocator, measured on an
+# H200 (driver 580, CUDA 13, torch 2.11): NVML process usage minus torch's
+# reserved bytes was 758-770 MiB in every plain training row of
+# shared/measurements (context + loaded kernels + the cuBLAS/cuBLASLt handles).
+CONTEXT_BYTES = 760 * 2**20
+# NCCL communicator and DeepSpeed's runtime on top of that (same source:
+# 1.29 GiB for DeepSpeed rows, 0.81 GiB for the FSDP row).
+NCCL_BYTES = 50 * 2**20
+DEEPSPEED_BYTES = 530 * 2**20
+# Host memory of a CUDA training process before any offload (libraries, CUDA
+# host allocations); a rough figure, only the offloaded bytes are derived.
+HOST_BASE_BYTES = 3 * GiB
+
+
+@dataclass(frozen=True)
+class Prediction:
+    peak_bytes: int
+    """Peak NVML per-process memory: what decides an OOM."""
+    allocated_bytes: int
+    """Peak ``torch.cuda.max_memory_allocated``."""
+    reserved_bytes: int
+    host_bytes: int
+    gpu: str
+    capacity_bytes: int
+    breakdown: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.capacity_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.capacity_bytes - self.peak_bytes
+
+    def to_dict(self) -> dict:
+        return {
+            "peak_bytes": self.peak_bytes, "allocated_bytes": self.allocated_bytes,
+            "reserved_bytes": self.reserved_bytes, "host_bytes": self.host_bytes, "fits": self.fits,
+            "gpu": self.gpu, "capacity_bytes": self.capacity_bytes, "headroom_bytes": self.headroom_bytes,
+            "breakdown": dict(self.breakdown), "notes": list(self.notes),
+        }
+
+
+def _program(cell, gpu, layers: int | None) -> tuple[Outcome, int, int]:
+    """(allocator outcome, host bytes, bytes outside the allocator) at a depth."""
+    if cell.task == "infer":
+        from bench.predict import generate
+
+        return generate.program(cell, gpu, layers)
+    key = model_trace.shape_key(cell, layers)
+    tt = model_trace.trace_train(key)
+    if cell.strategy.startswith("zero"):
+        from bench.predict import zero
+
+        return zero.program(tt, cell, gpu)
+    if cell.strategy == "fsdp":
+        from bench.predict import fsdp
+
+        return fsdp.program(tt, cell, gpu)
+    outside = CONTEXT_BYTES + (NCCL_BYTES if cell.strategy == "ddp" else 0)
+    weight_bytes = None
+    if cell.tuning == "qlora":
+        from bench.predict import quant
+
+        weight_bytes = quant.nf4_weight_bytes
+    return plain.program(tt, cell, gpu, weight_bytes), HOST_BASE_BYTES, outside
+
+
+def predict(cell) -> Prediction:
+    """Predict one normalized cell on its ``cell.gpu``."""
+    gpu = gpus.resolve(cell.gpu)
+    outcome, host, outside = _program(cell, gpu, None)
+    reserved = max(outcome.peak_reserved, outcome.peak_allocated)
+    parts = {p: int(outcome.at_peak.get(p, 0)) for p in PARTS}
+    parts[RESERVE] = 0
+    parts[RESERVE] = reserved - sum(parts.values())  # cached/fragmented + whatever the peak moment did not hold
+    parts[CONTEXT] += outside
+    peak = sum(parts.values())
+    return Prediction(peak_bytes=peak, allocated_bytes=outcome.peak_allocated, reserved_bytes=reserved,
+                      host_bytes=host, gpu=gpu.name, capacity_bytes=gpu.memory_bytes,
+                      breakdown={k: v for k, v in parts.items()})
+
+
+def max_batch(cell, limit: int = 1024) -> int:
+    """Largest micro-batch that fits the cell's GPU (0 if batch 1 does not)."""
+    from bench.cell import replace
+
+    fits = lambda b: predict(replace(cell, batch=b)).fits  # noqa: E731
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+__all__ = ["Prediction", "predict", "max_batch"]

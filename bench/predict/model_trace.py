@@ -1,0 +1,210 @@
+"""Run the real model's training micro-step or generation on meta tensors and log it.
+
+``trace_train`` builds the cell's model (transformers from the catalog config,
+PEFT LoRA when the cell says so, gradient checkpointing, attention
+implementation) on the meta device, runs forward, loss and backward under
+``MemoryLog`` and the CUDA emulations of ``trace``, and returns a ``TrainTrace``:
+the parameters (what is static) and the event log of one micro-step (what
+moves). ``trace_generate`` does the same for ``generate()`` with a KV cache.
+
+Results are cached per shape-relevant key, so a plan of many cells that differ
+only in method, optimizer or GPU traces each model shape once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from bench import models
+from bench.predict import trace as tr
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "pure-bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    numel: int
+    nbytes: int
+    trainable: bool
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainTrace:
+    params: tuple[Param, ...]
+    buffers_bytes: int
+    input_bytes: int
+    trace: tr.Trace
+    layers: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShapeKey:
+    """Everything about a cell that changes the traced step (not strategy/optimizer/GPU)."""
+
+    model: str
+    tuning: str
+    weight_dtype: str
+    autocast: str | None
+    batch: int
+    seq: int
+    target_seq: int
+    grad_ckpt: bool
+    attn: str
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: tuple[str, ...] | None
+    layers: int | None = None
+
+
+def shape_key(cell, layers: int | None = None) -> ShapeKey:
+    spec = models.resolve(cell.model)
+    attn = cell.attn or models.default_attn(spec)
+    if attn == "flash_attention_2":
+        attn = "sdpa"  # same kernels' memory: out + logsumexp saved, no S x S matrix
+    lora = cell.tuning in ("lora", "qlora")
+    if cell.precision == "fp32":
+        wdt, ac = "fp32", None
+    elif cell.precision == "pure-bf16":
+        wdt, ac = "bf16", None
+    elif lora:  # frozen base stored in the half dtype, adapters fp32 (PEFT's default)
+        wdt, ac = cell.precision, None
+    else:  # mixed precision: fp32 weights, autocast to the half dtype
+        wdt, ac = "fp32", cell.precision
+    return ShapeKey(
+        model=cell.model, tuning=cell.tuning, weight_dtype=wdt, autocast=ac, batch=cell.batch, seq=cell.seq,
+        target_seq=cell.decoder_seq, grad_ckpt=cell.grad_ckpt, attn=attn,
+        lora_r=cell.lora_r, lora_alpha=cell.lora_alpha, lora_dropout=cell.lora_dropout,
+        lora_targets=cell.lora_targets if lora else None, layers=layers,
+    )
+
+
+def layer_count(spec) -> int:
+    c = spec.config
+    return int(c.get("num_hidden_layers") or c.get("n_layer") or c.get("num_layers") or 1)
+
+
+def _recompute_context(key: ShapeKey):
+    """Checkpoint recomputation runs inside autograd, outside our function
+    modes; re-enter them there as the real checkpoint re-enters autocast."""
+    @contextlib.contextmanager
+    def recompute():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(tr.AttentionEmulation())
+            if key.autocast:
+                stack.enter_context(tr.AutocastEmulation(DTYPES[key.autocast]))
+            yield
+
+    return lambda: (contextlib.nullcontext(), recompute())
+
+
+def build(key: ShapeKey):
+    """The model of a shape key on the meta device, in train mode."""
+    spec = models.resolve(key.model)
+    overrides = {"use_cache": False}
+    if key.layers is not None:
+        overrides.update(_layer_overrides(spec, key.layers))
+    with torch.device("meta"):
+        model = models.build(spec, device="meta", dtype=DTYPES[key.weight_dtype], attn=key.attn, **overrides)
+        if key.tuning in ("lora", "qlora"):
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(r=key.lora_r, lora_alpha=key.lora_alpha, lora_dropout=key.lora_dropout,
+                             target_modules=list(key.lora_targets) if key.lora_targets else None,
+                             task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM")
+            model = get_peft_model(model, cfg)
+    if key.grad_ckpt:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": _recompute_context(key)})
+    model.train()
+    return model, spec
+
+
+def _layer_overrides(spec, n: int) -> dict:
+    c = spec.config
+    out = {}
+    for k in ("num_hidden_layers", "n_layer", "num_layers"):
+        if k in c:
+            out[k] = n
+    if "num_decoder_layers" in c:
+        out["num_decoder_layers"] = n
+    if c.get("layer_types"):
+        out["layer_types"] = list(c["layer_types"])[:n]
+    return out
+
+
+def _inputs(key: ShapeKey, spec, vocab: int) -> dict:
+    ids = torch.empty((key.batch, key.seq), dtype=torch.long, device="meta")
+    if spec.is_encoder_decoder:
+        labels = torch.empty((key.batch, key.target_seq), dtype=torch.long, device="meta")
+        return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": ids}
+
+
+@functools.lru_cache(maxsize=256)
+def trace_train(key: ShapeKey) -> TrainTrace:
+    """One forward + loss + backward micro-step, with grads starting at None.
+
+    Every activation has the batch as a dimension and nothing else does, so
+    each event's size is ``a + c * batch``: batches above 2 are derived from
+    traces at batch 1 and 2 (same op sequence, checked), not traced again.
+    """
+    if key.batch <= 2:
+        return _trace_train(key)
+    one = trace_train(dataclasses.replace(key, batch=1))
+    two = trace_train(dataclasses.replace(key, batch=2))
+    e1, e2 = one.trace.events, two.trace.events
+    if len(e1) != len(e2) or any(a[0] != b[0] or a[1] != b[1] or a[3] != b[3] for a, b in zip(e1, e2)):
+        return _trace_train(key)
+    b = key.batch
+    events = [(k, key_, n1 + (n2 - n1) * (b - 1), tag) for (k, key_, n1, tag), (_, _, n2, _) in zip(e1, e2)]
+    t = tr.Trace(events=events, grad_keys=two.trace.grad_keys)
+    return dataclasses.replace(two, trace=t, input_bytes=one.input_bytes * b)
+
+
+def _trace_train(key: ShapeKey) -> TrainTrace:
+    model, spec = build(key)
+    params = tuple(Param(n, p.numel(), p.numel() * p.element_size(), p.requires_grad, tuple(p.shape))
+                   for n, p in model.named_parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    for t in [*model.parameters(), *model.buffers()]:
+        t.untyped_storage()._bench_key = 0  # static: accounted by the caller
+    trace = tr.Trace()
+    log = tr.MemoryLog(trace)
+    out_emb = model.get_output_embeddings()
+    hook = out_emb.register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")) if out_emb is not None else None
+    modes = [tr.AttentionEmulation()]
+    if key.autocast:
+        ac = tr.AutocastEmulation(DTYPES[key.autocast])
+        modes.append(ac)
+    with log:
+        inputs = _inputs(key, spec, 0)
+        for t in inputs.values():
+            log.track(t, "input")
+        input_bytes = sum(t.untyped_storage().nbytes() for t in {id(v): v for v in inputs.values()}.values())
+        with contextlib.ExitStack() as stack:
+            for m in modes:
+                stack.enter_context(m)
+            out = model(**inputs)  # the training loop holds the output (and its logits) until the step ends
+            loss = out.loss
+        if key.autocast:
+            ac.cache.clear()
+        trace.live_at_forward_end = log.live_bytes
+        trace.logits_at_forward_end = log.bytes_tagged("logits")
+        log.phase = "backward"
+        loss.backward()
+        del loss, out
+        trace.grad_keys = {p.grad.untyped_storage()._bench_key for p in model.parameters() if p.grad is not None}
+        log.live = {}  # stop recording: grads and inputs outlive the micro-step
+    if hook is not None:
+        hook.remove()
+    trace.events = [(k, key_, n, "grad" if key_ in trace.grad_keys else tag) for k, key_, n, tag in trace.events]
+    return TrainTrace(params=params, buffers_bytes=buffers, input_bytes=input_bytes, trace=trace,
+                      layers=key.layers or layer_count(spec))
