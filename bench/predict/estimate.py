@@ -14,6 +14,8 @@ batch 1 and 2 (``model_trace.trace_train``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 from bench import gpus
@@ -67,7 +69,21 @@ class Prediction:
 
 
 def _program(cell, gpu, layers: int | None) -> tuple[Outcome, int, int]:
-    """(allocator outcome, host bytes, bytes outside the allocator) at a depth."""
+    """(allocator outcome, host bytes, bytes outside the allocator) at a depth.
+
+    Cached: the GPU enters only through its cuBLAS workspace size, so
+    ``--gpu all`` and plans over several cards replay each program once.
+    """
+    rep = _REPRESENTATIVE.setdefault(plain.cublas_workspace(gpu), gpu)
+    return _program_cached(dataclasses.replace(cell, gpu=rep.name), layers)
+
+
+_REPRESENTATIVE: dict[int, object] = {}
+
+
+@functools.lru_cache(maxsize=512)
+def _program_cached(cell, layers: int | None) -> tuple[Outcome, int, int]:
+    gpu = gpus.resolve(cell.gpu)
     if cell.task == "infer":
         from bench.predict import generate
 

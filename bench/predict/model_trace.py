@@ -19,6 +19,8 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import transformers
+import warnings
 
 from bench import models
 from bench.predict import trace as tr
@@ -107,6 +109,13 @@ def _recompute_context(key: ShapeKey):
 
 def build(key: ShapeKey):
     """The model of a shape key on the meta device, in train mode."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers.logging.set_verbosity_error()
+        return _build(key)
+
+
+def _build(key: ShapeKey):
     spec = models.resolve(key.model)
     overrides = {"use_cache": False}
     if key.layers is not None:

@@ -1,0 +1,167 @@
+"""The ``predict`` and ``plan`` verbs.
+
+``bench predict --model M --method X --precision P --batch B --seq S --gpu G``
+prints one cell's breakdown (``--json`` for the object, ``--gpu all`` for a
+verdict on every catalog card, smallest fitting card first).
+``bench plan MATRIX.yaml`` predicts every cell of a matrix: a table by default,
+``--json`` for exactly one JSON array on stdout, ``-o FILE`` to also write the
+table as Markdown. A cell that cannot be predicted carries ``"error"`` and
+makes the exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.errors import UserError
+
+GiB = 2**30
+
+
+def _cell_from_args(a: argparse.Namespace, gpu: str):
+    from bench import cell as cellmod
+    from bench import matrix, models
+
+    raw = {"model": models.resolve(a.model).name, "gpu": gpu, "task": a.task, "precision": a.precision,
+           "batch": a.batch, "seq": a.seq, "grad_accum": a.grad_accum, "grad_ckpt": a.grad_ckpt,
+           "gpus": a.gpus, "optimizer": a.optimizer, "new_tokens": a.new_tokens}
+    for key in ("method", "tuning", "strategy", "offload", "attn", "ds_config", "target_seq", "lora_r"):
+        if getattr(a, key) is not None:
+            raw[key] = getattr(a, key)
+    c = cellmod.normalize(raw, "")
+    problems = matrix.validate_cell(c)
+    if problems:
+        raise UserError(*problems)
+    return c
+
+
+def _breakdown_text(c, p) -> str:
+    lines = [f"{c.slug} on {p.gpu} ({p.capacity_bytes / GiB:.1f} GiB)"]
+    for name, n in p.breakdown.items():
+        lines.append(f"  {name.replace('_', ' '):<32} {n / GiB:8.2f} GiB")
+    verdict = "fits" if p.fits else "does NOT fit"
+    lines.append(f"  {'peak GPU memory (NVML, process)':<32} {p.peak_bytes / GiB:8.2f} GiB"
+                 f"  {100 * p.peak_bytes / p.capacity_bytes:.0f}% of {p.gpu}: {verdict}"
+                 f" ({p.headroom_bytes / GiB:+.2f} GiB headroom)")
+    lines.append(f"  {'torch max_memory_allocated':<32} {p.allocated_bytes / GiB:8.2f} GiB")
+    lines.append(f"  {'host RAM':<32} {p.host_bytes / GiB:8.2f} GiB")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from bench import cell as cellmod
+    from bench import gpus
+    from bench.predict import max_batch, predict
+
+    if a.gpu != "all":
+        c = _cell_from_args(a, gpus.resolve(a.gpu).name)
+        p = predict(c)
+        out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": p.to_dict()}
+        if a.max_batch:
+            out["max_batch"] = max_batch(c)
+        if a.json:
+            print(json.dumps(out, indent=1))
+        else:
+            sys.stdout.write(_breakdown_text(c, p))
+            if a.max_batch:
+                print(f"  largest micro-batch that fits: {out['max_batch']}")
+        return 0
+    base = _cell_from_args(a, "h200")
+    rows = []
+    for name in gpus.names():
+        g = gpus.resolve(name)
+        if base.precision in ("bf16", "pure-bf16") and not g.bf16:
+            rows.append((name, g.memory_bytes, None))
+            continue
+        rows.append((name, g.memory_bytes, predict(cellmod.replace(base, gpu=name))))
+    rows.sort(key=lambda r: (not (r[2] and r[2].fits), r[1]))
+    if a.json:
+        print(json.dumps([{"gpu": n, "predicted": p.to_dict() if p else None,
+                           "error": None if p else f"{base.precision} is not supported on {n}"} for n, _, p in rows], indent=1))
+        return 0
+    print(f"{base.slug}: peak GPU memory by card (smallest card that fits first)")
+    for n, cap, p in rows:
+        if p is None:
+            print(f"  {n:<12} {cap / GiB:7.1f} GiB  -- no {base.precision} support")
+        else:
+            print(f"  {n:<12} {cap / GiB:7.1f} GiB  {p.peak_bytes / GiB:7.2f} GiB  "
+                  f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB")
+    return 0
+
+
+def plan_entries(m, want_max_batch: bool) -> list[dict]:
+    """One JSON-ready entry per cell of a loaded matrix, in matrix order."""
+    from bench.predict import max_batch, predict
+
+    entries = []
+    for c in m.cells:
+        e = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict()}
+        try:
+            e["predicted"] = predict(c).to_dict()
+            if want_max_batch:
+                e["predicted"]["max_batch"] = max_batch(c)
+        except UserError as err:
+            e["error"] = "; ".join(err.problems)
+        except Exception as err:  # a model the tracer cannot run: keep going, report it
+            e["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        entries.append(e)
+    return entries
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from bench import matrix
+    from bench.report.render import plan_record, render_plan
+
+    overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
+    m = matrix.load(a.matrix, overrides)
+    entries = plan_entries(m, a.max_batch)
+    if a.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
+        sys.stdout.write(render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}"))
+        if a.output:
+            Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.output).write_text(render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}"))
+    errors = [e for e in entries if "error" in e]
+    for e in errors:
+        print(f"error: cell {e['cell_id']} ({e['cell']['model']}): {e['error']}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict one cell's peak GPU memory, with a breakdown")
+    p.add_argument("--model", required=True)
+    p.add_argument("--method")
+    p.add_argument("--tuning")
+    p.add_argument("--strategy")
+    p.add_argument("--offload")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--target-seq", type=int)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--attn")
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--ds-config")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--task", default="train")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--gpu", required=True, help="a catalog GPU, or 'all'")
+    p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plan", help="predict every cell of a matrix (no GPU needed)")
+    p.add_argument("matrix")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--gpu", help="override the matrix's target GPU")
+    p.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    p.add_argument("--max-batch", action="store_true", help="add the largest micro-batch that fits")
+    p.add_argument("-o", "--output", help="also write the table as Markdown to this file")
+    p.set_defaults(func=cmd_plan)
