@@ -1,0 +1,108 @@
+"""The GPU catalog: memory, compute capability and datasheet peaks per card.
+
+Shipped as ``bench/data/gpus.json``. ``memory_bytes`` is the total a driver
+reports for the card (not the marketing GB); ``tflops`` are dense peaks
+(no sparsity), ``fp16``/``bf16`` on tensor cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+
+from bench.errors import UserError, allowed
+
+PRECISIONS = ("fp32", "fp16", "bf16", "pure-bf16")
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    marketing_name: str
+    nvml_names: tuple
+    memory_bytes: int
+    compute_capability: str
+    bf16: bool
+    tflops: dict = field(hash=False)
+    """Dense peaks: ``fp32`` (CUDA cores), ``fp16`` and ``bf16`` (tensor cores; ``bf16`` None if unsupported)."""
+    bandwidth_gbps: float
+    source: str
+    note: str | None = None
+
+    def peak_tflops(self, precision: str) -> float:
+        """Peak for a training precision; mixed fp16/bf16 runs at the half-precision tensor peak."""
+        if precision not in PRECISIONS:
+            raise UserError(allowed("precision", precision, PRECISIONS))
+        key = "bf16" if precision == "pure-bf16" else precision
+        value = self.tflops.get(key)
+        if value is None:
+            raise UserError(f"precision: {precision!r} is not supported on {self.name} (no bf16); allowed: fp32, fp16")
+        return float(value)
+
+    @property
+    def supports_flash_attention(self) -> bool:
+        """FlashAttention 2 needs compute capability 8.0 or newer."""
+        major, minor = (int(x) for x in self.compute_capability.split("."))
+        return (major, minor) >= (8, 0)
+
+    @property
+    def family(self) -> str:
+        """The model token NVML names carry: ``a100`` for ``a100-80gb``, ``rtx3090`` ..."""
+        return re.sub(r"-\d+gb$", "", self.name)
+
+
+@functools.lru_cache(maxsize=None)
+def _catalog() -> dict[str, GPU]:
+    doc = json.loads((resources.files("bench") / "data" / "gpus.json").read_text(encoding="utf-8"))
+    gpus = {}
+    for raw in doc["gpus"]:
+        gpu = GPU(**{**raw, "nvml_names": tuple(raw["nvml_names"])})
+        gpus[gpu.name] = gpu
+    return gpus
+
+
+def names() -> list[str]:
+    return sorted(_catalog())
+
+
+@functools.lru_cache(maxsize=None)
+def _keys() -> dict[str, str]:
+    keys = {}
+    for gpu in _catalog().values():
+        for key in (gpu.name, gpu.marketing_name, *gpu.nvml_names):
+            keys.setdefault(key.lower(), gpu.name)
+    return keys
+
+
+def resolve(name: str) -> GPU:
+    """A catalog name, marketing name or NVML name, in any case."""
+    found = _keys().get(str(name).strip().lower())
+    if found is None:
+        raise UserError(f"gpu: {name!r} is not in the catalog; allowed: {', '.join(names())}")
+    return _catalog()[found]
+
+
+def _family_pattern(family: str) -> re.Pattern:
+    letters, digits, rest = re.match(r"([a-z]*)(\d*)(.*)", family).groups()
+    body = re.escape(letters) + (r"\s*" + digits if digits else "") + re.escape(rest)
+    return re.compile(rf"(?<![a-z0-9]){body}(?![a-z0-9])")
+
+
+def from_nvml_name(nvml_name: str, memory_bytes: int | None = None) -> GPU | None:
+    """The catalog card best matching a detected one, or None when no catalog card fits."""
+    key = nvml_name.strip().lower()
+    exact = _keys().get(key)
+    if exact is not None:
+        return _catalog()[exact]
+    candidates = [g for g in _catalog().values() if _family_pattern(g.family).search(key)]
+    if not candidates:
+        return None
+    if memory_bytes is None:
+        size = re.search(r"(\d+)\s*gb", key)
+        memory_bytes = int(size.group(1)) * 10**9 if size else None
+    if memory_bytes is None:
+        return min(candidates, key=lambda g: g.memory_bytes)  # the smaller card: the safe side for planning
+    return min(candidates, key=lambda g: abs(g.memory_bytes - memory_bytes))

@@ -1,0 +1,225 @@
+"""The model catalog: published ``config.json`` files shipped with the package.
+
+Every catalog entry is ``bench/data/models/<name>.json``::
+
+    {"name", "hub_id", "aliases", "published_params", "params_source", ["note"], "config"}
+
+``resolve`` accepts a short name, a Hugging Face id or alias (any case), a path
+to a ``config.json`` or a folder holding one. ``build`` makes a randomly
+initialized model from the config; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from bench.errors import UserError
+
+# model_type -> (config key, default) of a fixed-size position table: learned
+# absolute embeddings, or the precomputed sin/cos table of GPT-J/CodeGen, which
+# is indexed by position and so cannot be exceeded either.
+_POSITION_TABLES = {
+    "gpt2": ("n_positions", 1024),
+    "gpt_neo": ("max_position_embeddings", 2048),
+    "opt": ("max_position_embeddings", 2048),
+    "gptj": ("n_positions", 2048),
+    "codegen": ("n_positions", 2048),
+}
+_ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "encoder-decoder"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: its config.json content plus what the catalog knows about it."""
+
+    name: str
+    """Catalog short name, or the resolved path of a user config.json."""
+    hub_id: str | None
+    config: dict = field(hash=False)
+    """The config.json content. Shared by every caller: do not mutate it."""
+    published_params: int | None = None
+    params_source: str | None = None
+
+    @property
+    def model_type(self) -> str:
+        return self.config["model_type"]
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(self.config.get("is_encoder_decoder")) or self.model_type in _ENCODER_DECODER_TYPES
+
+    @property
+    def max_positions(self) -> int | None:
+        """Hard limit of a fixed position table; None for rotary, ALiBi or relative positions."""
+        limits = [_table_limit(c) for c in _sub_configs(self.config)]
+        limits = [n for n in limits if n is not None]
+        return min(limits) if limits else None
+
+
+def _sub_configs(config: dict) -> list[dict]:
+    if config.get("model_type") == "encoder-decoder":
+        return [config["encoder"], config["decoder"]]
+    return [config]
+
+
+def _table_limit(config: dict) -> int | None:
+    key_default = _POSITION_TABLES.get(config.get("model_type"))
+    if key_default is None:
+        return None
+    key, default = key_default
+    return int(config.get(key) or default)
+
+
+def _spec(doc: dict, name: str | None = None) -> ModelSpec:
+    return ModelSpec(
+        name=name or doc["name"],
+        hub_id=doc.get("hub_id"),
+        config=doc["config"],
+        published_params=doc.get("published_params"),
+        params_source=doc.get("params_source"),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _catalog() -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """(short name -> spec, lower-cased name/hub id/alias -> short name)."""
+    specs: dict[str, ModelSpec] = {}
+    keys: dict[str, str] = {}
+    folder = resources.files("bench") / "data" / "models"
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".json"):
+            continue
+        doc = json.loads(entry.read_text(encoding="utf-8"))
+        spec = _spec(doc)
+        specs[spec.name] = spec
+        for key in [spec.name, spec.hub_id, *doc.get("aliases", [])]:
+            if key:
+                keys[key.lower()] = spec.name
+    return specs, keys
+
+
+def names() -> list[str]:
+    """Catalog short names, sorted."""
+    return sorted(_catalog()[0])
+
+
+@functools.lru_cache(maxsize=256)
+def resolve(model) -> ModelSpec:
+    """A catalog name, hub id or alias (any case), or a path to a config.json or its folder."""
+    specs, keys = _catalog()
+    model = str(model)
+    found = keys.get(model.strip().lower())
+    if found is not None:
+        return specs[found]
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model: {model!r} is a folder without a config.json")
+        path = path / "config.json"
+    if path.is_file():
+        return _load_user_config(model, path.resolve())
+    if model.endswith(".json") or model.startswith(("/", "./", "../", "~")):
+        raise UserError(f"model: {model!r} does not exist; give a catalog name or a path to a config.json")
+    close = difflib.get_close_matches(model.strip().lower(), sorted(keys), n=12, cutoff=0.5)
+    close = list(dict.fromkeys(keys[c] for c in close))[:3]
+    hint = f"closest: {', '.join(close)}; " if close else ""
+    raise UserError(f"model: {model!r} is not in the catalog; {hint}or give a path to a config.json")
+
+
+def _load_user_config(model: str, path: Path) -> ModelSpec:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"model: {model!r} is not a readable JSON config ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise UserError(f"model: {model!r} has no 'model_type'; give a Hugging Face config.json")
+    return ModelSpec(name=str(path), hub_id=None, config=config)
+
+
+def hf_config(spec: ModelSpec, **overrides):
+    """The ``transformers`` config for ``spec``, with ``overrides`` applied."""
+    from transformers import AutoConfig, CONFIG_MAPPING
+
+    if spec.model_type not in CONFIG_MAPPING:
+        raise UserError(f"model: {spec.name}: model_type {spec.model_type!r} is not supported by this transformers")
+    kwargs = json.loads(json.dumps(spec.config))  # a deep copy; the spec stays untouched
+    kwargs.pop("model_type")
+    kwargs.pop("auto_map", None)
+    kwargs.update(overrides)
+    return AutoConfig.for_model(spec.model_type, **kwargs)
+
+
+def model_class(spec: ModelSpec):
+    """The ``transformers`` class ``build`` instantiates for ``spec``."""
+    import transformers
+    from transformers.models.auto import modeling_auto as auto
+
+    table = auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES if spec.is_encoder_decoder else auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    name = table.get(spec.model_type)
+    if name is None:
+        kind = "sequence-to-sequence" if spec.is_encoder_decoder else "causal language"
+        raise UserError(f"model: {spec.name}: model_type {spec.model_type!r} has no {kind} model in transformers")
+    return getattr(transformers, name)
+
+
+def build(spec: ModelSpec, *, device="meta", dtype=None, attn: str | None = None, **config_overrides):
+    """A randomly initialized model for ``spec`` on ``device`` (never downloads weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if attn is not None:
+        config_overrides.setdefault("attn_implementation", attn)
+    cfg = hf_config(spec, **config_overrides)
+    auto = AutoModelForSeq2SeqLM if spec.is_encoder_decoder else AutoModelForCausalLM
+    kwargs = {}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
+    with torch.device(device):
+        model = auto.from_config(cfg, **kwargs)
+    if spec.config.get("tie_word_embeddings") is False:
+        _untie_output_embeddings(model)
+    return model
+
+
+def _untie_output_embeddings(model) -> None:
+    """Give the LM head its own weight where the published config unties it.
+
+    transformers >= 5 always ties T5's ``lm_head`` to the shared embedding
+    (``T5Config`` forces ``tie_word_embeddings=True``), while T5 v1.1 checkpoints
+    (Flan-T5, T0) ship a separate head; loading one unties it. Untie the same
+    way, and keep a later ``tie_weights()`` from tying it again.
+    """
+    import torch
+
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embeddings is None or head.weight is not embeddings.weight:
+        return
+    name = next(n for n, m in model.named_modules() if m is head) + ".weight"
+    weight = torch.empty_like(embeddings.weight, requires_grad=False)
+    if weight.device.type != "meta":  # T5's own init for an untied head; distinct values keep a reload untied
+        std = getattr(model.config, "initializer_factor", None) or getattr(model.config, "initializer_range", 0.02)
+        torch.nn.init.normal_(weight, std=std)
+    head.weight = torch.nn.Parameter(weight)
+    model._tied_weights_keys = {k: v for k, v in (model._tied_weights_keys or {}).items() if k != name}
+    getattr(model, "all_tied_weights_keys", {}).pop(name, None)
+
+
+def count_params(module) -> int:
+    """Parameters of ``module``, each shared (tied) tensor counted once."""
+    return sum(p.numel() for p in module.parameters())  # parameters() yields a shared tensor once
+
+
+def default_attn(spec: ModelSpec) -> str:
+    """``sdpa`` where transformers implements it for this architecture, else ``eager``."""
+    try:
+        cls = model_class(spec)
+    except UserError:
+        return "eager"
+    return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"

@@ -1,0 +1,69 @@
+"""The predictor against every row of the reference measurements (H200).
+
+Each row of ``shared/measurements/h200-2026-11.jsonl`` that has a cell
+equivalent (see that folder's README) is predicted and compared with its
+measured peak NVML process memory. The limits are the predictor's contract:
+median absolute error <= 5 %, no row above 15 %.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from bench.cell import normalize
+from bench.predict import predict
+
+ROWS = Path(__file__).resolve().parents[1] / "tests" / "data" / "h200-2026-11.jsonl"
+PRECISION = {"amp-bf16": "bf16", "amp-fp16": "fp16", "bf16": "pure-bf16", "fp32": "fp32"}
+
+
+def row_cell(r: dict):
+    """The bench cell of a measurement row, or None where it has none."""
+    if r["kind"] == "context" or r.get("amp"):
+        return None
+    common = dict(model=r["model"], gpu="h200", batch=r["batch"], seq=r["seq"])
+    if r["kind"] == "infer":
+        return normalize(dict(common, task="infer", precision=r["precision"], new_tokens=r["new_tokens"]))
+    common.update(grad_ckpt=r["ckpt"], grad_accum=r.get("ga", 1))
+    if r["kind"] == "train" and r["method"] == "lora":
+        return normalize(dict(common, tuning="lora", precision=r["precision"], lora_r=r.get("r", 16)))
+    prec = PRECISION.get(r["precision"], r["precision"])
+    if r["kind"] == "train":
+        return normalize(dict(common, method="full", precision=prec, attn=r.get("attn"),
+                              optimizer=r.get("optim", "adamw")))
+    return normalize(dict(common, method=r["method"], precision=prec))
+
+
+def rows():
+    return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def errors():
+    out = {}
+    for r in rows():
+        c = row_cell(r)
+        if c is None or r["status"] != "ok":
+            continue
+        p = predict(c)
+        out[r["id"]] = (p.peak_bytes - r["nvml_peak_proc"]) / r["nvml_peak_proc"]
+    return out
+
+
+def test_every_row_with_a_cell_is_predicted(errors):
+    expected = {r["id"] for r in rows() if row_cell(r) is not None and r["status"] == "ok"}
+    assert set(errors) == expected and len(expected) >= 25
+
+
+def test_median_error_at_most_5_percent(errors):
+    table = "\n".join(f"{k}: {v:+.1%}" for k, v in sorted(errors.items()))
+    assert statistics.median(abs(e) for e in errors.values()) <= 0.05, table
+
+
+def test_no_row_off_by_more_than_15_percent(errors):
+    bad = {k: f"{v:+.1%}" for k, v in errors.items() if abs(v) > 0.15}
+    assert not bad, bad
