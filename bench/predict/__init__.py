@@ -1,5 +1,15 @@
-"""The memory predictor: ``predict(cell) -> Prediction`` (see ``estimate``)."""
+"""The memory predictor: ``predict(cell) -> Prediction`` (see ``estimate``).
 
-from bench.predict.estimate import Prediction, max_batch, predict
+Imported lazily so that verbs which only read files (``report``, ``compare``)
+and the runner's parent never import torch.
+"""
 
 __all__ = ["Prediction", "max_batch", "predict"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from bench.predict import estimate
+
+        return getattr(estimate, name)
+    raise AttributeError(name)

@@ -1,0 +1,70 @@
+"""The ``report`` and ``compare`` verbs (never import torch: they only read files).
+
+``bench report RESULTS... [-o FILE] [--format md|html|csv] [--title TEXT]``
+renders every record under the given folders or files; without ``-o`` the
+text goes to standard output. The format comes from ``--format``, else from
+the suffix of ``-o``, else Markdown.
+
+``bench compare A B [--threshold peak=5%,throughput=5%] [--all]`` prints the
+cells whose peak or throughput changed past a threshold (all with ``--all``)
+and a summary line; exit 1 when a cell regressed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import store
+from bench.errors import UserError
+from bench.report import compare as comparemod
+from bench.report.render import FORMATS, format_of, render
+
+
+def _records(paths: list[str], what: str) -> list[dict]:
+    records = store.load_records(paths)
+    if not records:
+        raise UserError(f"{what}: no result records under {', '.join(paths)}; run `bench run MATRIX` first")
+    return records
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    fmt = format_of(args.output, args.format)
+    text = render(_records(args.results, "report"), fmt, title=args.title)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out} ({fmt})", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    thresholds = comparemod.parse_thresholds(args.threshold)
+    changes = comparemod.compare(_records([args.a], "A"), _records([args.b], "B"), thresholds)
+    sys.stdout.write(comparemod.render(changes, thresholds, show_all=args.all))
+    return 1 if comparemod.regressed(changes) else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``report`` and ``compare`` to the ``bench`` command line."""
+    p = subparsers.add_parser("report", help="tables and plots of results (Markdown, HTML, CSV)",
+                              description=__doc__.split("\n\n")[1])
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="result folders or record files")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.add_argument("--format", choices=FORMATS, help="md, html or csv [from -o's suffix, else md]")
+    p.add_argument("--title", help="heading of the report")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("compare", help="compare two result sets cell by cell; exit 1 on a regression",
+                              description=__doc__.split("\n\n")[2])
+    p.add_argument("a", metavar="A", help="baseline results (folder or record file)")
+    p.add_argument("b", metavar="B", help="new results (folder or record file)")
+    p.add_argument("--threshold", metavar="SPEC", default=None,
+                   help="allowed rise of the peak and fall of tokens/s before a cell counts as worse "
+                        f"[{comparemod.THRESHOLD_FORM.replace('%', '%%')}]")
+    p.add_argument("--all", action="store_true", help="list unchanged cells too")
+    p.set_defaults(func=cmd_compare)

@@ -1,0 +1,172 @@
+"""Comparison of two result sets, cell by cell (matched by ``cell_id``).
+
+For each cell, measured peak VRAM (NVML per process) and throughput
+(tokens/s) of B against A, and a mark:
+
+- ``new failure``: ok in A, OOM/timeout/error in B (a regression)
+- ``worse``: peak rose, or throughput fell, by more than its threshold (a regression)
+- ``better``: peak fell, or throughput rose, by more than its threshold, and nothing got worse
+- ``fixed``: failed in A, ok in B
+- ``same``: within thresholds, or failed the same way in both
+- ``not comparable``: nothing to compare (skipped, different failures, metric missing)
+- ``only in A`` / ``only in B``
+
+Thresholds are fractions (``--threshold peak=5%,throughput=5%``, the default).
+``regressed(changes)`` is what makes ``bench compare`` exit 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from bench.errors import UserError
+from bench.report import labels
+
+MARKS = ("new failure", "worse", "better", "fixed", "not comparable", "only in A", "only in B", "same")
+REGRESSIONS = ("new failure", "worse")
+FAILED = ("oom", "timeout", "error")
+THRESHOLD_FORM = "peak=5%,throughput=5%"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    peak: float = 0.05
+    """Largest allowed rise of the measured peak, as a fraction."""
+    throughput: float = 0.05
+    """Largest allowed fall of tokens/s, as a fraction."""
+
+
+def parse_thresholds(spec: str | None) -> Thresholds:
+    """``peak=5%,throughput=2.5%`` -> ``Thresholds``; missing keys keep their default."""
+    if spec is None or not spec.strip():
+        return Thresholds()
+    values: dict[str, float] = {}
+    problems = []
+    for item in spec.split(","):
+        key, sep, raw = (s.strip() for s in item.partition("="))
+        if not sep:
+            problems.append(f"--threshold {item.strip()!r} is not key=value; allowed form: {THRESHOLD_FORM}")
+        elif key not in ("peak", "throughput"):
+            problems.append(f"--threshold {key!r}: unknown key; allowed: peak, throughput, as in {THRESHOLD_FORM}")
+        else:
+            try:
+                number = float(raw[:-1]) if raw.endswith("%") else math.nan
+            except ValueError:
+                number = math.nan
+            if not number >= 0 or math.isinf(number):
+                problems.append(f"--threshold {key}: {raw!r} is not allowed; allowed: a percentage >= 0 "
+                                f"such as 5%, as in {THRESHOLD_FORM}")
+            else:
+                values[key] = number / 100
+    if problems:
+        raise UserError(*problems)
+    return Thresholds(**values)
+
+
+@dataclass(frozen=True)
+class Change:
+    cell_id: str
+    slug: str
+    mark: str
+    status: tuple[str | None, str | None]
+    peak_bytes: tuple[float | None, float | None]
+    tokens_per_second: tuple[float | None, float | None]
+
+    @property
+    def peak_delta(self) -> float | None:
+        return _delta(*self.peak_bytes)
+
+    @property
+    def throughput_delta(self) -> float | None:
+        return _delta(*self.tokens_per_second)
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or a == 0 else (b - a) / a
+
+
+def _metrics(record: Mapping[str, Any] | None) -> tuple[float | None, float | None]:
+    m = (record or {}).get("measured") or {}
+    return m.get("peak_nvml_process_bytes"), m.get("tokens_per_second")
+
+
+def _mark(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds) -> str:
+    if a is None or b is None:
+        return "only in B" if a is None else "only in A"
+    sa, sb = a.get("status"), b.get("status")
+    if sa == "ok" and sb in FAILED:
+        return "new failure"
+    if sa in FAILED and sb == "ok":
+        return "fixed"
+    if sa != "ok" or sb != "ok":
+        return "same" if sa == sb else "not comparable"
+    peak = _delta(_metrics(a)[0], _metrics(b)[0])
+    tput = _delta(_metrics(a)[1], _metrics(b)[1])
+    if peak is None and tput is None:
+        return "not comparable"
+    if (peak is not None and peak > t.peak) or (tput is not None and tput < -t.throughput):
+        return "worse"
+    if (peak is not None and peak < -t.peak) or (tput is not None and tput > t.throughput):
+        return "better"
+    return "same"
+
+
+def _by_id(records: Iterable[Mapping[str, Any]], side: str) -> dict[str, Mapping[str, Any]]:
+    out: dict[str, Mapping[str, Any]] = {}
+    for r in records:
+        if r["cell_id"] in out:
+            raise UserError(f"{side}: cell {r['cell_id']} ({r.get('slug')}) appears twice "
+                            f"(in two matrices?); give one matrix folder per side")
+        out[r["cell_id"]] = r
+    return out
+
+
+def compare(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]],
+            thresholds: Thresholds = Thresholds()) -> list[Change]:
+    """One ``Change`` per cell id in A or B, regressions first, then by slug."""
+    ra, rb = _by_id(a, "A"), _by_id(b, "B")
+    changes = []
+    for cid in set(ra) | set(rb):
+        ca, cb = ra.get(cid), rb.get(cid)
+        either = ca or cb
+        assert either is not None
+        changes.append(Change(
+            cell_id=cid, slug=either.get("slug") or cid, mark=_mark(ca, cb, thresholds),
+            status=((ca or {}).get("status"), (cb or {}).get("status")),
+            peak_bytes=(_metrics(ca)[0], _metrics(cb)[0]),
+            tokens_per_second=(_metrics(ca)[1], _metrics(cb)[1]),
+        ))
+    return sorted(changes, key=lambda c: (MARKS.index(c.mark), c.slug, c.cell_id))
+
+
+def regressed(changes: Iterable[Change]) -> bool:
+    return any(c.mark in REGRESSIONS for c in changes)
+
+
+def summary(changes: list[Change], thresholds: Thresholds) -> str:
+    """One line: counts per mark, the thresholds and the verdict."""
+    counts = ", ".join(f"{sum(c.mark == m for c in changes)} {m}" for m in MARKS)
+    verdict = "REGRESSED" if regressed(changes) else "no regression"
+    return (f"{len(changes)} cells: {counts} (thresholds: peak +{thresholds.peak * 100:g}%, "
+            f"throughput -{thresholds.throughput * 100:g}%): {verdict}")
+
+
+def render(changes: list[Change], thresholds: Thresholds, show_all: bool = False) -> str:
+    """A text table of the cells that changed (all with ``show_all``), then ``summary``."""
+    header = ("mark", "cell", "status A -> B", "peak A (GiB)", "peak B (GiB)", "peak", "tok/s A", "tok/s B",
+              "tok/s")
+    rows = [(c.mark, c.slug, f"{c.status[0] or '-'} -> {c.status[1] or '-'}",
+             labels.gib(c.peak_bytes[0]), labels.gib(c.peak_bytes[1]), labels.percent(c.peak_delta, True),
+             labels.count(c.tokens_per_second[0]), labels.count(c.tokens_per_second[1]),
+             labels.percent(c.throughput_delta, True))
+            for c in changes if show_all or c.mark != "same"]
+    lines = []
+    if rows:
+        widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+        for r in (header, *rows):
+            lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w)
+                                   for i, (v, w) in enumerate(zip(r, widths))).rstrip())
+    lines.append(summary(changes, thresholds))
+    return "\n".join(lines) + "\n"

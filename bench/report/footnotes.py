@@ -1,0 +1,95 @@
+"""Footnotes: the units, the measurement method and the environment under a table.
+
+A number without its unit and its method is not a result, so every rendered
+table ends with these lines: GiB = 2**30 bytes (said once, here), how the peak
+was measured (NVML per-process peak, sampled), what the derived columns mean,
+and the environment the records were measured in (every distinct value of the
+GPU, driver, CUDA and library versions, so a mixed report shows that it is mixed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+ENVIRONMENT_KEYS = (
+    (("gpu_name", "gpu", "device_name"), "GPU"), (("driver",), "driver"), (("cuda", "cuda_version"), "CUDA"),
+    (("torch", "torch_version"), "torch"), (("transformers", "transformers_version"), "transformers"),
+    (("peft", "peft_version"), "peft"), (("deepspeed", "deepspeed_version"), "deepspeed"),
+    (("bitsandbytes", "bitsandbytes_version"), "bitsandbytes"), (("python", "python_version"), "Python"),
+    (("PYTORCH_CUDA_ALLOC_CONF",), "PYTORCH_CUDA_ALLOC_CONF"), (("git_commit",), "bench commit"),
+)
+"""Environment keys shown, each with its aliases, in this order."""
+
+
+def _distinct(values: Iterable[Any]) -> list[str]:
+    return sorted({str(v) for v in values if v is not None and not isinstance(v, (dict, list))})
+
+
+def environment_line(records: list[Mapping[str, Any]]) -> str | None:
+    """``Environment: GPU NVIDIA H200; driver 580.159.04; ...`` or ``None`` if nothing is known."""
+    envs = [r.get("environment") or {} for r in records]
+    parts = []
+    for aliases, title in ENVIRONMENT_KEYS:
+        values = _distinct(next((e[k] for k in aliases if e.get(k) is not None), None) for e in envs)
+        if values:
+            parts.append(f"{title} {', '.join(values)}")
+    return f"Environment: {'; '.join(parts)}." if parts else None
+
+
+def _sampling(records: list[Mapping[str, Any]]) -> str:
+    key = "nvml_sample_interval_seconds"
+    intervals = _distinct((r.get("environment") or {}).get(key, (r.get("measured") or {}).get(key))
+                          for r in records)
+    text = "sampled during the measured steps"
+    if intervals:
+        text = f"sampled every {', '.join(f'{float(s) * 1000:g}' for s in intervals)} ms during the measured steps"
+    modes = _distinct((r.get("measured") or {}).get("nvml_mode") for r in records)
+    if "device-delta" in modes:
+        text += ("; where the driver could not attribute memory to the process (nvml_mode device-delta), "
+                 "device-wide used memory minus its level before the cell")
+    return text
+
+
+def _sources(records: list[Mapping[str, Any]]) -> str | None:
+    """Where imported records came from (``environment.provenance``), with their notes."""
+    sources: dict[str, int] = {}
+    notes: set[str] = set()
+    for r in records:
+        provenance = (r.get("environment") or {}).get("provenance") or {}
+        if provenance.get("source"):
+            sources[provenance["source"]] = sources.get(provenance["source"], 0) + 1
+        if provenance.get("note"):
+            notes.add(str(provenance["note"]).rstrip("."))
+    if not sources:
+        return None
+    line = "Source: " + "; ".join(f"{s} ({n} rows)" for s, n in sorted(sources.items()))
+    return line + "".join(f". {n[:1].upper()}{n[1:]}" for n in sorted(notes)) + "."
+
+
+def footnotes(records: list[Mapping[str, Any]], mode: str) -> tuple[str, ...]:
+    """The lines under a table of ``records`` in ``mode`` (``measured`` or ``plan``)."""
+    notes = ["GiB = 2**30 bytes."]
+    if mode == "plan":
+        notes += [
+            "Predicted: bench's memory prediction of the peak per GPU (its parts: `bench predict`).",
+            "% of GPU: predicted peak over the GPU's memory. Fits: the predicted peak is at most that memory.",
+        ]
+        return tuple(notes)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.get("status") or "unknown"] = counts.get(r.get("status") or "unknown", 0) + 1
+    notes += [
+        "Peak VRAM: peak of NVML's per-process used memory (CUDA context, allocator cache and all: "
+        f"what decides whether a job fits), {_sampling(records)}; per GPU for multi-GPU cells; "
+        "'>' marks the memory held when an OOM cell failed.",
+        "% of GPU: peak over the GPU's memory. Predicted: bench's memory prediction; "
+        "Error = (predicted - measured) / measured.",
+        "Tokens/s: training tokens (batch x context length x gradient accumulation) per median step time; "
+        "for inference, generated tokens per second. MFU: model FLOPs per second (6N rule) "
+        "over the GPU's dense peak for the precision.",
+        "Cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + " (failed cells are kept as rows).",
+    ]
+    for line in (environment_line(records), _sources(records)):
+        if line:
+            notes.append(line)
+    return tuple(notes)

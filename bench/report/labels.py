@@ -1,0 +1,100 @@
+"""Labels: how a cell's fields and a record's numbers read in a published table.
+
+Records keep raw units (bytes, seconds, fractions); this module is the one place
+that turns them into text, so that every exporter says the same thing:
+GiB = 2**30 bytes, percentages with one decimal, parameter counts like
+``1.5B`` / ``355M``. A missing value is ``–`` (never ``0``), because "not
+measured" and "zero" are different facts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+GIB = 2**30
+MISSING = "–"
+
+_TUNING = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
+_STRATEGY = {"ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "fsdp": "FSDP"}
+_OFFLOAD = {"optimizer": "optimizer offload", "all": "param + optimizer offload"}
+_PRECISION = {"fp32": "fp32", "fp16": "fp16 mixed", "bf16": "bf16 mixed", "pure-bf16": "bf16 (pure)"}
+
+
+def gib(n_bytes: float | None, digits: int = 2) -> str:
+    """Bytes as GiB with ``digits`` decimals, or ``–``."""
+    return MISSING if n_bytes is None else f"{n_bytes / GIB:.{digits}f}"
+
+
+def percent(fraction: float | None, signed: bool = False) -> str:
+    """A fraction as a percentage with one decimal (``+`` sign when ``signed``)."""
+    if fraction is None:
+        return MISSING
+    return f"{fraction * 100:+.1f}%" if signed else f"{fraction * 100:.1f}%"
+
+
+def count(n: float | None) -> str:
+    """A rate with thousands separators and no decimals (``12,345``)."""
+    return MISSING if n is None else f"{n:,.0f}"
+
+
+def params(n: int | None) -> str:
+    """A parameter count the way model cards say it: ``1.5B``, ``355M``, ``66K``."""
+    if not n:
+        return MISSING
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            value = n / scale
+            text = f"{value:.1f}" if value < 10 else f"{value:.0f}"
+            return text.removesuffix(".0") + suffix
+    return str(n)
+
+
+def method(cell: Mapping[str, Any]) -> str:
+    """Tuning, ZeRO stage or FSDP, offload and rank count: ``Full, ZeRO-2, optimizer offload``.
+
+    Non-default choices that change memory (optimizer, attention) follow in
+    brackets so that two rows never read the same while measuring different things.
+    """
+    if cell.get("task", "train") == "infer":
+        text = f"Inference ({cell.get('new_tokens', 128)} new tokens)"
+        return text if cell.get("quant", "none") == "none" else f"{text}, {cell['quant']}"
+    tuning = cell.get("tuning", "full")
+    parts = [_TUNING.get(tuning, tuning)]
+    if tuning in ("lora", "qlora"):
+        parts[0] += f" r={cell.get('lora_r', 16)}"
+    strategy = cell.get("strategy", "none")
+    if strategy != "none":
+        parts.append(_STRATEGY.get(strategy, strategy))
+    offload = cell.get("offload", "none")
+    if offload != "none":
+        parts.append(_OFFLOAD.get(offload, f"offload {offload}"))
+    if cell.get("gpus", 1) > 1:
+        parts.append(f"{cell['gpus']} GPUs")
+    extras = []
+    if cell.get("optimizer", "adamw") != "adamw":
+        extras.append(f"optimizer {cell['optimizer']}")
+    if cell.get("attn"):
+        extras.append(f"attn {cell['attn']}")
+    text = ", ".join(parts)
+    return f"{text} [{'; '.join(extras)}]" if extras else text
+
+
+def precision(cell: Mapping[str, Any]) -> str:
+    """``bf16 mixed`` (fp32 master weights), ``bf16 (pure)``; for inference the weights' dtype."""
+    p = cell.get("precision", "fp32")
+    return p if cell.get("task", "train") == "infer" else _PRECISION.get(p, p)
+
+
+def context(cell: Mapping[str, Any]) -> str:
+    """Tokens per sample; ``src→tgt`` for encoder-decoder cells."""
+    seq, target = cell.get("seq"), cell.get("target_seq")
+    return f"{seq}→{target}" if target not in (None, seq) else str(seq)
+
+
+def yes_no(flag: bool | None) -> str:
+    return MISSING if flag is None else ("yes" if flag else "no")
+
+
+def status(value: str | None) -> str:
+    """``ok`` stays quiet; failures are spelled so they stand out (``OOM``)."""
+    return {"oom": "OOM", None: MISSING}.get(value, value)  # type: ignore[arg-type]

@@ -1,0 +1,157 @@
+"""The table model: result records -> rows of text, the one source of every exporter.
+
+``build(records, mode)`` is a pure function of the records (and the catalog
+facts it is given): it picks the columns for the mode, formats each record
+into one row, sorts the rows deterministically and writes the footnotes. The
+Markdown and HTML exporters only lay the result out.
+
+Modes:
+
+- ``measured`` (``bench report``): what was measured beside what was
+  predicted. OOM, timeout, error and skipped cells stay in as rows.
+- ``plan`` (``bench plan``): predicted columns only (Predicted GiB, % of GPU,
+  Fits); records need only ``cell`` and ``predicted``.
+
+Rows are grouped by model (smallest published size first, then name) and
+within a model ordered by GPU, task, tuning, strategy, offload, rank count,
+precision, context length, batch, accumulation, checkpointing, then cell id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from bench import cell as cellmod
+from bench.report import labels
+from bench.report.catalog import DEFAULT, Catalog
+from bench.report.footnotes import footnotes
+
+MODES = ("measured", "plan")
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    numeric: bool = False
+    """Right-aligned when rendered."""
+
+
+_SHAPE = (
+    Column("model", "Model"), Column("params", "Params", True), Column("context", "Context length", True),
+    Column("method", "Method"), Column("gpu", "GPU"), Column("precision", "Precision"),
+    Column("batch", "Batch size per GPU", True), Column("grad_accum", "Gradient accumulation", True),
+    Column("grad_ckpt", "Grad ckpt"),
+)
+COLUMNS = {
+    "measured": _SHAPE + (
+        Column("peak", "Peak VRAM (GiB)", True), Column("share", "% of GPU", True),
+        Column("predicted", "Predicted (GiB)", True), Column("error", "Error", True),
+        Column("tokens", "Tokens/s", True), Column("mfu", "MFU", True), Column("status", "Status"),
+    ),
+    "plan": _SHAPE + (
+        Column("predicted", "Predicted (GiB)", True), Column("share", "% of GPU", True), Column("fits", "Fits"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str
+    """The model the row belongs to (rows of one group are adjacent)."""
+    cells: tuple[str, ...]
+    """One text per column, in column order."""
+    record: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    mode: str
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def groups(self) -> list[tuple[str, list[Row]]]:
+        """Rows split into consecutive per-model groups."""
+        out: list[tuple[str, list[Row]]] = []
+        for row in self.rows:
+            if not out or out[-1][0] != row.group:
+                out.append((row.group, []))
+            out[-1][1].append(row)
+        return out
+
+
+def _index(choices: tuple[str, ...], value: Any) -> int:
+    return choices.index(value) if value in choices else len(choices)
+
+
+def sort_key(record: Mapping[str, Any], catalog: Catalog = DEFAULT) -> tuple:
+    """The deterministic order of rows (see the module docstring)."""
+    c = record["cell"]
+    n = catalog.params_of(record)
+    return (
+        n is None, n or 0, c["model"], c["gpu"], _index(cellmod.TASKS, c.get("task", "train")),
+        _index(cellmod.TUNINGS, c.get("tuning")), _index(cellmod.STRATEGIES, c.get("strategy")),
+        _index(cellmod.OFFLOADS, c.get("offload")), c.get("gpus", 1),
+        _index(cellmod.PRECISIONS, c.get("precision")), c.get("seq", 0), c.get("batch", 0),
+        c.get("grad_accum", 1), bool(c.get("grad_ckpt")), c.get("optimizer") or "", c.get("attn") or "",
+        record.get("cell_id", ""),
+    )
+
+
+def _peak(record: Mapping[str, Any]) -> str:
+    m = record.get("measured") or {}
+    text = labels.gib(m.get("peak_nvml_process_bytes"))
+    # An OOM's peak is what was held when it failed: the cell needed more.
+    return f">{text}" if record.get("status") == "oom" and text != labels.MISSING else text
+
+
+def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str, str]:
+    c = record["cell"]
+    m = record.get("measured") or {}
+    p = record.get("predicted") or {}
+    infer = c.get("task", "train") == "infer"
+    capacity = catalog.capacity_of(record)
+    v = {
+        "model": c["model"], "params": labels.params(catalog.params_of(record)),
+        "context": labels.context(c), "method": labels.method(c), "gpu": catalog.gpu_label(c["gpu"]),
+        "precision": labels.precision(c), "batch": str(c.get("batch", labels.MISSING)),
+        "grad_accum": labels.MISSING if infer else str(c.get("grad_accum", 1)),
+        "grad_ckpt": labels.MISSING if infer else labels.yes_no(c.get("grad_ckpt")),
+        "predicted": labels.gib(p.get("peak_bytes")),
+        "fits": labels.yes_no(p.get("fits")),
+    }
+    if mode == "plan":
+        peak = p.get("peak_bytes")
+        v["share"] = labels.percent(peak / capacity if peak is not None and capacity else None)
+        return v
+    peak = m.get("peak_nvml_process_bytes")
+    v.update(
+        peak=_peak(record),
+        share=labels.percent(peak / capacity if peak is not None and capacity else None),
+        error=labels.percent(record.get("prediction_error"), signed=True),
+        tokens=labels.count(m.get("tokens_per_second")),
+        mfu=labels.percent(m.get("mfu")),
+        status=labels.status(record.get("status")),
+    )
+    return v
+
+
+def build(records: Iterable[Mapping[str, Any]], mode: str = "measured", catalog: Catalog = DEFAULT) -> Table:
+    """The table of ``records`` in ``mode`` (``measured`` or ``plan``); pure."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} not in {MODES}")
+    records = ordered(records, catalog)
+    columns = COLUMNS[mode]
+    rows = []
+    for r in records:
+        values = _values(r, mode, catalog)
+        rows.append(Row(group=r["cell"]["model"], cells=tuple(values[col.key] for col in columns), record=r))
+    return Table(mode=mode, columns=columns, rows=tuple(rows), notes=footnotes(records, mode))
+
+
+def ordered(records: Iterable[Mapping[str, Any]], catalog: Catalog = DEFAULT) -> list[Mapping[str, Any]]:
+    """``records`` in table order (what the plots and CSV export iterate)."""
+    return sorted(records, key=lambda r: sort_key(r, catalog))

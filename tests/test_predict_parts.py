@@ -1,0 +1,154 @@
+"""The predictor's parts, pinned one by one (tiny and small models, no GPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.cell import normalize
+from bench.predict import model_trace as mt
+from bench.predict import optimizer as opt
+from bench.predict import predict
+from bench.predict.allocator import CachingAllocator, round_size, segment_size
+from bench.predict.model_trace import Param
+
+MiB = 2**20
+
+
+def cell(**kw):
+    base = dict(model="gpt2", gpu="h200", precision="bf16", batch=2, seq=128)
+    base.update(kw)
+    return normalize(base)
+
+
+# --- caching allocator rules -------------------------------------------------
+
+def test_allocator_rounding_and_segments():
+    assert round_size(1) == 512 and round_size(513) == 1024
+    assert segment_size(100) == 2 * MiB           # small pool
+    assert segment_size(3 * MiB) == 20 * MiB      # large, below 10 MiB
+    assert segment_size(11 * MiB) == 12 * MiB     # rounded to 2 MiB
+
+
+def test_allocator_reuses_and_splits_cached_blocks():
+    a = CachingAllocator()
+    a.malloc("x", 100 * MiB)
+    a.free("x")
+    a.malloc("y", 40 * MiB)   # split from the cached 100 MiB block
+    a.malloc("z", 40 * MiB)   # and the rest
+    assert a.reserved == 100 * MiB and a.allocated == 80 * MiB
+    a.malloc("w", 30 * MiB)   # 20 MiB left is too small: a new segment
+    assert a.reserved == 130 * MiB and a.peak_allocated == 110 * MiB
+
+
+def test_allocator_merges_free_neighbours():
+    a = CachingAllocator()
+    a.malloc("x", 100 * MiB)
+    a.free("x")
+    a.malloc("y", 50 * MiB)
+    a.malloc("z", 50 * MiB)
+    a.free("y")
+    a.free("z")
+    a.malloc("big", 100 * MiB)  # only possible if y and z merged back
+    assert a.reserved == 100 * MiB
+
+
+# --- optimizer states per parameter ------------------------------------------
+
+@pytest.mark.parametrize("name,per_param", [("adamw", 8), ("adamw-foreach", 8), ("sgd", 4), ("adamw-8bit", 2)])
+def test_optimizer_state_bytes_per_fp32_param(name, per_param):
+    p = Param("w", 1 << 20, 4 << 20, True, (1024, 1024))
+    states = sum(opt.state_tensors(name, p))
+    assert abs(states / p.numel - per_param) < 0.1
+
+
+def test_adamw_states_follow_the_param_dtype():
+    p = Param("w", 1000, 2000, True, (1000,))  # bf16 (pure-bf16 training)
+    assert opt.state_tensors("adamw", p)[:2] == [2000, 2000]
+
+
+def test_adafactor_factors_matrices():
+    p = Param("w", 4096 * 1024, 4 * 4096 * 1024, True, (4096, 1024))
+    assert sum(opt.state_tensors("adafactor", p)) == (4096 + 1024) * 4
+
+
+# --- what the trace sees ------------------------------------------------------
+
+def test_weight_bytes_per_precision():
+    n = None
+    for precision, tuning, per_param in (("fp32", "full", 4), ("bf16", "full", 4), ("pure-bf16", "full", 2)):
+        tt = mt.trace_train(mt.shape_key(cell(precision=precision, tuning=tuning)))
+        total = sum(p.nbytes for p in tt.params)
+        n = sum(p.numel for p in tt.params)
+        assert total == per_param * n
+    tt = mt.trace_train(mt.shape_key(cell(precision="fp16", tuning="lora")))
+    frozen = sum(p.nbytes for p in tt.params if not p.trainable)
+    adapters = [p for p in tt.params if p.trainable]
+    assert frozen == 2 * sum(p.numel for p in tt.params if not p.trainable)
+    assert all(p.nbytes == 4 * p.numel for p in adapters)  # PEFT keeps adapters in fp32
+
+
+def test_lora_trainable_count_matches_peft():
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bench import models
+
+    with torch.device("meta"):
+        m = models.build(models.resolve("gpt2"), device="meta")
+        m = get_peft_model(m, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM"))
+    trainable, _ = m.get_nb_trainable_parameters()
+    tt = mt.trace_train(mt.shape_key(cell(tuning="lora")))
+    assert sum(p.numel for p in tt.params if p.trainable) == trainable == 589824
+
+
+def test_batch_derived_trace_matches_a_direct_trace():
+    key = mt.shape_key(cell(batch=5))
+    derived = mt.trace_train(key)
+    direct = mt._trace_train(key)
+    assert [e[2] for e in derived.trace.events] == [e[2] for e in direct.trace.events]
+
+
+# --- whole predictions ---------------------------------------------------------
+
+def test_breakdown_adds_up_to_the_peak():
+    p = predict(cell(batch=4))
+    assert sum(p.breakdown.values()) == p.peak_bytes
+    assert p.allocated_bytes <= p.reserved_bytes < p.peak_bytes
+
+
+def test_checkpointing_cuts_activations_and_accumulation_keeps_gradients():
+    plain_, ckpt = predict(cell(batch=4, seq=512)), predict(cell(batch=4, seq=512, grad_ckpt=True))
+    assert ckpt.breakdown["activations"] < plain_.breakdown["activations"] / 3
+    ga1, ga2 = predict(cell(batch=4, seq=512)), predict(cell(batch=4, seq=512, grad_accum=2))
+    grads = 4 * 124439808
+    assert ga2.allocated_bytes - ga1.allocated_bytes == pytest.approx(grads, rel=0.05)
+
+
+def test_eager_attention_materializes_the_score_matrix():
+    sdpa, eager = predict(cell(batch=2, seq=1024)), predict(cell(batch=2, seq=1024, attn="eager"))
+    assert eager.allocated_bytes - sdpa.allocated_bytes > 12 * 2 * 12 * 1024 * 1024 * 2  # > one bf16 S x S per layer
+
+
+def test_predict_cli_json_and_gpu_all():
+    out = subprocess.run([sys.executable, "-m", "bench", "predict", "--model", "tiny-llama", "--method", "lora",
+                          "--precision", "bf16", "--batch", "2", "--seq", "64", "--gpu", "a100-80gb", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    obj = json.loads(out)
+    assert set(obj["predicted"]) >= {"peak_bytes", "allocated_bytes", "host_bytes", "fits", "gpu",
+                                     "capacity_bytes", "breakdown"}
+    assert obj["predicted"]["fits"] is True and obj["cell"]["tuning"] == "lora"
+    out = subprocess.run([sys.executable, "-m", "bench", "predict", "--model", "tiny-gpt2", "--precision", "fp16",
+                          "--batch", "1", "--seq", "32", "--gpu", "all"], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()[1:]
+    assert len(lines) >= 12 and "fits" in lines[0]
+
+
+def test_predict_cli_bad_input_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "bench", "predict", "--model", "gtp2-xl", "--precision", "fp16",
+                        "--gpu", "v100-16gb"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: model:") and "gpt2-xl" in r.stderr
+    assert "Traceback" not in r.stderr
