@@ -14,9 +14,11 @@ adding a feature never renames existing results.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError, allowed
@@ -160,15 +162,39 @@ _NOT_HASHED = {"label"}
 
 
 def cell_id(cell: Cell) -> str:
-    """A 10-hex-digit hash of the normalized cell (label excluded)."""
+    """A 10-hex-digit hash of the normalized cell (label excluded).
+
+    A file the cell points to (a user ``config.json`` as ``model``, a
+    ``ds_config``) is hashed by its content, not its path: the same experiment
+    gets the same id whichever folder the checkout lives in, and editing the
+    file gives a new one.
+    """
     d = cell.to_dict()
     for k in _NOT_HASHED:
         d.pop(k)
     for k in _LATE_FIELDS:
         if d[k] == _DEFAULTS[k]:
             d.pop(k)
+    d["model"] = _file_token(d["model"])
+    if d["ds_config"] is not None:
+        d["ds_config"] = _file_token(d["ds_config"])
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _file_token(value: str) -> str:
+    """``file:<sha256 of the JSON content>`` for a readable JSON file path, else ``value``.
+
+    Catalog names hold no path separator and are never looked up on disk.
+    """
+    if "/" not in value and "\\" not in value:
+        return value
+    try:
+        content = json.loads(Path(value).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return value
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return "file:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _int(raw: dict, key: str, problems: list[str], where: str, minimum: int = 1) -> int | None:
@@ -187,6 +213,23 @@ def _bool(raw: dict, key: str, problems: list[str], where: str) -> bool | None:
     return v
 
 
+def _bad_method(method: Any) -> str:
+    close = difflib.get_close_matches(str(method), list(METHODS), n=2, cutoff=0.7)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    plain = [m for m in METHODS if "+" not in m]
+    combined = [m for m in plain if m not in TUNINGS]
+    return (f"method: {method!r} is not allowed{hint}; allowed: {', '.join(plain)}, "
+            f"and lora+M or qlora+M for M in {', '.join(combined)} (e.g. lora+zero3-offload)")
+
+
+def unknown_key(key: Any) -> str:
+    """The message for a key that is no cell field, with the closest field names."""
+    keys = ("method", *FIELD_NAMES)
+    close = difflib.get_close_matches(str(key), keys, n=2, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"unknown key {key!r}{hint}; allowed: {', '.join(keys)}"
+
+
 def normalize(raw: dict[str, Any], where: str = "") -> Cell:
     """Build a ``Cell`` from a raw mapping; raise ``UserError`` with every problem.
 
@@ -196,20 +239,20 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
     """
     problems: list[str] = []
     raw = dict(raw)
-    unknown = sorted(set(raw) - set(FIELD_NAMES) - {"method"})
+    unknown = sorted(set(raw) - set(FIELD_NAMES) - {"method"}, key=str)
     for k in unknown:
-        problems.append(f"{where}unknown key {k!r}; allowed: method, {', '.join(FIELD_NAMES)}")
+        problems.append(f"{where}{unknown_key(k)}")
         raw.pop(k)
 
     method = raw.pop("method", None)
     if method is not None:
-        if method not in METHODS:
-            problems.append(f"{where}" + allowed("method", method, METHODS))
+        if not isinstance(method, str) or method not in METHODS:
+            problems.append(f"{where}{_bad_method(method)}")
         else:
             triple = METHODS[method]
             for k, v in zip(("tuning", "strategy", "offload"), triple):
                 if k in raw and raw[k] != v:
-                    problems.append(f"{where}{k}: {raw[k]!r} contradicts method {method!r} (which sets {k}={v!r})")
+                    problems.append(f"{where}{k}: {raw[k]!r} contradicts method {method!r}; allowed: {v!r} (what the method sets), or leave {k} out")
                 raw[k] = v
     for k in ("model", "gpu"):
         if not isinstance(raw.get(k), str) or not raw.get(k):
@@ -250,6 +293,8 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         raw["label"] = "" if raw["label"] is None else str(raw["label"])
     if problems:
         raise UserError(*problems)
+    if raw.get("target_seq") is not None and raw["target_seq"] == raw.get("seq", _DEFAULTS["seq"]):
+        raw["target_seq"] = None  # the default spelled out: same experiment, same id
 
     c = Cell(**raw)
     problems += _consistency(c, where)

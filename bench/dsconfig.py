@@ -7,7 +7,7 @@ runner go through here, so they always agree on buckets and offload.
 
 Understood: HF ``"auto"`` values (resolved as the HF Trainer resolves them,
 from the model's hidden size and the cell), legacy keys (``"cpu_offload"``,
-``"cpu_offload_params"``, ``"cpu_offload_use_pin_memory"``), and DeepSpeed's
+``"cpu_offload_param"``, ``"cpu_offload_use_pin_memory"``, a ``"bfloat16"`` section), and DeepSpeed's
 own defaults for absent keys (``deepspeed/runtime/zero/config.py``).
 """
 
@@ -58,8 +58,17 @@ class ZeroSettings:
         return asdict(self)
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (for messages)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _load(path: str) -> dict[str, Any]:
     p = Path(path)
+    path = _shown(path)
     try:
         data = json.loads(p.read_text())
     except OSError as e:
@@ -80,16 +89,39 @@ def _num(v: Any, auto: float, key: str, path: str) -> int:
 
 
 def _precision(data: dict[str, Any]) -> str | None:
-    for name in ("fp16", "bf16"):
-        sec = data.get(name) or {}
-        if isinstance(sec, dict) and sec.get("enabled") is True:
-            return name
-    fp16 = data.get("fp16") or {}
-    bf16 = data.get("bf16") or {}
-    if any(isinstance(s, dict) and s.get("enabled") == "auto" for s in (fp16, bf16)):
+    """The file's training precision, as DeepSpeed reads it (``bfloat16`` is
+    DeepSpeed's legacy name of the ``bf16`` section; a section without
+    ``enabled`` is off)."""
+    sections = {"fp16": data.get("fp16"), "bf16": data.get("bf16", data.get("bfloat16"))}
+    enabled = {name: sec.get("enabled", False) for name, sec in sections.items() if isinstance(sec, dict)}
+    on = [name for name, flag in enabled.items() if flag is True]
+    if on:
+        return on[0]
+    if "auto" in enabled.values():
         return None
-    if data.get("fp16") is not None or data.get("bf16") is not None:
-        return "fp32"
+    return "fp32" if enabled else None
+
+
+def _section(zo: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    value = zo.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"ds_config {path}: zero_optimization.{key}: {value!r} is not allowed; allowed: an object such as {{\"device\": \"cpu\"}}")
+    return value
+
+
+def hidden_size_of(config: dict[str, Any]) -> int | None:
+    """The model width HF uses to resolve ``"auto"`` buckets (``config.hidden_size``,
+    spelled ``n_embd`` by GPT-2 and ``d_model`` by T5; the encoder's for
+    composite encoder-decoder configs)."""
+    for key in ("hidden_size", "n_embd", "d_model"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    for sub in ("encoder", "text_config"):
+        if isinstance(config.get(sub), dict):
+            return hidden_size_of(config[sub])
     return None
 
 
@@ -97,33 +129,54 @@ def settings(cell, hidden_size: int | None = None) -> ZeroSettings:
     """ZeRO settings for a cell whose strategy is zero1/2/3.
 
     ``hidden_size`` resolves HF ``"auto"`` bucket sizes (hidden^2, 0.9 hidden^2,
-    10 hidden, as ``transformers.integrations.deepspeed`` does).
+    10 hidden, as ``transformers.integrations.deepspeed`` does; 4096 when
+    unknown). A file whose stage, offload or precision contradicts the cell
+    raises ``UserError`` with one line per contradiction.
     """
+    if not cell.strategy.startswith("zero"):
+        raise ValueError(f"DeepSpeed settings need a zero1/2/3 strategy, not {cell.strategy!r}")
     stage = int(cell.strategy[-1])
     if cell.ds_config is None:
         return generated(cell)
-    path = cell.ds_config
-    data = _load(path)
-    zo = dict(data.get("zero_optimization") or {})
+    data = _load(cell.ds_config)
+    path = _shown(cell.ds_config)
+    zo = data.get("zero_optimization") or {}
+    if not isinstance(zo, dict):
+        raise UserError(f"ds_config {path}: zero_optimization: {zo!r} is not allowed; allowed: an object with \"stage\": {stage}")
     h = hidden_size or 4096
     file_stage = zo.get("stage", 0)
     problems = []
     if file_stage != "auto" and file_stage != stage:
-        problems.append(f"ds_config {path}: zero_optimization.stage is {file_stage!r} but the cell's strategy is {cell.strategy!r}")
-    off_opt = zo.get("offload_optimizer") or {}
-    off_par = zo.get("offload_param") or {}
-    offload_optimizer = bool(zo.get("cpu_offload")) or off_opt.get("device") in ("cpu", "nvme")
-    offload_param = bool(zo.get("cpu_offload_params")) or off_par.get("device") in ("cpu", "nvme")
-    pin = bool(off_opt.get("pin_memory", zo.get("cpu_offload_use_pin_memory", False)))
+        problems.append(
+            f"ds_config {path}: zero_optimization.stage {file_stage!r} contradicts the cell's strategy {cell.strategy!r}; "
+            f"allowed: {stage} (or a method with zero{file_stage})"
+        )
+    off_opt = _section(zo, "offload_optimizer", path)
+    off_par = _section(zo, "offload_param", path)
+    # Legacy keys as DeepSpeed maps them: cpu_offload -> offload_optimizer,
+    # cpu_offload_param -> offload_param (deepspeed/runtime/zero/config.py).
+    offload_optimizer = zo.get("cpu_offload") is True or off_opt.get("device") in ("cpu", "nvme")
+    offload_param = zo.get("cpu_offload_param") is True or off_par.get("device") in ("cpu", "nvme")
+    # Pinned unless the file says otherwise: DeepSpeed's offload default
+    # (deepspeed/runtime/zero/offload_config.py); the legacy flag still counts.
+    pin = off_opt.get("pin_memory", off_par.get("pin_memory", zo.get("cpu_offload_use_pin_memory", True)))
+    pin = pin is True
     wanted = {"none": (False, False), "optimizer": (True, False), "all": (True, True)}[cell.offload]
     if (offload_optimizer, offload_param) != wanted:
+        have = {(False, False): "none", (True, False): "optimizer", (True, True): "all", (False, True): "param only"}
         problems.append(
-            f"ds_config {path}: offload (optimizer={offload_optimizer}, param={offload_param}) contradicts the cell's offload {cell.offload!r}"
+            f"ds_config {path}: offload {have[(offload_optimizer, offload_param)]!r} (optimizer={offload_optimizer}, "
+            f"param={offload_param}) contradicts the cell's offload {cell.offload!r}; allowed: offload_optimizer "
+            f"{'cpu' if wanted[0] else 'none'}, offload_param {'cpu' if wanted[1] else 'none'}"
         )
     precision = _precision(data)
     cell_prec = {"fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16", "fp32": "fp32"}[cell.precision]
     if precision is not None and precision != cell_prec:
-        problems.append(f"ds_config {path}: precision {precision!r} contradicts the cell's precision {cell.precision!r}")
+        fix = f"{cell_prec}.enabled true" if cell_prec != "fp32" else "no fp16/bf16 section enabled"
+        problems.append(
+            f"ds_config {path}: precision {precision!r} contradicts the cell's precision {cell.precision!r}; "
+            f"allowed: {fix}, or \"enabled\": \"auto\""
+        )
     if problems:
         raise UserError(*problems)
     g = lambda k: zo.get(k, DS_DEFAULTS.get(k))  # noqa: E731

@@ -6,16 +6,27 @@ A matrix is YAML (loaded with ``yaml.safe_load``)::
     gpu: v100-16gb
     defaults: {seq: 1024, steps: 5}
     sweep: {model: [...], method: [...], batch: [1, 2]}   # cartesian product, first key outermost
-    exclude: [{model: ..., method: full}]                  # drop cells matching every key
+    exclude: [{model: ..., method: full}]                  # drop sweep cells matching every key
     include: [{label: seed, model: ..., batch: 8}]         # extra cells, appended as written
 
+An exclude rule matches a cell when every key matches; a list value matches
+any of its items (``{model: gpt2-xl, batch: [12, 16]}``), a model matches by
+catalog name, hub id or alias, a ``method`` by the (tuning, strategy, offload)
+it stands for. Exclusion happens before validation, so a rule can drop the
+combinations a sweep cannot run (``{model: gpt2, seq: 2048}``). Includes are
+never excluded.
+
 ``load`` checks the whole file and raises one ``UserError`` listing every
-problem (key, bad value, what is allowed) before anything runs.
+problem before anything runs: one line per distinct problem (key, bad value,
+what is allowed), naming the cell it comes from, or how many cells share it.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +36,26 @@ import yaml
 from bench import cell as cellmod
 from bench import dsconfig, gpus, models
 from bench.cell import Cell
-from bench.errors import UserError
+from bench.errors import UserError, allowed
 
 TOP_KEYS = ("name", "gpu", "description", "defaults", "sweep", "exclude", "include")
+CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TRIPLE = ("tuning", "strategy", "offload")
+_CHOICES = {"task": cellmod.TASKS, "tuning": cellmod.TUNINGS, "strategy": cellmod.STRATEGIES,
+            "offload": cellmod.OFFLOADS, "precision": cellmod.PRECISIONS, "optimizer": cellmod.OPTIMIZERS,
+            "quant": cellmod.QUANTS, "attn": cellmod.ATTNS, "method": tuple(cellmod.METHODS)}
 
 
 @dataclass(frozen=True)
 class Matrix:
     name: str
+    """Results go to ``results/<gpu>/<name>/``."""
     gpu: str
+    """Catalog name of the target GPU."""
     path: str
     cells: tuple[Cell, ...]
+    """Sweep cells in expansion order (first sweep key outermost), then includes."""
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
@@ -43,20 +63,25 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     out = []
     for a in args:
         key, sep, value = a.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {a!r} is not key=value (e.g. batch=[1,2] or gpu=a100-80gb)")
+        key = key.strip()
+        if not sep or not key or "" in key.split("."):
+            raise UserError(f"override {a!r} is not key=value (e.g. batch=[1,2], gpu=a100-80gb or defaults.seq=512)")
         try:
-            out.append((key.strip(), yaml.safe_load(value)))
+            out.append((key, yaml.safe_load(value)))
         except yaml.YAMLError:
-            raise UserError(f"override {key}: {value!r} is not a valid value (YAML scalar or [list])") from None
+            raise UserError(f"override {key}: {value!r} is not a valid value; allowed: a YAML scalar or [list]") from None
     return out
 
 
 def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Set each override: top-level keys directly, dotted keys by path, cell
-    fields everywhere (a list becomes a sweep axis, a scalar a default)."""
-    doc = {**doc, "defaults": dict(doc.get("defaults") or {}), "sweep": dict(doc.get("sweep") or {}),
-           "include": [dict(c) for c in doc.get("include") or [] if isinstance(c, dict)]}
+    """A copy of ``doc`` with each override set.
+
+    ``name``/``gpu``/``description`` replace the top-level key; a dotted key
+    (``defaults.seq``) sets that path only; a cell field applies everywhere: a
+    list becomes the sweep axis (in place if the sweep had one), a scalar the
+    default, and includes take the value too (one include per list item).
+    """
+    doc = copy.deepcopy(doc)
     for key, value in overrides:
         if key in ("name", "gpu", "description"):
             doc[key] = value
@@ -64,87 +89,165 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
             node = doc
             *parents, leaf = key.split(".")
             for p in parents:
-                node = node.setdefault(p, {})
+                node = node.setdefault(p, {}) if isinstance(node, dict) else None
                 if not isinstance(node, dict):
-                    raise UserError(f"override {key}: {p!r} is not a mapping in the matrix")
+                    raise UserError(f"override {key}: {p!r} is not a mapping in the matrix; allowed: a path through mappings such as defaults.seq")
             node[leaf] = value
-        elif key in cellmod.FIELD_NAMES or key == "method":
-            doc["sweep"].pop(key, None)
-            doc["defaults"].pop(key, None)
-            if isinstance(value, list):
-                doc["sweep"][key] = value
-            else:
-                doc["defaults"][key] = value
-            for inc in doc["include"]:
-                inc.pop(key, None)
-            if key == "method":
-                for k in ("tuning", "strategy", "offload"):
-                    doc["sweep"].pop(k, None)
-                    doc["defaults"].pop(k, None)
+        elif key in CELL_KEYS:
+            _override_field(doc, key, value)
         else:
-            raise UserError(f"override {key}: unknown key; allowed: name, gpu, dotted paths, or a cell field ({', '.join(cellmod.FIELD_NAMES)})")
-    if isinstance(doc.get("include"), list):
-        doc["include"] = _expand_includes(doc["include"], {k: v for k, v in overrides if isinstance(v, list) and "." not in k})
+            raise UserError(f"override {key}: unknown key; allowed: name, gpu, description, a dotted path (defaults.seq) or a cell field ({', '.join(CELL_KEYS)})")
     return doc
 
 
-def _expand_includes(includes: list[dict], list_overrides: dict[str, list]) -> list[dict]:
-    out = []
-    for inc in includes:
-        keys = [k for k in list_overrides]
-        for combo in itertools.product(*(list_overrides[k] for k in keys)):
-            out.append({**inc, **dict(zip(keys, combo))})
-    return out
+def _override_field(doc: dict[str, Any], key: str, value: Any) -> None:
+    drop = (key, *_TRIPLE) if key == "method" else (key,)
+    sections = {}
+    for section in ("defaults", "sweep"):
+        if doc.get(section) is None:
+            doc[section] = {}
+        sections[section] = doc[section] if isinstance(doc[section], dict) else {}  # a bad one is reported by load
+    sweep, defaults = sections["sweep"], sections["defaults"]
+    for k in drop:
+        defaults.pop(k, None)
+        if k != key:
+            sweep.pop(k, None)
+    if isinstance(value, list):
+        sweep[key] = value  # keeps the axis's place when the sweep had it
+    else:
+        sweep.pop(key, None)
+        defaults[key] = value
+    include = doc.get("include")
+    if isinstance(include, list):
+        out = []
+        for inc in include:
+            if not isinstance(inc, dict):
+                out.append(inc)
+                continue
+            inc = {k: v for k, v in inc.items() if k not in drop}
+            out += [{**inc, key: v} for v in value] if isinstance(value, list) else [inc]
+        doc["include"] = out
 
 
-def _raw_cells(doc: dict[str, Any], problems: list[str]) -> list[dict[str, Any]]:
-    defaults = doc.get("defaults") or {}
-    sweep = doc.get("sweep") or {}
-    if not isinstance(defaults, dict):
-        problems.append(f"defaults: {defaults!r} is not allowed; allowed: a mapping of cell fields")
-        defaults = {}
-    if not isinstance(sweep, dict):
-        problems.append(f"sweep: {sweep!r} is not allowed; allowed: a mapping of cell field -> list")
-        sweep = {}
-    axes = []
-    for k, v in sweep.items():
-        if not isinstance(v, list) or not v:
-            problems.append(f"sweep.{k}: {v!r} is not allowed; allowed: a non-empty list")
-            v = [v] if not isinstance(v, list) else [None]
-        axes.append((k, v))
-    base = {"gpu": doc.get("gpu"), **defaults}
-    cells = [{**base, **dict(zip([k for k, _ in axes], combo))}
-             for combo in itertools.product(*(v for _, v in axes))] if axes else []
-    include = doc.get("include") or []
-    if not isinstance(include, list):
-        problems.append("include: must be a list of cells")
-        include = []
-    for i, inc in enumerate(include):
-        if not isinstance(inc, dict):
-            problems.append(f"include[{i}]: {inc!r} is not allowed; allowed: a mapping of cell fields")
+class _Problems:
+    """Problems in the order found; the same message from many cells is one line."""
+
+    def __init__(self) -> None:
+        self._where: dict[str, list[tuple[int | str, str]]] = {}
+
+    def add(self, message: str, where: tuple[int | str, str] | None = None) -> None:
+        self._where.setdefault(message, [])
+        if where is not None and where not in self._where[message]:
+            self._where[message].append(where)
+
+    def lines(self) -> list[str]:
+        out = []
+        for message, where in self._where.items():
+            if not where:
+                out.append(message)
+            elif len(where) == 1:
+                ref, desc = where[0]
+                out.append(f"{_ref(ref)} ({desc}): {message}" if desc else f"{_ref(ref)}: {message}")
+            else:
+                out.append(f"{len(where)} cells ({_refs([r for r, _ in where])}): {message}")
+        return out
+
+
+def _ref(ref: int | str) -> str:
+    return f"cell {ref}" if isinstance(ref, int) else ref
+
+
+def _refs(refs: list[int | str], most: int = 8) -> str:
+    """``cell 1-48, 97-144, include[0]``: runs of sweep cell numbers, then includes."""
+    runs = []
+    numbers = [r for r in refs if isinstance(r, int)]
+    for _, run in itertools.groupby(enumerate(numbers), key=lambda t: t[1] - t[0]):
+        run = [n for _, n in run]
+        runs.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    named = [r for r in refs if isinstance(r, str)]
+    parts = [f"cell {', '.join(runs[:most])}{', …' if len(runs) > most else ''}"] if runs else []
+    parts += named[:most] + (["…"] if len(named) > most else [])
+    return ", ".join(parts)
+
+
+def _describe(raw: dict[str, Any]) -> str:
+    """A short reading of a raw cell for messages: ``gpt2-xl zero2-offload fp16 b8 s1024``."""
+    if raw.get("label"):
+        return str(raw["label"])
+    parts = [raw.get("model"), raw.get("method") or "-".join(str(raw[k]) for k in _TRIPLE if k in raw) or None,
+             raw.get("precision")]
+    parts += [f"{prefix}{raw[k]}" for k, prefix in (("batch", "b"), ("seq", "s")) if k in raw]
+    return " ".join(str(p) for p in parts if p is not None)
+
+
+def _triple(raw: dict[str, Any]) -> tuple[Any, Any, Any]:
+    method = raw.get("method")
+    if isinstance(method, str) and method in cellmod.METHODS:
+        return cellmod.METHODS[method]
+    return tuple(raw.get(k, cellmod.Cell.__dataclass_fields__[k].default) for k in _TRIPLE)
+
+
+def _rules(doc: dict[str, Any], problems: _Problems) -> list[dict[str, list[Any]]]:
+    """The exclude rules, checked; each key maps to the values it matches."""
+    exclude = doc.get("exclude") or []
+    if not isinstance(exclude, list):
+        problems.add(f"exclude: {exclude!r} is not allowed; allowed: a list of mappings of cell fields")
+        return []
+    rules = []
+    for j, rule in enumerate(exclude):
+        if not isinstance(rule, dict) or not rule:
+            problems.add(f"exclude[{j}]: {rule!r} is not allowed; allowed: a non-empty mapping of cell fields")
             continue
-        cells.append({**base, **inc, "_include": i})
-    return cells
+        checked: dict[str, list[Any]] = {}
+        bad = []
+        for k, v in rule.items():
+            if k not in CELL_KEYS:
+                bad.append(f"exclude[{j}]: {cellmod.unknown_key(k)}")
+                continue
+            options = v if isinstance(v, list) else [v]
+            if k == "model":
+                names = []
+                for o in options:
+                    try:
+                        names.append(models.resolve(str(o)).name)
+                    except UserError as e:
+                        bad += [f"exclude[{j}].{m}" for m in e.problems]
+                options = names
+            elif k in _CHOICES:
+                bad += [f"exclude[{j}].{allowed(k, o, _CHOICES[k])}"
+                        for o in options if not isinstance(o, str) or o not in _CHOICES[k]]
+            checked[k] = options
+        for m in bad:
+            problems.add(m)
+        if not bad:  # a broken rule must not drop cells it was never meant to
+            rules.append(checked)
+    return rules
 
 
-def _matches(c: Cell, rule: dict[str, Any]) -> bool:
-    for k, v in rule.items():
+def _excluded(raw: dict[str, Any], rule: dict[str, list[Any]]) -> bool:
+    triple = _triple(raw)
+    for k, options in rule.items():
         if k == "method":
-            if cellmod.METHODS.get(v) != (c.tuning, c.strategy, c.offload):
+            if triple not in [cellmod.METHODS.get(o) for o in options if isinstance(o, str)]:
                 return False
-        elif k == "model":
-            try:
-                if models.resolve(str(v)).name != c.model:
-                    return False
-            except UserError:
+        elif k in _TRIPLE:
+            if triple[_TRIPLE.index(k)] not in options:
                 return False
-        elif getattr(c, k, object()) != v:
-            return False
+        else:
+            default = cellmod.Cell.__dataclass_fields__[k].default
+            value = raw.get(k, None if default is dataclasses.MISSING else default)
+            if not any(value == o and type(value) is type(o) or _same_number(value, o) for o in options):
+                return False
     return True
 
 
+def _same_number(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    return not isinstance(a, bool) and not isinstance(b, bool) and isinstance(a, numbers) and isinstance(b, numbers) and a == b
+
+
 def validate_cell(c: Cell, where: str = "") -> list[str]:
-    """Catalog-dependent checks for a grammatically valid cell."""
+    """Catalog-dependent checks for a grammatically valid cell (model, GPU, ds_config)."""
     p: list[str] = []
     spec = models.resolve(c.model)
     gpu = gpus.resolve(c.gpu)
@@ -161,10 +264,90 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
         p.append(f"{where}target_seq: {c.target_seq} is only for encoder-decoder models; {spec.name} is decoder-only")
     if c.strategy.startswith("zero") and c.ds_config is not None:
         try:
-            dsconfig.settings(c, spec.config.get("hidden_size") or spec.config.get("d_model"))
+            dsconfig.settings(c, dsconfig.hidden_size_of(spec.config))
         except UserError as e:
             p += [f"{where}{m}" for m in e.problems]
     return p
+
+
+def _despite(raw: dict[str, Any], found: list[str], catalog: bool) -> list[str]:
+    """The problems a cell has besides ``found``: its other keys checked on their own.
+
+    Keys named by ``found`` are dropped (a bad method drops tuning, strategy and
+    offload too) and the rest is checked again; messages that mention a dropped
+    key are left out, since the default standing in for it is no user mistake.
+    """
+    bad = set()
+    for m in found:
+        hit = re.match(r"unknown key '([^']*)'|([a-z_]+)", m)
+        if hit:
+            bad.add(hit.group(1) or hit.group(2))
+    if bad & {"method", *_TRIPLE}:
+        bad |= {"method", *_TRIPLE}
+    rest = {k: v for k, v in raw.items() if k in CELL_KEYS and k not in bad}
+    try:
+        c = cellmod.normalize(rest)
+        more = validate_cell(c) if catalog else []
+    except UserError as e:
+        more = e.problems
+    return [m for m in more if m not in found and not any(re.search(rf"\b{re.escape(k)}\b", m) for k in bad)]
+
+
+def _raw_cells(doc: dict[str, Any], problems: _Problems) -> list[tuple[int | str, dict[str, Any], bool]]:
+    """(reference, raw cell, from include) in expansion order: sweep first, then includes."""
+    defaults = doc.get("defaults") or {}
+    sweep = doc.get("sweep") or {}
+    if not isinstance(defaults, dict):
+        problems.add(f"defaults: {defaults!r} is not allowed; allowed: a mapping of cell fields")
+        defaults = {}
+    if not isinstance(sweep, dict):
+        problems.add(f"sweep: {sweep!r} is not allowed; allowed: a mapping of cell field -> list")
+        sweep = {}
+    axes = []
+    for k, v in sweep.items():
+        if not isinstance(v, list) or not v:
+            problems.add(f"sweep.{k}: {v!r} is not allowed; allowed: a non-empty list")
+            if isinstance(v, list):
+                continue
+            v = [v]
+        axes.append((k, v))
+    base = {**defaults, "gpu": doc.get("gpu")}
+    out: list[tuple[int | str, dict[str, Any], bool]] = []
+    if axes:
+        for n, combo in enumerate(itertools.product(*(v for _, v in axes)), start=1):
+            out.append((n, {**base, **dict(zip([k for k, _ in axes], combo))}, False))
+    include = doc.get("include") or []
+    if not isinstance(include, list):
+        problems.add(f"include: {include!r} is not allowed; allowed: a list of mappings of cell fields")
+        include = []
+    for i, inc in enumerate(include):
+        if not isinstance(inc, dict):
+            problems.add(f"include[{i}]: {inc!r} is not allowed; allowed: a mapping of cell fields")
+            continue
+        out.append((f"include[{i}]", {**defaults, **inc, "gpu": doc.get("gpu")}, True))
+    return out
+
+
+def _ds_path(value: Any, matrix_path: Path) -> Any:
+    """A relative ``ds_config`` is relative to the matrix file (then to the working directory)."""
+    if not isinstance(value, str):
+        return value
+    ds = Path(value).expanduser()
+    if not ds.is_absolute():
+        beside = matrix_path.parent / ds
+        ds = beside if beside.exists() or not ds.exists() else ds
+    return str(ds.resolve())
+
+
+def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
+    """A catalog name or hub id, else a config path (relative to the matrix file, then the working directory)."""
+    try:
+        return models.resolve(value)
+    except UserError:
+        beside = matrix_path.parent / value
+        if Path(value).is_absolute() or not beside.exists():
+            raise
+        return models.resolve(str(beside))
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
@@ -179,46 +362,71 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     if not isinstance(doc, dict):
         raise UserError(f"matrix: {str(path)!r} must be a YAML mapping with keys {', '.join(TOP_KEYS)}")
     doc = apply_overrides(doc, parse_overrides(overrides or []))
-    problems = [f"unknown key {k!r}; allowed: {', '.join(TOP_KEYS)}" for k in doc if k not in TOP_KEYS]
-    name = doc.get("name") or path.stem
-    gpu_name = doc.get("gpu")
-    try:
-        doc["gpu"] = gpus.resolve(str(gpu_name)).name if gpu_name is not None else None
-    except UserError as e:
-        problems += e.problems
-        gpu_name = None
-    if gpu_name is None and not problems:
-        problems.append(f"gpu: missing; allowed: {', '.join(gpus.names())}")
-
-    cells: list[Cell] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(_raw_cells(doc, problems)):
-        inc = raw.pop("_include", None)
-        where = f"include[{inc}]: " if inc is not None else f"cell {i + 1}: "
-        if raw.get("ds_config") is not None:
-            ds = Path(raw["ds_config"])
-            raw["ds_config"] = str(ds if ds.is_absolute() or ds.exists() else path.parent / ds)
+    problems = _Problems()
+    for k in doc:
+        if k not in TOP_KEYS:
+            problems.add(f"unknown key {k!r}; allowed: {', '.join(TOP_KEYS)}")
+    name = doc.get("name", path.stem)
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        name = str(name)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problems.add(f"name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-' (it names the results folder)")
+    gpu = None
+    if doc.get("gpu") is None:
+        problems.add(f"gpu: missing; allowed: {', '.join(gpus.names())}")
+    else:
         try:
-            model = models.resolve(str(raw.get("model")))
-            raw["model"] = model.name
-            c = cellmod.normalize(raw, where)
-            problems += validate_cell(c, where)
+            gpu = gpus.resolve(str(doc["gpu"])).name
         except UserError as e:
-            problems += [m if m.startswith(where) else f"{where}{m}" for m in e.problems]
-            continue
-        if inc is None and any(_matches(c, rule) for rule in doc.get("exclude") or [] if isinstance(rule, dict)):
-            continue
-        if c.cell_id in seen:
-            continue
-        seen.add(c.cell_id)
-        cells.append(c)
-    for j, rule in enumerate(doc.get("exclude") or []):
-        if not isinstance(rule, dict):
-            problems.append(f"exclude[{j}]: {rule!r} is not allowed; allowed: a mapping of cell fields")
+            problems.add(e.problems[0] if e.problems else str(e))
+    doc["gpu"] = gpu or str(doc.get("gpu"))
+    for section in ("defaults", "sweep"):
+        if isinstance(doc.get(section), dict) and "gpu" in doc[section]:
+            problems.add(f"{section}.gpu: a matrix targets one GPU; allowed: the top-level gpu (or the override gpu=NAME)")
+    for i, inc in enumerate(doc.get("include") or [] if isinstance(doc.get("include"), list) else []):
+        if isinstance(inc, dict) and "gpu" in inc:
+            problems.add(f"include[{i}].gpu: a matrix targets one GPU; allowed: the top-level gpu (or the override gpu=NAME)")
+    rules = _rules(doc, problems)
+
+    cells: dict[str, Cell] = {}
+    for ref, raw, from_include in _raw_cells(doc, problems):
+        where = (ref, _describe(raw))
+        spec, model_problems = None, []
+        if not isinstance(raw.get("model"), str) or not raw["model"]:
+            model_problems.append(f"model: {raw.get('model')!r} is not allowed; allowed: a catalog name "
+                                  f"({', '.join(models.names())}), a hub id or a path to a config.json")
         else:
-            problems += [f"exclude[{j}]: unknown key {k!r}" for k in rule if k not in cellmod.FIELD_NAMES and k != "method"]
-    if problems:
-        raise UserError(*dict.fromkeys(problems))
+            try:
+                spec = _resolve_model(raw["model"], path)
+                raw["model"] = spec.name
+            except UserError as e:
+                model_problems += e.problems
+        if not from_include and any(_excluded(raw, rule) for rule in rules):
+            continue
+        for m in model_problems:
+            problems.add(m, where)
+        if "ds_config" in raw:
+            raw["ds_config"] = _ds_path(raw["ds_config"], path)
+        try:
+            c = cellmod.normalize(raw)
+        except UserError as e:
+            found = [m for m in e.problems if not (model_problems and m.startswith("model:"))]
+            for m in found + _despite(raw, e.problems, spec is not None and gpu is not None):
+                problems.add(m, where)
+            continue
+        if spec is None or gpu is None:
+            continue
+        found = validate_cell(c)
+        for m in found:
+            problems.add(m, where)
+        if found:
+            continue
+        first = cells.setdefault(c.cell_id, c)
+        if first is not c and c.label and not first.label:
+            cells[c.cell_id] = dataclasses.replace(first, label=c.label)  # an include names a sweep cell
+    lines = problems.lines()
+    if lines:
+        raise UserError(*lines)
     if not cells:
         raise UserError(f"matrix: {str(path)!r} expands to no cells (empty sweep, or everything excluded)")
-    return Matrix(name=str(name), gpu=doc["gpu"], path=str(path), cells=tuple(cells))
+    return Matrix(name=str(name), gpu=gpu, path=str(path), cells=tuple(cells.values()))

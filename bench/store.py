@@ -31,6 +31,8 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
 FINISHED = ("ok", "oom")
 """Statuses a re-run keeps; ``error`` and ``timeout`` rerun with ``--retry-failed``."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -43,11 +45,27 @@ def atomic_write_json(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=1, sort_keys=True)
             f.write("\n")
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared data
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_record(path: Path) -> dict[str, Any]:
@@ -55,7 +73,7 @@ def load_record(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise UserError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from None
     if not isinstance(rec, dict) or "cell_id" not in rec:
         raise UserError(f"{path}: not a bench result record (no cell_id)")
@@ -63,7 +81,8 @@ def load_record(path: Path) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise UserError(
             f"{path}: schema_version {version!r} is not supported (this bench reads {SCHEMA_VERSION}); "
-            f"re-run the cell with `bench run MATRIX --force`, or use the bench release that wrote it"
+            f"delete the file and run its matrix again (`bench run MATRIX` measures the missing cell), "
+            f"or read it with the bench release that wrote it"
         )
     return rec
 
@@ -101,7 +120,7 @@ class Store:
         """Persist one record at its place; returns the path."""
         if record.get("status") not in STATUSES:
             raise ValueError(f"record status {record.get('status')!r} not in {STATUSES}")
-        rec = {"schema_version": SCHEMA_VERSION, **record}
+        rec = {**record, "schema_version": SCHEMA_VERSION}
         path = self.path(rec["cell"]["gpu"], rec["matrix"], rec["cell_id"])
         atomic_write_json(path, rec)
         return path
@@ -115,7 +134,7 @@ class Store:
         folder = self.folder(gpu, matrix)
         if not folder.is_dir():
             return {}
-        return {r["cell_id"]: r["status"] for r in (load_record(f) for f in record_files([folder]))}
+        return {r["cell_id"]: r.get("status") for r in (load_record(f) for f in record_files([folder]))}
 
     def completed(self, gpu: str, matrix: str, retry_failed: bool = False) -> set[str]:
         """Cell ids a re-run skips: ``ok``/``oom`` always, others unless ``retry_failed``."""

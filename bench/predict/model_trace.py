@@ -174,7 +174,7 @@ def trace_train(key: ShapeKey) -> TrainTrace:
         return _trace_train(key)
     b = key.batch
     events = [(k, key_, n1 + (n2 - n1) * (b - 1), tag) for (k, key_, n1, tag), (_, _, n2, _) in zip(e1, e2)]
-    t = tr.Trace(events=events, grad_keys=two.trace.grad_keys)
+    t = tr.Trace(events=events, grad_keys=two.trace.grad_keys, forward_end=two.trace.forward_end)
     return dataclasses.replace(two, trace=t, input_bytes=one.input_bytes * b)
 
 
@@ -203,15 +203,17 @@ def _trace_train(key: ShapeKey) -> TrainTrace:
                 stack.enter_context(m)
             out = model(**inputs)  # the training loop holds the output (and its logits) until the step ends
             loss = out.loss
+        trace.forward_end = len(trace.events)
         if key.autocast:
             ac.cache.clear()
         trace.live_at_forward_end = log.live_bytes
         trace.logits_at_forward_end = log.bytes_tagged("logits")
         log.phase = "backward"
         loss.backward()
-        del loss, out
+        del loss
         trace.grad_keys = {p.grad.untyped_storage()._bench_key for p in model.parameters() if p.grad is not None}
-        log.live = {}  # stop recording: grads and inputs outlive the micro-step
+        log.live = {}  # stop recording: grads, inputs and the output outlive the micro-step
+    del out  # a training loop's `out = model(...)` holds it until the next forward returns
     if hook is not None:
         hook.remove()
     trace.events = [(k, key_, n, "grad" if key_ in trace.grad_keys else tag) for k, key_, n, tag in trace.events]

@@ -41,12 +41,12 @@ def state_tensors(optimizer: str, p: Param) -> list[int]:
     raise ValueError(f"unknown optimizer {optimizer!r}")
 
 
-def step_transient(optimizer: str, trainable: list[Param]) -> int:
-    """Peak temporary bytes during ``optimizer.step()`` beyond states and grads."""
+def step_transient(optimizer: str, trainable: list[Param]) -> list[int]:
+    """Temporary tensors alive together during ``optimizer.step()`` (bytes each)."""
     if not trainable:
-        return 0
-    if optimizer == "adamw-foreach":
-        return sum(p.nbytes for p in trainable)
+        return []
+    if optimizer == "adamw-foreach":  # _foreach_sqrt(exp_avg_sqs): one per parameter
+        return [p.nbytes for p in trainable]
     if optimizer == "adafactor":
-        return 3 * max(p.numel for p in trainable) * 4
-    return 0
+        return [max(p.numel for p in trainable) * 4] * 3
+    return []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bench.predict import optimizer as opt
 from bench.predict.model_trace import TrainTrace
-from bench.predict.program import COMM, CONTEXT, OPTIM, WEIGHTS, Outcome, Program
+from bench.predict.program import COMM, CONTEXT, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 
 STEPS = 2
 
@@ -53,7 +53,9 @@ def program(tt: TrainTrace, cell, gpu, weight_bytes=None) -> Outcome:
             grads += prog.micro_step(tt, keep_grads=micro == 0)
         if states is None:
             states = [prog.malloc(n, OPTIM) for p in trainable for n in opt.state_tensors(cell.optimizer, p)]
-        prog.transient(opt.step_transient(cell.optimizer, trainable))
+        temps = [prog.malloc(n, TRANSIENT) for n in opt.step_transient(cell.optimizer, trainable)]
+        for t in temps:
+            prog.free(t)
         for g in grads:
             prog.free(g)
     return prog.outcome()

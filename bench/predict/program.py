@@ -48,6 +48,7 @@ class Program:
         self._tag: dict[int, tuple[str, int]] = {}
         self.live = {p: 0 for p in PARTS}
         self.at_peak: dict[str, int] = dict(self.live)
+        self._held: list[int] = []
 
     def malloc(self, nbytes: int, tag: str) -> int:
         self._next += 1
@@ -74,6 +75,9 @@ class Program:
                    grad_sink=None) -> list[int]:
         """Replay one traced forward+backward; returns the keys of kept gradients.
 
+        The previous micro-step's output (its logits) stays alive until this
+        forward returns, as ``out = model(**batch)`` in a training loop keeps it.
+
         ``keep_grads`` False: each new gradient is added into the existing
         ``.grad`` and freed at once (accumulation micro-steps). ``grad_sink``
         (a callable taking the gradient's bytes) lets ZeRO copy each gradient
@@ -81,7 +85,12 @@ class Program:
         """
         mapping: dict[int, int] = {}
         kept: list[int] = []
-        for kind, k, n, tag in tt.trace.events:
+        held, self._held = self._held, []
+        for i, (kind, k, n, tag) in enumerate(tt.trace.events):
+            if i == tt.trace.forward_end:
+                for key in held:
+                    self.free(key)
+                held = []
             if kind == tr.ALLOC:
                 part = grad_tag if tag == "grad" else _TRACE_TAGS.get(tag, TRANSIENT)
                 key = self.malloc(n, part)
@@ -96,8 +105,13 @@ class Program:
                     mapping[k] = key
             elif k in mapping:
                 self.free(mapping.pop(k))
-        for key in mapping.values():  # the batch and anything else the step held
+        for key in held:
             self.free(key)
+        for k, key in mapping.items():
+            if self._tag[key][0] == LOGITS:
+                self._held.append(key)  # the output object, freed by the next forward
+            else:
+                self.free(key)  # the batch
         return kept
 
     def outcome(self) -> Outcome:

@@ -54,6 +54,8 @@ class Trace:
     live_at_forward_end: int = 0
     logits_at_forward_end: int = 0
     grad_keys: set[int] = field(default_factory=set)
+    forward_end: int = 0
+    """Index of the first event after the forward (and loss) returned."""
 
 
 class MemoryLog(TorchDispatchMode):

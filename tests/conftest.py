@@ -1,0 +1,29 @@
+"""Shared fixtures: the repository root and a writer for throwaway matrix files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def repo() -> Path:
+    """The repository root (matrices/, tests/data/ ...)."""
+    return ROOT
+
+
+@pytest.fixture
+def write_matrix(tmp_path: Path) -> Callable[..., Path]:
+    """``write_matrix(text, name="m.yaml")`` writes a matrix into tmp_path and returns its path."""
+
+    def write(text: str, name: str = "m.yaml") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    return write
