@@ -29,7 +29,7 @@ plan: install
 	$(BIN)/bench plan matrices/v100.yaml -o reports/v100-plan.md
 
 bench: install
-	$(BIN)/python -m pytest -q benchmarks --benchmark-enable --benchmark-only
+	$(BIN)/python -m pytest -q benchmarks/*.py --benchmark-enable --benchmark-only -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV)

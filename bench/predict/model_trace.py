@@ -23,6 +23,7 @@ import transformers
 import warnings
 
 from bench import models
+from bench.predict import blocks
 from bench.predict import trace as tr
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "pure-bf16": torch.bfloat16}
@@ -44,6 +45,7 @@ class TrainTrace:
     input_bytes: int
     trace: tr.Trace
     layers: int
+    marks: "blocks.Marks | None" = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,11 +163,23 @@ def _inputs(key: ShapeKey, spec, vocab: int) -> dict:
 def trace_train(key: ShapeKey) -> TrainTrace:
     """One forward + loss + backward micro-step, with grads starting at None.
 
+    Blocks are identical: a model deeper than ``blocks.TRACED`` blocks is
+    traced at that depth and its middle block's events are replicated to the
+    real depth (``blocks.replicate``), falling back to a full-depth trace if
+    the blocks' event sequences do not line up.
+
     Every activation has the batch as a dimension and nothing else does, so
     each event's size is ``a + c * batch``: batches above 2 are derived from
     traces at batch 1 and 2 (same op sequence, checked), not traced again.
     """
     if key.batch <= 2:
+        spec = models.resolve(key.model)
+        depth = layer_count(spec)
+        if key.layers is None and depth > blocks.TRACED and not spec.is_encoder_decoder:
+            small = _trace_train(dataclasses.replace(key, layers=blocks.TRACED))
+            full = blocks.replicate(small, depth)
+            if full is not None:
+                return full
         return _trace_train(key)
     one = trace_train(dataclasses.replace(key, batch=1))
     two = trace_train(dataclasses.replace(key, batch=2))
@@ -189,6 +203,7 @@ def _trace_train(key: ShapeKey) -> TrainTrace:
     log = tr.MemoryLog(trace)
     out_emb = model.get_output_embeddings()
     hook = out_emb.register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")) if out_emb is not None else None
+    marks, mark_hooks = blocks.attach_marks(model, log) if key.layers is not None else (None, [])
     modes = [tr.AttentionEmulation()]
     if key.autocast:
         ac = tr.AutocastEmulation(DTYPES[key.autocast])
@@ -216,6 +231,8 @@ def _trace_train(key: ShapeKey) -> TrainTrace:
     del out  # a training loop's `out = model(...)` holds it until the next forward returns
     if hook is not None:
         hook.remove()
+    for h in mark_hooks:
+        h.remove()
     trace.events = [(k, key_, n, "grad" if key_ in trace.grad_keys else tag) for k, key_, n, tag in trace.events]
     return TrainTrace(params=params, buffers_bytes=buffers, input_bytes=input_bytes, trace=trace,
-                      layers=key.layers or layer_count(spec))
+                      layers=key.layers or layer_count(spec), marks=marks)
