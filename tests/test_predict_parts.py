@@ -152,3 +152,19 @@ def test_predict_cli_bad_input_is_one_line():
                         "--gpu", "v100-16gb"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: model:") and "gpt2-xl" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kw", [dict(model="llama-3.2-1b", tuning="lora", grad_ckpt=True),
+                                dict(model="gpt2-medium", precision="fp16", attn="eager")])
+def test_block_replication_matches_a_full_depth_trace(kw):
+    from bench import gpus
+    from bench.predict import plain
+
+    c = cell(**{**dict(batch=2, seq=256), **kw})
+    key = mt.shape_key(c)
+    replicated, full = mt.trace_train(key), mt._trace_train(key)
+    assert replicated.trace is not full.trace and len(replicated.params) == len(full.params)
+    assert sorted(e[2] for e in replicated.trace.events) == sorted(e[2] for e in full.trace.events)
+    g = gpus.resolve("h200")
+    a, b = plain.program(replicated, c, g), plain.program(full, c, g)
+    assert (a.peak_allocated, a.peak_reserved) == (b.peak_allocated, b.peak_reserved)

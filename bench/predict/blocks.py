@@ -104,6 +104,7 @@ def replicate(small, depth: int):
     keys.update({("B", b): [k for k, _ in ba[b]] for b in (1, 2)})
     next_key = [max((e[1] for e in ev), default=0) + 1]
     out: list[tuple[int, int, int, str]] = []
+    freed: set[int] = set()
 
     def emit(lo, hi, block):
         tb = template.get(block, 1)
@@ -129,7 +130,23 @@ def replicate(small, depth: int):
                 out.append((kind, k, n, tag))
                 continue
             target = chain[idx + rel]
-            out.append((kind, keys[(seg, target)][p], n, tag))
+            k = keys[(seg, target)][p]
+            if kind == tr.FREE:
+                freed.add(k)
+            out.append((kind, k, n, tag))
+
+    def plain(lo, hi):
+        """Events outside the blocks; a free of a middle-block tensor frees its copies' too."""
+        for e in ev[lo:hi]:
+            out.append(e)
+            where = pos.get(e[1])
+            if e[0] == tr.FREE and where is not None and where[1] == 1:
+                seg, _, p = where
+                for j in range(copies):
+                    k = keys[(seg, ("c", j))][p]
+                    if k not in freed:
+                        freed.add(k)
+                        out.append((tr.FREE, k, e[2], e[3]))
 
     out += ev[:F[0][0]]
     emit(*F[0], 0)
@@ -138,12 +155,12 @@ def replicate(small, depth: int):
         emit(*F[1], ("c", j))
     emit(*F[2], 2)
     forward_end = small.trace.forward_end + copies * (F[1][1] - F[1][0])
-    out += ev[F[2][1]:B[2][0]]
+    plain(F[2][1], B[2][0])
     emit(*B[2], 2)
     for j in reversed(range(copies)):
         emit(*B[1], ("c", j))
     emit(*B[1], 1)
-    out += ev[B[1][1]:]
+    plain(B[1][1], len(ev))
     trace = tr.Trace(events=out, grad_keys=set(), forward_end=forward_end)
     params = _replicate_params(small.params, copies)
     return dataclasses.replace(small, params=params, trace=trace, layers=depth, marks=None)
