@@ -223,3 +223,14 @@ def default_attn(spec: ModelSpec) -> str:
     except UserError:
         return "eager"
     return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+
+
+def lora_target_modules(spec: ModelSpec, targets=None):
+    """What LoRA wraps: the cell's ``lora_targets``, else PEFT's default for the
+    architecture, else every linear layer (``"all-linear"``) where PEFT has no
+    default (e.g. phi3). The predictor and the runner both ask here."""
+    if targets:
+        return list(targets)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+    return None if spec.config.get("model_type") in defaults else "all-linear"

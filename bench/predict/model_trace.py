@@ -128,7 +128,7 @@ def _build(key: ShapeKey):
             from peft import LoraConfig, get_peft_model
 
             cfg = LoraConfig(r=key.lora_r, lora_alpha=key.lora_alpha, lora_dropout=key.lora_dropout,
-                             target_modules=list(key.lora_targets) if key.lora_targets else None,
+                             target_modules=models.lora_target_modules(spec, key.lora_targets),
                              task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM")
             model = get_peft_model(model, cfg)
     if key.grad_ckpt:
@@ -148,6 +148,10 @@ def _layer_overrides(spec, n: int) -> dict:
         out["num_decoder_layers"] = n
     if c.get("layer_types"):
         out["layer_types"] = list(c["layer_types"])[:n]
+    if c.get("attention_types"):  # gpt-neo: [[["global", "local"], 12]] -> one entry per layer
+        per_layer = [t for types, times in c["attention_types"] for _ in range(times) for t in types]
+        out["attention_types"] = [[[t], 1] for t in per_layer[:n]]
+        out["attention_layers"] = per_layer[:n]
     return out
 
 
