@@ -31,7 +31,8 @@ def row_cell(r: dict):
     common.update(grad_ckpt=r["ckpt"], grad_accum=r.get("ga", 1))
     if r["kind"] == "train" and r["method"] == "lora":
         return normalize(dict(common, tuning="lora", precision=r["precision"], lora_r=r.get("r", 16)))
-    prec = PRECISION.get(r["precision"], r["precision"])
+    # DeepSpeed/FSDP rows name the engine's fp16/bf16 mode: the cell's mixed precision, not pure-bf16
+    prec = PRECISION.get(r["precision"], r["precision"]) if r["kind"] == "train" else r["precision"]
     if r["kind"] == "train":
         return normalize(dict(common, method="full", precision=prec, attn=r.get("attn"),
                               optimizer=r.get("optim", "adamw")))

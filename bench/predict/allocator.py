@@ -49,13 +49,17 @@ class _Block:
     free: bool = True
     prev: "_Block | None" = None
     next: "_Block | None" = None
+    stream: int = 0
 
 
 class CachingAllocator:
     """Replays ``malloc(key, nbytes)`` / ``free(key)``; tracks peaks."""
 
     def __init__(self) -> None:
-        self._pools: dict[bool, list[tuple[int, int, _Block]]] = {True: [], False: []}
+        # free blocks per (small pool, stream): a block freed on one CUDA stream is reused only by it
+        self._pools: dict[tuple[bool, int], list[tuple[int, int, _Block]]] = {}
+        self.stream = 0
+        """The stream following allocations are made on (0: the compute stream)."""
         self._blocks: dict[object, _Block] = {}
         self._next_addr = 0
         self.allocated = 0
@@ -64,10 +68,10 @@ class CachingAllocator:
         self.peak_reserved = 0
 
     def _insert(self, b: _Block) -> None:
-        bisect.insort(self._pools[b.small], (b.size, b.addr, b))
+        bisect.insort(self._pools.setdefault((b.small, b.stream), []), (b.size, b.addr, b))
 
     def _remove(self, b: _Block) -> None:
-        pool = self._pools[b.small]
+        pool = self._pools[(b.small, b.stream)]
         i = bisect.bisect_left(pool, (b.size, b.addr))
         assert pool[i][2] is b
         del pool[i]
@@ -75,19 +79,19 @@ class CachingAllocator:
     def malloc(self, key: object, nbytes: int) -> None:
         size = round_size(nbytes)
         small = size <= SMALL_SIZE
-        pool = self._pools[small]
+        pool = self._pools.setdefault((small, self.stream), [])
         i = bisect.bisect_left(pool, (size, -1))
         if i < len(pool):
             block = pool.pop(i)[2]
         else:
             seg = segment_size(size)
-            block = _Block(self._next_addr, seg, small)
+            block = _Block(self._next_addr, seg, small, stream=self.stream)
             self._next_addr += seg + (1 << 40)  # segments are never adjacent
             self.reserved += seg
             self.peak_reserved = max(self.peak_reserved, self.reserved)
         rest = block.size - size
         if rest >= MIN_BLOCK if small else rest > SMALL_SIZE:
-            tail = _Block(block.addr + size, rest, small, True, block, block.next)
+            tail = _Block(block.addr + size, rest, small, True, block, block.next, block.stream)
             if block.next:
                 block.next.prev = tail
             block.next = tail
@@ -117,6 +121,13 @@ class CachingAllocator:
                     if nb.next:
                         nb.next.prev = block
         self._insert(block)
+
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()``: release every wholly free segment."""
+        for pool in self._pools.values():
+            for entry in [e for e in pool if e[2].prev is None and e[2].next is None]:
+                pool.remove(entry)
+                self.reserved -= entry[2].size
 
     def reset_peaks(self) -> None:
         self.peak_allocated = self.allocated

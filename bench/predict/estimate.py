@@ -88,12 +88,12 @@ def _program_cached(cell, layers: int | None) -> tuple[Outcome, int, int]:
         from bench.predict import generate
 
         return generate.program(cell, gpu, layers)
-    key = model_trace.shape_key(cell, layers)
-    tt = model_trace.trace_train(key)
     if cell.strategy.startswith("zero"):
         from bench.predict import zero
 
-        return zero.program(tt, cell, gpu)
+        return zero.program(None, cell, gpu)  # traces the half-dtype micro-step DeepSpeed runs
+    key = model_trace.shape_key(cell, layers)
+    tt = model_trace.trace_train(key)
     if cell.strategy == "fsdp":
         from bench.predict import fsdp
 

@@ -1,159 +1,79 @@
 """DeepSpeed ZeRO-1/2/3 (with CPU offload) on one of ``cell.gpus`` ranks.
 
-Replays what ``deepspeed.initialize`` and its ZeRO optimizers allocate
-(deepspeed 0.19.8; paths below are under ``deepspeed/runtime/``):
+What ``deepspeed.initialize`` and its ZeRO optimizers allocate (deepspeed
+0.19.8, under ``deepspeed/runtime/``). ``engine.py:1851-1862, 2094``: the fp32
+CPU model is cast to the half dtype, then moved to the GPU; the micro-step runs
+on half weights without autocast (``fsdp.half_trace``).
 
-- ``engine.py:2080-2094``: the fp32 CPU model is cast to the half dtype
-  parameter by parameter, then ``module.to(device)``; the micro-step therefore
-  runs on half weights without autocast (``half_trace``).
 - ZeRO-1/2 (``zero/stage_1_and_2.py``): trainable weights copied into one flat
-  buffer aligned to ``2 * ranks`` (390-399, originals freed by 889-894); an
-  fp32 master partition made by ``partition.clone().to(fp32)`` (560-575);
-  gradient buckets of ``reduce_bucket_size`` elements, two with
-  ``overlap_comm`` (3256-3280), created at the first gradient of every
-  backward and released by its epilogue (924-932); the gradients of the
-  rank's partition copied into ``grads_in_partition`` (2189-2199), which the
-  next micro-step's buffer is added into (1032-1040); ``step()`` flattens
-  them and upcasts to fp32 (3117-3118) after a per-gradient fp64 norm
-  (2684, ``get_norm_dtype`` = fp64).  Offload: fp32 master, fp32 gradient and
-  a bit16 buffer in pinned host memory (560-575, 934-941), a device staging
-  buffer of the largest parameter (653-660), and per-gradient fp64 norm and
-  fp32 copies at the accumulation boundary (1873-1900).
-- ZeRO-3 (``zero/stage3.py``, ``zero/partition_parameters.py``): every
-  parameter partitioned (1836-1843, full tensor freed by ``free_param``
-  329), the partitions defragmented into one buffer after ``empty_cache``
-  (``zero/utils.py:215-240``); fp32 master per sub-group of
-  ``sub_group_size`` (1e9, ``zero/config.py:182``) via ``.to(fp32).clone()``
-  (1170-1172); one bucket (782) and a gradient-partition buffer in the model
-  dtype (791); each bucket reduce concatenates its gradients
-  (``comm/coalesced_collectives.py:122``); ``step()`` flattens and upcasts one
-  sub-group at a time (2686).  Gathered parameters cost memory when ranks > 1
-  or parameters are offloaded (a world of one only re-points at the
-  partition, ``partition_parameters.py:61-106``): ``gathered_peaks`` replays
-  the fetch/prefetch/release rules of ``zero/partitioned_param_coordinator.py``.
+  buffer (1390-1399, originals freed 889-894); the fp32 master
+  ``partition.clone().to(fp32)`` (560-575); ``reduce_bucket_size`` buckets, two
+  with ``overlap_comm``, made at each backward's first gradient, dropped by its
+  epilogue (3256-3280, 924-932); the rank's gradients copied into
+  ``grads_in_partition`` on the reduction stream (2189-2199), later micro-steps'
+  added into the first (1032-1040); ``step()``: fp64 norms per gradient (2684),
+  flatten, upcast to fp32 (3117-3118). Offload: pinned host master, bit16 buffer
+  and fp32 gradient (560-575, 934-941), a device staging buffer of the largest
+  parameter (653-660), fp64 norm and fp32 copy of each gradient (1873-1900).
+- ZeRO-3 (``zero/stage3.py``, ``zero/partition_parameters.py``): parameters
+  partitioned (1836-1843, ``free_param`` 329) and defragmented after
+  ``empty_cache`` (``zero/utils.py:215-240``); fp32 master per sub-group
+  (1170-1172); one bucket (782); a gradient-partition buffer in the model dtype
+  (791); each reduce concatenates its bucket (``comm/coalesced_collectives.py:122``);
+  ``step()`` flattens and upcasts one sub-group at a time (2686). Gathered
+  parameters cost memory across ranks or when offloaded (one rank points at the
+  partition, ``partition_parameters.py:61-106``): ``gathered_peaks``.
 
-The client optimizer is ``torch.optim.AdamW`` with default flags, i.e. the
-foreach path on the device partition (one temporary the partition's size).
+The client optimizer is ``torch.optim.AdamW()`` with default flags: foreach on
+the device partition, one temporary the partition's size.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
+import itertools
 
 from bench import dsconfig, models
-from bench.predict import estimate, model_trace, plain
+from bench.predict import estimate, plain
 from bench.predict import optimizer as opt
+from bench.predict.fsdp import (HALF, client_optimizer, empty_cache, half_trace, malloc, on_stream, sharded_program,
+                                use_order)
 from bench.predict.model_trace import Param, TrainTrace
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 
-HALF = {"fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16", "fp32": "fp32"}
-NORM_BYTES = 8  # fp64 norms (zero/utils.py:59-63)
-SUB_GROUP = 10**9  # zero/config.py:182
+NORM_BYTES = 8  # gradient norms in fp64 (zero/utils.py:59-63)
 NORM_CHUNK = 250_000_000  # stage3.py:1960 _constant_buffered_norm2
-
-
-def half_trace(cell, layers: int | None = None) -> TrainTrace:
-    """The micro-step on weights in the cell's half dtype without autocast."""
-    key = model_trace.shape_key(cell, layers)
-    return model_trace.trace_train(dataclasses.replace(key, weight_dtype=HALF[cell.precision], autocast=None))
-
-
-def client_optimizer(cell) -> str:
-    """``torch.optim.AdamW()`` defaults to foreach for device tensors (torch/optim/optimizer.py:161-185)."""
-    return "adamw-foreach" if cell.optimizer == "adamw" else cell.optimizer
+SUB_GROUP = 10**9  # zero/config.py:182 sub_group_size
 
 
 def flat_param(numel: int) -> Param:
     return Param("flat", numel, numel * 4, True, (numel,))
 
 
-def step_temps(prog: Program, name: str, numel: int) -> None:
-    """The optimizer's temporaries over one flat fp32 partition (``optimizer.step_transient``)."""
-    for key in [prog.malloc(n, TRANSIENT) for n in opt.step_transient(name, [flat_param(numel)])]:
-        prog.free(key)
-
-
-def empty_cache(prog: Program) -> None:
-    """``torch.cuda.empty_cache()``: give back every segment that is wholly free."""
-    alloc = prog.alloc
-    for small, pool in alloc._pools.items():
-        keep = []
-        for entry in pool:
-            b = entry[2]
-            if b.prev is None and b.next is None:
-                alloc.reserved -= b.size
-            else:
-                keep.append(entry)
-        alloc._pools[small] = keep
-
-
-def unit_of(name: str) -> str:
-    """The module owning a parameter: ZeRO-3 fetches per module (``iter_params(recurse=False)``)."""
-    return name.rsplit(".", 1)[0]
-
-
-def block_of(name: str) -> str:
-    """The transformer block (``ModuleList`` entry, or a copy ``1c<j>`` of
-    ``blocks.replicate``) holding a parameter; '' for the rest."""
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if re.fullmatch(r"\d+(c\d+)?", part):
-            return ".".join(parts[: i + 1])
-    return ""
-
-
-def use_order(params, ckpt: bool) -> tuple[list[str], int]:
-    """Module uses of one micro-step: forward, then backward (a checkpointed block
-    re-runs its forward first); returns (order, number of forward uses)."""
-    units: dict[str, str] = {}
-    for p in params:
-        units.setdefault(unit_of(p.name), block_of(p.name))
-    fwd = list(units)
-    runs: list[list[str]] = []
-    for u in fwd:
-        if runs and units[runs[-1][0]] == units[u]:
-            runs[-1].append(u)
-        else:
-            runs.append([u])
-    bwd: list[str] = []
-    for run in reversed(runs):
-        bwd += (run if ckpt and units[run[0]] else []) + run[::-1]
-    return fwd + bwd, len(fwd)
-
-
 def gathered_peaks(params, s: dsconfig.ZeroSettings, ckpt: bool) -> tuple[int, int]:
-    """Peak gathered (non-persistent) elements in forward and in backward, steady state.
-
-    ``_fetch_sub_module_impl`` (partitioned_param_coordinator.py:353-470): fetch the
-    module, then prefetch upcoming ones up to ``min(max_live - available,
-    prefetch_bucket_size)`` elements; ``release_sub_module`` (472) keeps a module
-    whose next use lies within ``max_reuse_distance`` elements (``__params_to_release``
-    629-657) or was already prefetched.
-    """
+    """Peak gathered elements in forward and in backward, steady state, without the
+    always-gathered ``param_persistence_threshold`` ones (``parameter_offload.py:317-335``).
+    ``partitioned_param_coordinator.py``: fetch a module, prefetch the next uses up to
+    ``min(max_live - available, prefetch_bucket_size)`` more (353-470); keep a module used
+    again within ``max_reuse_distance`` or already prefetched for it (629-657)."""
     numel: dict[str, int] = {}
     for p in params:
-        if p.numel > s.param_persistence_threshold:  # parameter_offload.py:317-335
-            numel[unit_of(p.name)] = numel.get(unit_of(p.name), 0) + p.numel
+        if p.numel > s.param_persistence_threshold:
+            numel[p.name.rsplit(".", 1)[0]] = numel.get(p.name.rsplit(".", 1)[0], 0) + p.numel
     uses, n_fwd = use_order(params, ckpt)
     order = [u for u in uses if u in numel]
     n_fwd = sum(1 for u in uses[:n_fwd] if u in numel)
     live: dict[str, int] = {}
-    scanned = 0
-    peaks = [0, 0]
+    scanned, peaks = 0, [0, 0]
     for i, u in enumerate(order):
         live[u] = numel[u]
-        scanned = max(scanned, i + 1)
+        scanned, fetched = max(scanned, i + 1), 0
         budget = min(s.max_live_parameters - sum(live.values()), s.prefetch_bucket_size)
-        fetched = 0
         while scanned < len(order) and fetched < budget:
-            v = order[scanned]
-            if v not in live:
-                live[v] = numel[v]
-                fetched += numel[v]
+            if order[scanned] not in live:
+                live[order[scanned]] = numel[order[scanned]]
+                fetched += numel[order[scanned]]
             scanned += 1
-        peak = sum(live.values())
-        peaks[i >= n_fwd] = max(peaks[i >= n_fwd], peak)
+        peaks[i >= n_fwd] = max(peaks[i >= n_fwd], sum(live.values()))
         dist, keep = 0, False
         for j in range(i + 1, len(order)):
             if order[j] == u:
@@ -163,108 +83,93 @@ def gathered_peaks(params, s: dsconfig.ZeroSettings, ckpt: bool) -> tuple[int, i
             if dist >= s.max_reuse_distance and j >= scanned:
                 break
         if not keep:
-            live.pop(u, None)
+            live.pop(u)
     return peaks[0], peaks[1]
 
 
 class _Buckets:
-    """The gradient hook: bucket copies, reduces and partition copies (one micro-step)."""
+    """The gradient hook of one micro-step: bucket copies, reduces, partition copies."""
 
     def __init__(self, prog: Program, s, wb: int, ranks: int, in_part: int, offload: bool, boundary: bool):
         self.prog, self.s, self.wb, self.ranks = prog, s, wb, ranks
         self.in_part, self.offload, self.boundary = in_part, offload, boundary
         self.buffers: list[int] | None = None
-        self.grads: int | None = None  # grads_in_partition (ZeRO-2) / held per-parameter grads (ZeRO-1)
-        self.held: list[int] = []
-        self.elements, self.params, self.own = 0, [], []
-        self.on_first = None
-        self.gathered: int | None = None
+        self.grads: int | None = None  # grads_in_partition (ZeRO-2)
+        self.held: list[int] = []  # per-parameter grads between ZeRO-1 boundaries
+        self.elements, self.params, self.own, self.gathered, self.on_first = 0, [], [], [], None
 
     def __call__(self, nbytes: int) -> None:
         prog, s, k = self.prog, self.s, nbytes // self.wb
+        contiguous = s.contiguous_gradients or (self.offload and s.stage < 3)  # stage_1_and_2.py:277
         if self.buffers is None:
             if self.on_first:
                 self.on_first()
-            n_buf = (2 if s.overlap_comm and s.stage < 3 else 1) if (s.contiguous_gradients or self.offload) else 0
-            self.buffers = [prog.malloc(s.reduce_bucket_size * self.wb, COMM) for _ in range(n_buf if s.stage < 3 else 0)]
-        if s.stage == 1 and not self.boundary:  # ZeRO-1 reduces only at the boundary (2293-2295)
+            n = (2 if s.overlap_comm else 1) if contiguous and s.stage < 3 else 0  # stage 3: one, made at init
+            self.buffers = [prog.malloc(s.reduce_bucket_size * self.wb, COMM) for _ in range(n)]
+        if s.stage == 1 and not self.boundary:  # ZeRO-1 reduces at the boundary only (2293-2295)
             self.held.append(prog.malloc(nbytes, GRADS))
             return
-        limit = s.reduce_bucket_size
-        if self.elements + k > limit:
+        if self.elements + k > s.reduce_bucket_size:
             self.reduce()
-        contiguous = s.contiguous_gradients or (self.offload and s.stage < 3)  # 277
-        if k > limit or not contiguous:  # stays its own tensor (1447-1453; stage3.py:1626)
+        if k > s.reduce_bucket_size or not contiguous:  # stays its own tensor (1447-1453; stage3.py:1626)
             self.own.append(prog.malloc(nbytes, GRADS))
         self.elements += k
         self.params.append(k)
 
     def reduce(self) -> None:
-        prog, wb = self.prog, self.wb
+        prog, wb, z3 = self.prog, self.wb, self.s.stage == 3
         if not self.params:
             return
-        flat = None
-        if self.s.stage == 3 and (len(self.params) > 1 or self.ranks > 1):
-            flat = prog.malloc(self.elements * wb, COMM)  # reduce_scatter_coalesced torch.cat
-        elif self.s.stage < 3 and self.ranks > 1:
-            flat = prog.malloc(self.elements * wb, COMM)  # allreduce_bucket flatten (2367)
+        on_stream(prog, 1 if self.s.overlap_comm else 0)  # reduction_stream / reduce_and_partition_stream
+        # stage 3: reduce_scatter_coalesced's torch.cat; 1/2: allreduce_bucket's flatten (2367)
+        flat = malloc(prog, self.elements * wb, COMM) if self.ranks > 1 or (z3 and len(self.params) > 1) else []
         for k in self.params:
-            part = -(-k // self.ranks) if self.s.stage == 3 else min(k, self.in_part)
-            if self.offload and self.s.stage == 3:
-                prog.transient(part * wb, TRANSIENT)  # grad_buffer.to(device) (2028-2036)
+            part = -(-k // self.ranks) if z3 else min(k, self.in_part)
+            if self.offload and z3:
+                prog.transient(part * wb, TRANSIENT)  # grad_buffer.to(device) (stage3.py:2028-2036)
             if self.offload and self.boundary:
-                prog.transient(min(part, NORM_CHUNK if self.s.stage == 3 else part) * NORM_BYTES, TRANSIENT)
-                if wb != 4:
-                    prog.transient(part * 4, TRANSIENT)  # fp32 copy for the host (1900 / 1457)
-        if not self.offload and self.s.stage < 3 and self.grads is None:
+                prog.transient(min(part, NORM_CHUNK if z3 else part) * NORM_BYTES, TRANSIENT)
+                prog.transient(part * 4 if wb != 4 else 0, TRANSIENT)  # fp32 copy for the host (1900; 1457)
+        if not self.offload and not z3 and self.grads is None:
             self.grads = prog.malloc(self.in_part * wb, GRADS)
-        for key in [*self.own, *([flat] if flat else [])]:
+        for key in self.own + flat:
             prog.free(key)
+        on_stream(prog, 0)
         self.elements, self.params, self.own = 0, [], []
 
     def epilogue(self) -> None:
         self.reduce()
-        for key in [*(self.buffers or []), *([self.gathered] if self.gathered else [])]:
+        for key in (self.buffers or []) + self.gathered:
             self.prog.free(key)
 
 
 def _partition(numels: list[int], ranks: int) -> tuple[int, int]:
     """(partition size, most elements of parameters touching one rank's partition)."""
-    align = 2 * ranks  # nccl_start_alignment_factor * world size
-    ps = -(-sum(numels) // align) * align // ranks
-    best, start = 0, 0
-    bounds = []
-    for n in numels:
-        bounds.append((start, start + n))
-        start += n
-    for r in range(ranks):
-        lo, hi = r * ps, (r + 1) * ps
-        best = max(best, sum(b - a for a, b in bounds if a < hi and b > lo))
-    return ps, best
+    ps = -(-sum(numels) // (2 * ranks)) * 2  # aligned to nccl_start_alignment_factor * world size
+    ends = list(itertools.accumulate(numels))
+    touch = lambda r: sum(n for n, e in zip(numels, ends) if e - n < (r + 1) * ps and e > r * ps)  # noqa: E731
+    return ps, max(touch(r) for r in range(ranks))
 
 
 def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
     """(outcome, host bytes, bytes outside the allocator) of a ZeRO cell on one rank."""
     tt = half_trace(cell)
     s = dsconfig.settings(cell, dsconfig.hidden_size_of(models.resolve(cell.model).config))
-    wb = 2 if HALF[cell.precision] != "fp32" else 4
-    prog = Program()
+    wb = 4 if HALF[cell.precision] == "fp32" else 2
+    prog = sharded_program()
     for _ in range(2):
         prog.malloc(plain.cublas_workspace(gpu), CONTEXT)
     keys = [prog.malloc(p.numel * wb, WEIGHTS) for p in tt.params]  # engine.py:1851-1862, 2094
     if tt.buffers_bytes:
         prog.malloc(tt.buffers_bytes, WEIGHTS)
-    largest = max(p.numel for p in tt.params)
-    host_init = sum(p.numel for p in tt.params) * 4 + largest * wb  # fp32 CPU model, cast one by one
-    run = _stage3 if s.stage == 3 else _stage12
-    host = run(prog, tt, keys, cell, s, wb)
-    outside = estimate.CONTEXT_BYTES + estimate.DEEPSPEED_BYTES
-    return prog.outcome(), estimate.HOST_BASE_BYTES + max(host_init, host), outside
+    host_init = sum(p.numel for p in tt.params) * 4 + max(p.numel for p in tt.params) * wb  # fp32 model, cast
+    host = (_stage3 if s.stage == 3 else _stage12)(prog, tt, keys, cell, s, wb)
+    return prog.outcome(), estimate.HOST_BASE_BYTES + max(host_init, host), estimate.CONTEXT_BYTES + estimate.DEEPSPEED_BYTES
 
 
 def _steps(prog, tt, cell, make, step) -> None:
     """``plain.STEPS`` optimizer steps of ``grad_accum`` micro-steps each."""
-    for n in range(plain.STEPS):
+    for _ in range(plain.STEPS):
         held: list[int] | None = None
         for micro in range(cell.grad_accum):
             b = make(micro == cell.grad_accum - 1)
@@ -276,120 +181,122 @@ def _steps(prog, tt, cell, make, step) -> None:
             else:  # added into the first micro-step's gradients (1032-1040), then dropped
                 for key in mine:
                     prog.free(key)
-        step(n, held or [])
+        step(held or [])
 
+
+def _master(prog: Program, numel: int, wb: int) -> None:
+    """fp32 master on the device after a temporary of ``wb`` bytes per element:
+    ``bit16.clone().to(fp32)`` (ZeRO-1/2) or ``bit16.to(fp32).clone()`` (ZeRO-3)."""
+    tmp = prog.malloc(numel * wb, TRANSIENT)
+    prog.malloc(numel * 4, OPTIM)
+    prog.free(tmp)
+
+
+def _step(prog: Program, name: str, numel: int, wb: int, held: list[int], states: dict, i: int) -> None:
+    """One partition's update: flatten the gradients, upcast to fp32, step, drop."""
+    flat = prog.malloc(numel * wb, GRADS)
+    g32 = prog.malloc(numel * 4, GRADS) if wb != 4 else flat
+    if g32 != flat:
+        prog.free(flat)
+    for key in held:
+        prog.free(key)
+    if i not in states:  # created by the first step
+        states[i] = [prog.malloc(b, OPTIM) for b in opt.state_tensors(name, flat_param(numel))]
+    for key in [prog.malloc(n, TRANSIENT) for n in opt.step_transient(name, [flat_param(numel)])]:
+        prog.free(key)
+    prog.free(g32)
+
+
+def _host_optimizer(name: str, numel: int, largest: int) -> int:
+    return sum(opt.state_tensors(name, flat_param(numel))) + sum(opt.step_transient(name, [flat_param(largest)]))
 
 def _stage12(prog, tt, keys, cell, s, wb) -> int:
-    ranks, off = cell.gpus, s.offload_optimizer
+    ranks, off, name = cell.gpus, s.offload_optimizer, client_optimizer(cell)
     train = [p for p in tt.params if p.trainable]
     ps, in_part = _partition([p.numel for p in train], ranks)
-    prog.malloc(ps * ranks * wb, WEIGHTS)  # flat bit16 buffer
+    prog.malloc(ps * ranks * wb, WEIGHTS)  # the flat bit16 buffer replaces the trainable weights
     for p, key in zip(tt.params, keys):
         if p.trainable:
             prog.free(key)
-    clone = prog.malloc(ps * wb, OPTIM if wb == 4 and not off else TRANSIENT)
-    host = 0
-    if off:
-        prog.free(clone)
-        big = max(p.numel for p in train)
+    big = max(p.numel for p in train)
+    if off:  # the clone is copied to the pinned host master (560-575)
+        prog.transient(ps * wb, TRANSIENT)
         prog.malloc(big * wb, COMM)  # temp_grad_buffer_for_gpu_offload
-        host = ps * (4 + wb + 4) + big * wb + (in_part * wb if cell.grad_accum > 1 else 0)
     elif wb != 4:
-        prog.malloc(ps * 4, OPTIM)
-        prog.free(clone)
-    name = client_optimizer(cell)
-    states: list[int] | None = None
+        _master(prog, ps, wb)
+    else:
+        prog.malloc(ps * 4, OPTIM)  # the fp32 clone is the master
+    states: dict = {}
 
-    def step(n: int, held: list[int]) -> None:
-        nonlocal states
-        if off:
-            return
-        prog.transient(min(max(p.numel for p in train), in_part) * NORM_BYTES, TRANSIENT)
-        flat = prog.malloc(ps * wb, GRADS)
-        g32 = prog.malloc(ps * 4, GRADS) if wb != 4 else flat
-        if g32 != flat:
-            prog.free(flat)
-        for key in held:
-            prog.free(key)
-        if states is None:
-            states = [prog.malloc(b, OPTIM) for b in opt.state_tensors(name, flat_param(ps))]
-        step_temps(prog, name, ps)
-        prog.free(g32)
+    def step(held: list[int]) -> None:
+        if not off:
+            prog.transient(min(big, in_part) * NORM_BYTES, TRANSIENT)  # get_grad_norm_direct (2684)
+            _step(prog, name, ps, wb, held, states, 0)
 
     _steps(prog, tt, cell, lambda boundary: _Buckets(prog, s, wb, ranks, in_part, off, boundary), step)
-    if off:
-        host += sum(opt.state_tensors(name, flat_param(ps))) + sum(opt.step_transient(name, [flat_param(ps)]))
-    return host
+    if not off:
+        return 0
+    # pinned fp32 master, bit16 buffer and fp32 gradient; staging buffer; accumulated grads (1824)
+    host = ps * (4 + wb + 4) + big * wb + (in_part * wb if cell.grad_accum > 1 else 0)
+    return host + _host_optimizer(name, ps, ps)
 
 
 def _stage3(prog, tt, keys, cell, s, wb) -> int:
-    ranks, off_o, off_p = cell.gpus, s.offload_optimizer, s.offload_param
-    part = lambda n: -(-n // ranks)  # noqa: E731  (_aligned_size // world size)
+    ranks, off_o, off_p, name = cell.gpus, s.offload_optimizer, s.offload_param, client_optimizer(cell)
+    part = lambda n: -(-n // ranks)  # noqa: E731  _aligned_size // world size
     parts = []
     for p, key in zip(tt.params, keys):  # Init(module=...): partition, then free the full tensor
-        if not off_p:
-            parts.append(prog.malloc(part(p.numel) * wb, WEIGHTS))
+        parts += [] if off_p else [prog.malloc(part(p.numel) * wb, WEIGHTS)]
         prog.free(key)
     total = sum(part(p.numel) for p in tt.params)
-    host = total * wb if off_p else 0  # pinned flat partitions (888-911)
-    if not off_p:
+    if not off_p:  # defragment(): partitions to the host, empty_cache, one device buffer
         for key in parts:
             prog.free(key)
-        empty_cache(prog)  # defragment()
+        empty_cache(prog)
         prog.malloc(total * wb, WEIGHTS)
-    sgs, acc = [0], 0
+    sgs = [0]  # _create_fp16_sub_groups
     for p in tt.params:
         if p.trainable:
-            if acc >= SUB_GROUP:
-                sgs.append(0)
-                acc = 0
             sgs[-1] += part(p.numel)
-            acc += part(p.numel)
+            if sgs[-1] >= SUB_GROUP:
+                sgs.append(0)
+    sgs = [n for n in sgs if n] or [0]
     ps = sum(sgs)
-    for sg in sgs:
-        if off_o:
-            continue
-        tmp = prog.malloc(sg * 4, TRANSIENT)
-        prog.malloc(sg * 4, OPTIM)
-        prog.free(tmp)
-    if not off_o:
-        prog.transient(max(sgs) * 4, TRANSIENT)  # initialize_optimizer_states gradient_buffer
+    host = total * wb if off_p else 0  # pinned flat partitions (888-911)
+    if off_o:  # master, pinned fp32 grads, grad partitions; gradient_buffer (1306)
+        host += ps * 4 * 2 + ps * wb + max(sgs) * 4
     else:
-        host += ps * 4 * 2 + ps * wb + max(sgs) * 4  # master, pinned grads, grad partitions
+        for sg in sgs:
+            _master(prog, sg, 4)
+        prog.transient(max(sgs) * 4, TRANSIENT)  # initialize_optimizer_states gradient_buffer (1306)
     if s.contiguous_gradients:
         prog.malloc(s.reduce_bucket_size * wb, COMM)
     if not off_o:
-        prog.malloc(ps * wb, GRADS)
-    gathers = ranks > 1 or off_p
+        prog.malloc(ps * wb, GRADS)  # grad_partitions_flat_buffer (791)
+    gathers = ranks > 1 or off_p  # else a gathered parameter is its partition (partition_parameters.py:61-106)
     if gathers:
-        persist = sum(p.numel for p in tt.params if p.numel <= s.param_persistence_threshold)
-        prog.malloc(persist * wb, WEIGHTS)
+        malloc(prog, sum(p.numel for p in tt.params if p.numel <= s.param_persistence_threshold) * wb, WEIGHTS)
         fwd, bwd = gathered_peaks(tt.params, s, cell.grad_ckpt)
-    name = client_optimizer(cell)
-    states: dict[int, list[int]] = {}
+    states: dict = {}
 
     def make(boundary: bool) -> _Buckets:
         b = _Buckets(prog, s, wb, ranks, 0, off_o, boundary)
-        if gathers:  # gathered parameters: the forward's peak, then the backward's
-            b.gathered = prog.malloc(fwd * wb, COMM)
-            b.on_first = lambda: (prog.free(b.gathered), setattr(b, "gathered", prog.malloc(bwd * wb, COMM)))
+        if gathers:  # the gathered parameters: the forward's peak, then the backward's
+            low = min(fwd, bwd)
+            b.gathered = malloc(prog, low * wb, COMM) + malloc(prog, (fwd - low) * wb, COMM)
+
+            def backward() -> None:
+                if fwd > low:
+                    prog.free(b.gathered.pop())
+                b.gathered += malloc(prog, (bwd - low) * wb, COMM)
+            b.on_first = backward
         return b
 
-    def step(n: int, held: list[int]) -> None:
-        if off_o:
-            return
-        prog.transient(max(part(p.numel) for p in tt.params if p.trainable) * NORM_BYTES, TRANSIENT)
-        for i, sg in enumerate(sgs):
-            flat = prog.malloc(sg * wb, GRADS)
-            g32 = prog.malloc(sg * 4, GRADS) if wb != 4 else flat
-            if g32 != flat:
-                prog.free(flat)
-            if i not in states:
-                states[i] = [prog.malloc(b, OPTIM) for b in opt.state_tensors(name, flat_param(sg))]
-            step_temps(prog, name, sg)
-            prog.free(g32)
+    def step(held: list[int]) -> None:
+        if not off_o:
+            prog.transient(max(part(p.numel) for p in tt.params if p.trainable) * NORM_BYTES, TRANSIENT)
+            for i, sg in enumerate(sgs):
+                _step(prog, name, sg, wb, [], states, i)
 
     _steps(prog, tt, cell, make, step)
-    if off_o:
-        host += sum(opt.state_tensors(name, flat_param(ps))) + sum(opt.step_transient(name, [flat_param(max(sgs))]))
-    return host
+    return host + (_host_optimizer(name, ps, max(sgs)) if off_o else 0)

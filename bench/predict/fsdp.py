@@ -1,0 +1,304 @@
+"""FSDP2 training on one of ``cell.gpus`` ranks, and what sharded programs share.
+
+FSDP2 (``fully_shard`` on every transformer block and on the root, as
+``bench.run.parallel.fsdp``), from ``torch/distributed/fsdp/_fully_shard``
+(torch 2.13):
+
+- sharded parameters: each parameter's dim-0 chunk padded to ``ceil(dim0 /
+  ranks)`` rows in the dtype the model was built in (``_fsdp_param.py:228-310``:
+  ``new_zeros``, then the original is dropped); pinned host memory with
+  ``CPUOffloadPolicy``;
+- unsharding a group (``_fsdp_param_group.py:372-470``): per parameter the
+  shard cast to ``param_dtype`` (``all_gather_inputs``, ``_fsdp_param.py:834-908``,
+  a device copy first when offloaded) copied into its unsharded storage
+  (``init_all_gather_outputs``/``alloc_storage`` 616-636), through a flat
+  all-gather output across ranks. A block is resharded after its forward, the
+  root is not (``_fully_shard.py:246-283``); backward prefetches the next block
+  while one runs (``pre_backward``), so two blocks are unsharded there;
+- gradients: a group's unsharded gradients are held until its ``post_backward``
+  (``_fsdp_param_group.py:588-720``), copied into a reduce-scatter input in
+  ``reduce_dtype`` (``_fsdp_collectives.py:596-606``) and reduced into
+  ``1/ranks`` of it on the reduce-scatter stream (612-632), which becomes the
+  sharded ``.grad`` (cast to the parameter dtype if it differs, 696; copied to
+  the host when offloaded, 706-725; added into the existing grad on later
+  micro-steps, 735-740); one input is kept until the next group's reduce;
+- the optimizer on the shards: ``torch.optim.AdamW()`` with default flags is
+  foreach on DTensors (``torch/distributed/tensor/__init__.py:74`` adds DTensor
+  to the foreach types), one temporary per shard.
+
+Shared with ``zero``: the half-dtype trace of a loop that keeps only the loss,
+the allocator with a pool per CUDA stream, ``empty_cache``, the block structure.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import re
+
+from bench.predict import estimate, model_trace, plain
+from bench.predict import optimizer as opt
+from bench.predict import trace as tr
+from bench.predict.allocator import CachingAllocator
+from bench.predict.model_trace import Param, TrainTrace
+from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
+
+HALF = {"fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16", "fp32": "fp32"}
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "pure-bf16": 2}
+
+# --- shared by the sharded programs (ZeRO and FSDP) -------------------------
+
+
+def loss_only(tt: TrainTrace) -> TrainTrace:
+    """The micro-step of a loop that keeps only the loss (``loss = engine(**batch).loss``):
+    the output's tensors (alive at the trace's end, tagged ``logits``) are freed
+    where the forward returns, not held until the next forward."""
+    live: dict[int, tuple[int, str]] = {}
+    for kind, key, n, tag in tt.trace.events:
+        if kind == tr.ALLOC:
+            live[key] = (n, tag)
+        else:
+            live.pop(key, None)
+    drops = [(tr.FREE, k, n, tag) for k, (n, tag) in live.items() if tag == "logits"]
+    ev, end = tt.trace.events, tt.trace.forward_end
+    trace = dataclasses.replace(tt.trace, events=ev[:end] + drops + ev[end:], forward_end=end + len(drops))
+    return dataclasses.replace(tt, trace=trace)
+
+
+def half_trace(cell, layers: int | None = None) -> TrainTrace:
+    """The micro-step on weights cast to the cell's half dtype, without autocast
+    (DeepSpeed's fp16/bf16 modes, FSDP's ``MixedPrecisionPolicy``)."""
+    key = dataclasses.replace(model_trace.shape_key(cell, layers), weight_dtype=HALF[cell.precision], autocast=None)
+    return loss_only(model_trace.trace_train(key))
+
+
+def client_optimizer(cell) -> str:
+    """``torch.optim.AdamW()`` without flags runs foreach on device tensors
+    (``torch/optim/optimizer.py:161-185``)."""
+    return "adamw-foreach" if cell.optimizer == "adamw" else cell.optimizer
+
+
+def block_of(name: str) -> str:
+    """The transformer block (``ModuleList`` entry, or a copy ``1c<j>`` made by
+    ``blocks.replicate``) holding a parameter; '' for the rest (the root)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if re.fullmatch(r"\d+(c\d+)?", part):
+            return ".".join(parts[: i + 1])
+    return ""
+
+
+def use_order(params, ckpt: bool) -> tuple[list[str], int]:
+    """Modules (ZeRO-3 fetches per module, ``iter_params(recurse=False)``) in the order one
+    micro-step uses them: forward, then backward, where a checkpointed block first re-runs
+    its forward; returns (order, number of forward uses)."""
+    units: dict[str, str] = {}
+    for p in params:
+        units.setdefault(p.name.rsplit(".", 1)[0], block_of(p.name))
+    runs: list[list[str]] = []
+    for u in units:
+        if runs and units[runs[-1][0]] == units[u]:
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    bwd = [v for run in reversed(runs) for v in (run if ckpt and units[run[0]] else []) + run[::-1]]
+    return list(units) + bwd, len(units)
+
+
+class StreamAllocator(CachingAllocator):
+    """``CachingAllocator`` with a pool per CUDA stream: ``CUDACachingAllocator.cpp``
+    keys free blocks by stream, so a block freed on one stream serves only that stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream = 0
+        self._pools = _StreamPools(self)
+
+    def _insert(self, b) -> None:
+        b.stream = getattr(b, "stream", self.stream)
+        bisect.insort(self._pools.pool(b.small, b.stream), (b.size, b.addr, b))
+
+    def _remove(self, b) -> None:
+        pool = self._pools.pool(b.small, b.stream)
+        del pool[bisect.bisect_left(pool, (b.size, b.addr))]
+
+    def malloc(self, key, nbytes: int) -> None:
+        super().malloc(key, nbytes)
+        self._blocks[key].stream = self.stream
+
+
+class _StreamPools(dict):
+    def __init__(self, alloc: StreamAllocator) -> None:
+        super().__init__()
+        self.alloc = alloc
+
+    def pool(self, small: bool, stream: int) -> list:
+        return self.setdefault((small, stream), [])
+
+    def __getitem__(self, small):
+        return self.pool(small, self.alloc.stream)
+
+
+def sharded_program() -> Program:
+    prog = Program()
+    prog.alloc = StreamAllocator()
+    return prog
+
+
+def on_stream(prog: Program, stream: int) -> None:
+    """Make the following allocations on ``stream`` (0: the compute stream)."""
+    prog.alloc.stream = stream
+
+
+def empty_cache(prog: Program) -> None:
+    """``torch.cuda.empty_cache()``: give back every wholly free segment."""
+    for pool in dict.values(prog.alloc._pools):
+        for entry in [e for e in pool if e[2].prev is None and e[2].next is None]:
+            pool.remove(entry)
+            prog.alloc.reserved -= entry[2].size
+
+
+def malloc(prog: Program, nbytes: int, tag: str) -> list[int]:
+    """``[key]``, or ``[]`` for nothing."""
+    return [prog.malloc(nbytes, tag)] if nbytes > 0 else []
+
+
+# --- FSDP2 -------------------------------------------------------------------
+
+
+def shard(p: Param, ranks: int, nbytes_per: int) -> Param:
+    """The padded local shard of ``p`` (``_fsdp_param.py:292-310``)."""
+    rows = p.shape[0] if p.shape else p.numel
+    rest = p.numel // rows if rows else 1
+    numel = -(-rows // ranks) * rest
+    return Param(p.name, numel, numel * nbytes_per, p.trainable, (numel,))
+
+
+def groups(params) -> dict[str, list[Param]]:
+    """FSDP parameter groups in forward order: one per block, the rest in the root ('')."""
+    out: dict[str, list[Param]] = {"": []}
+    for p in params:
+        out.setdefault(block_of(p.name), []).append(p)
+    return out
+
+
+class _Reducer:
+    """Holds each group's unsharded gradients until the group is complete, then reduce-scatters."""
+
+    def __init__(self, prog: Program, grps: dict[str, list[Param]], ranks: int, grad_b: int, reduce_b: int,
+                 orig_b: int, offload: bool, keep: bool, on_first) -> None:
+        self.prog, self.ranks, self.grad_b, self.reduce_b = prog, ranks, grad_b, reduce_b
+        self.orig_b, self.offload, self.keep, self.on_first = orig_b, offload, keep, on_first
+        self.pending = {g: [p.numel for p in ps if p.trainable] for g, ps in grps.items()}
+        self.order = [g for g in reversed(list(grps)) if g and self.pending[g]]
+        self.held: dict[str, list[tuple[int, int]]] = {g: [] for g in grps}
+        self.sharded: list[int] = []
+        self.rs_input: int | None = None
+
+    def __call__(self, nbytes: int) -> None:
+        if self.on_first:
+            self.on_first()
+            self.on_first = None
+        numel = nbytes // self.grad_b
+        running = [g for g in self.order if self.pending[g]]  # blocks in backward order, not yet reduced
+        group = next((g for g in [*running[:1], "", *running[1:]] if numel in self.pending[g]), None)
+        if group is None:  # a shape no parameter has: count it to the running block
+            group = running[0] if running else ""
+        else:
+            self.pending[group].remove(numel)
+        self.held[group].append((self.prog.malloc(nbytes, GRADS), numel))  # kept until its group reduces
+        if group and not self.pending[group]:
+            self.reduce(group)
+
+    def reduce(self, group: str) -> None:
+        prog, held = self.prog, self.held[group]
+        if not held:
+            return
+        numel = sum(n for _, n in held)
+        rs_in = prog.malloc(numel * self.reduce_b, COMM)  # reduce_scatter_input (copy-in)
+        for key, _ in held:
+            prog.free(key)
+        self.held[group] = []
+        if self.rs_input is not None:  # the previous group's input, kept one group (644-660)
+            prog.free(self.rs_input)
+        self.rs_input = rs_in
+        on_stream(prog, 1)  # reduce_scatter_stream
+        local = -(-numel // self.ranks)
+        out = prog.malloc(local * self.reduce_b, GRADS)
+        if self.reduce_b != self.orig_b and not self.offload:
+            cast = prog.malloc(local * self.orig_b, GRADS)
+            prog.free(out)
+            out = cast
+        on_stream(prog, 0)
+        if self.keep and not self.offload:
+            self.sharded.append(out)
+        else:  # copied to the host, or added into the existing sharded grad
+            prog.free(out)
+
+    def finish(self) -> None:
+        self.reduce("")
+        if self.rs_input is not None:
+            self.prog.free(self.rs_input)  # released by the root's final callback (_fsdp_state.py:421-431)
+
+
+def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
+    """(outcome, host bytes, bytes outside the allocator) of an FSDP cell on one rank."""
+    ranks, offload = cell.gpus, cell.offload == "all"
+    mixed = cell.precision in ("fp16", "bf16")  # MixedPrecisionPolicy(param_dtype=half, reduce_dtype=fp32)
+    built32 = mixed and cell.tuning == "full"  # built in fp32, computed in the half dtype
+    if built32:
+        tt = half_trace(cell)
+    else:
+        tt = loss_only(tt)
+    orig = lambda p: 4 if built32 else p.nbytes // max(p.numel, 1)  # noqa: E731  the dtype it was built in
+    comp_b = BYTES[cell.precision]
+    train = [p for p in tt.params if p.trainable]
+    grad_b = train[0].nbytes // max(train[0].numel, 1)
+    reduce_b = 4 if mixed else grad_b
+    grps = groups(tt.params)
+    shards = [shard(p, ranks, orig(p)) for p in tt.params]
+    prog = sharded_program()
+    for _ in range(2):
+        prog.malloc(plain.cublas_workspace(gpu), CONTEXT)
+    on_gpu = ranks == 1 and not offload  # bench.run.parallel.build_on: else built on the CPU
+    for p, s in zip(tt.params, shards):
+        full = malloc(prog, p.numel * orig(p), WEIGHTS) if on_gpu else []
+        if not offload:
+            prog.malloc(s.nbytes, WEIGHTS)
+        for key in full:
+            prog.free(key)
+    if tt.buffers_bytes:
+        prog.malloc(tt.buffers_bytes, WEIGHTS)
+    unsharded = {g: sum(p.numel for p in ps) * comp_b for g, ps in grps.items()}
+    block = max([v for g, v in unsharded.items() if g] or [0])
+    cast = max(p.numel for p in tt.params) * ((comp_b if mixed else 0) + (orig(train[0]) if offload else 0))
+    name = client_optimizer(cell)
+    opt_params = [s for s in shards if s.trainable]
+    states: list[int] | None = None
+    for _ in range(plain.STEPS):
+        kept: list[int] | None = None
+        for micro in range(cell.grad_accum):
+            # the root stays unsharded, one block runs (across ranks also the last all-gather output)
+            live = malloc(prog, unsharded[""], COMM) + [prog.malloc(block, COMM) for _ in range(1 + (ranks > 1))]
+            prog.transient(cast, TRANSIENT)
+            red = _Reducer(prog, grps, ranks, grad_b, reduce_b, orig(train[0]), offload, kept is None,
+                           lambda live=live: live.append(prog.malloc(block, COMM)))  # backward prefetch
+            prog.micro_step(tt, keep_grads=False, grad_sink=red)
+            red.finish()
+            for key in live:
+                prog.free(key)
+            kept = red.sharded if kept is None else kept
+        if not offload:
+            if states is None:
+                states = [prog.malloc(n, OPTIM) for s in opt_params for n in opt.state_tensors(name, s)]
+            for key in [prog.malloc(n, TRANSIENT) for n in opt.step_transient(name, opt_params)]:
+                prog.free(key)
+        for key in kept or []:  # zero_grad(set_to_none=True)
+            prog.free(key)
+    host = 0
+    if offload:  # shards, gradients, optimizer states and step temporaries on the host
+        host = sum(s.nbytes for s in shards) + sum(s.nbytes for s in opt_params) + sum(
+            n for s in opt_params for n in opt.state_tensors(name, s)) + sum(opt.step_transient(name, opt_params))
+    if not on_gpu:
+        host = max(host, sum(p.numel * orig(p) for p in tt.params))
+    return prog.outcome(), estimate.HOST_BASE_BYTES + host, estimate.CONTEXT_BYTES + estimate.NCCL_BYTES
