@@ -1,0 +1,80 @@
+"""The record of one finished cell, and its prediction beside the measurement.
+
+A record is what ``bench.store.Store.write`` persists (see ``bench.store`` for
+the layout). ``measured`` keys carry their unit; ``prediction_error`` is
+``(predicted - measured) / measured`` of the peak, signed: positive means the
+predictor over-estimated (the safe side), negative that it under-estimated.
+The measured peak is NVML's per-process peak on a GPU and the peak host RSS on
+``--device cpu``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.cell import Cell
+from bench.run.executor import Job, now
+
+
+def measured_peak(measured: dict[str, Any] | None, device: str) -> int | None:
+    """The peak that decides whether a cell fits, for this device."""
+    if not measured:
+        return None
+    key = "peak_host_rss_bytes" if device == "cpu" else "peak_nvml_process_bytes"
+    value = measured.get(key)
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def prediction_error(status: str, predicted: dict[str, Any] | None, measured: dict[str, Any] | None,
+                     device: str) -> float | None:
+    """``(predicted - measured) / measured`` of the peak; ``None`` unless both exist and the cell ran ok."""
+    if status != "ok" or not predicted:
+        return None
+    peak = measured_peak(measured, device)
+    guess = predicted.get("peak_bytes")
+    if not peak or not isinstance(guess, (int, float)):
+        return None
+    return (guess - peak) / peak
+
+
+def build(job: Job, cell: Cell, result: dict[str, Any], predicted: dict[str, Any] | None,
+          environment: dict[str, Any]) -> dict[str, Any]:
+    """A store record from an executor's result for ``job``."""
+    measured = result.get("measured")
+    if measured is not None and result.get("wall_seconds") is not None:
+        measured = {**measured, "wall_seconds": result["wall_seconds"]}
+    env = {**environment, **(result.get("environment") or {}), "device": job.device}
+    env.setdefault("emulated_target", False)
+    return {
+        "cell_id": cell.cell_id,
+        "slug": cell.slug,
+        "label": cell.label,
+        "matrix": job.matrix,
+        "cell": cell.to_dict(),
+        "status": result["status"],
+        "environment": env,
+        "measured": measured,
+        "predicted": predicted,
+        "prediction_error": prediction_error(result["status"], predicted, measured, job.device),
+        "error": result.get("error"),
+        "started_at": result.get("started_at") or now(),
+        "finished_at": result.get("finished_at") or now(),
+    }
+
+
+def skipped(cell: Cell, matrix: str, predicted: dict[str, Any], environment: dict[str, Any],
+            device: str) -> dict[str, Any]:
+    """The record of a cell ``--skip-predicted-oom`` did not run."""
+    gib = 2**30
+    peak, capacity = predicted.get("peak_bytes"), predicted.get("capacity_bytes")
+    why = "skipped: the predictor says it does not fit"
+    if isinstance(peak, (int, float)) and isinstance(capacity, (int, float)):
+        why += f" ({peak / gib:.2f} GiB predicted > {capacity / gib:.2f} GiB on {predicted.get('gpu', cell.gpu)})"
+    stamp = now()
+    return {
+        "cell_id": cell.cell_id, "slug": cell.slug, "label": cell.label, "matrix": matrix,
+        "cell": cell.to_dict(), "status": "skipped",
+        "environment": {**environment, "device": device, "emulated_target": False},
+        "measured": None, "predicted": predicted, "prediction_error": None, "error": why,
+        "started_at": stamp, "finished_at": stamp,
+    }

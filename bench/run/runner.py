@@ -1,0 +1,234 @@
+"""The parent's loop of ``bench run``: validate, resume, predict, run, persist.
+
+``run(options)`` reads as the pipeline it is:
+
+1. load and validate the whole matrix (``bench.matrix.load``) and find the
+   device, before anything is written (a bad input leaves the store untouched);
+2. drop cells the store already has (``Store.completed``; ``--force`` keeps
+   none, ``--retry-failed`` reruns ``error``/``timeout``/``skipped``);
+3. write ``machine.json`` and ask the predictor about the rest;
+4. hand the cells to an executor and write each record the moment its cell
+   ends (atomically: Ctrl-C or ``kill -9`` loses at most the cells in flight).
+
+The parent never imports torch. The exit code is 0 when every cell ended
+``ok``, ``oom`` or ``skipped`` (an OOM is a measurement) and 1 when any cell
+ended ``error`` or ``timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from bench import cell as cellmod, matrix as matrixmod
+from bench.cell import Cell
+from bench.errors import UserError
+from bench.run import machine, maxbatch, prediction, record
+from bench.run.executor import Executor, Job, LocalExecutor
+from bench.run.progress import Progress
+from bench.store import Store
+
+NO_GPU = ("no CUDA GPU found; use --device cpu to run on the CPU, "
+          "or `bench plan MATRIX` to predict without a GPU")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """The flags of ``bench run``."""
+
+    matrix: str
+    overrides: list[str] = field(default_factory=list)
+    device: str | None = None
+    """``cuda``, ``cpu``, or ``None``: CUDA when a GPU is found, else an error."""
+    results: str = "results"
+    retry_failed: bool = False
+    force: bool = False
+    find_max_batch: bool = False
+    skip_predicted_oom: bool = False
+    emulate_target: bool = True
+    timeout_s: float = 1800.0
+    executor: str = "local"
+
+
+def pick_device(wanted: str | None, usable: list[int]) -> str:
+    """``cpu`` only on request; CUDA needs a usable GPU (else the one-line error with the fix)."""
+    if wanted == "cpu":
+        return "cpu"
+    if not usable:
+        raise UserError(NO_GPU)
+    return "cuda"
+
+
+def visible_gpu_ids(found: list[machine.GpuInfo], env: dict[str, str] | None = None) -> list[int]:
+    """NVML indices the runner may use: all, or those ``CUDA_VISIBLE_DEVICES`` names."""
+    env = os.environ if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [g.index for g in found]
+    by_uuid = {g.uuid: g.index for g in found if g.uuid}
+    ids = []
+    for entry in (v.strip() for v in visible.split(",") if v.strip()):
+        if entry.isdigit() and any(g.index == int(entry) for g in found):
+            ids.append(int(entry))
+        elif entry in by_uuid:
+            ids.append(by_uuid[entry])
+    return ids
+
+
+def clean_stale_temps(folder: Path) -> None:
+    """Remove half-written ``.tmp-*`` files a killed writer left in a matrix folder."""
+    if folder.is_dir():
+        for f in folder.glob(".tmp-*"):
+            f.unlink(missing_ok=True)
+
+
+class Runner:
+    """One ``bench run``: the matrix, the store, the executor and the progress."""
+
+    def __init__(self, opts: RunOptions, executor: Executor | None = None,
+                 out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.opts = opts
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.matrix = matrixmod.load(opts.matrix, opts.overrides)
+        found = machine.gpus() if opts.device != "cpu" else []
+        usable = visible_gpu_ids(found)
+        self.device = pick_device(opts.device, usable)
+        self.store = Store(opts.results)
+        self.executor = executor or LocalExecutor(usable if self.device == "cuda" else [])
+        self.found = found
+        self.environment: dict[str, Any] = {}
+        self.statuses: dict[str, str] = {}
+
+    def job(self, c: Cell) -> Job:
+        return Job(cell=c.to_dict(), cell_id=c.cell_id, slug=c.slug, matrix=self.matrix.name,
+                   device=self.device, gpus=c.gpus, timeout_s=self.opts.timeout_s,
+                   emulate_target=self.opts.emulate_target, results=str(self.store.root))
+
+    def execute(self, cells: list[Cell], predicted: dict[str, Any] | prediction.Pending, progress: Progress,
+                then: Callable[[Cell, dict[str, Any]], None] | None = None) -> None:
+        """Run ``cells``; write each record as it ends."""
+        by_id = {c.cell_id: c for c in cells}
+
+        def on_done(job: Job, result: dict[str, Any]) -> None:
+            c = by_id[job.cell_id]
+            rec = record.build(job, c, result, predicted.get(c.cell_id), self.environment)
+            self.store.write(rec)
+            self.statuses[c.cell_id] = rec["status"]
+            progress.cell_done(rec)
+            if then is not None:
+                then(c, rec)
+
+        self.executor.run([self.job(c) for c in cells], on_done)
+
+    def run(self) -> int:
+        m, opts = self.matrix, self.opts
+        done = set() if opts.force else self.store.completed(m.gpu, m.name, opts.retry_failed)
+        todo = [c for c in m.cells if c.cell_id not in done]
+        folder = self.store.folder(m.gpu, m.name)
+        print(f"{m.path}: {len(m.cells)} cells, {len(m.cells) - len(todo)} already in {folder}, "
+              f"{len(todo)} to run on {self.device}", file=self.out, flush=True)
+        clean_stale_temps(folder)
+        self.store.write_machine(m.gpu, machine.describe(self.device, self.found))
+        self.environment = machine.environment(self.device)
+        if opts.find_max_batch:
+            self.find_max_batch(list(m.cells), done)
+        elif todo:
+            self.run_cells(todo)
+        failed = [cid for cid, st in self.statuses.items() if st in ("error", "timeout")]
+        counts = {st: list(self.statuses.values()).count(st) for st in dict.fromkeys(self.statuses.values())}
+        summary = ", ".join(f"{n} {st}" for st, n in counts.items()) or "nothing to run"
+        print(f"done: {summary}; results in {folder}", file=self.out, flush=True)
+        return 1 if failed else 0
+
+    def run_cells(self, todo: list[Cell]) -> None:
+        predicted = prediction.Pending(todo)
+        progress = Progress(len(todo), out=self.out, err=self.err)
+        if self.opts.skip_predicted_oom:
+            predicted.wait()
+            keep = []
+            for c in todo:
+                if prediction.fits(predicted.get(c.cell_id)) is False:
+                    rec = record.skipped(c, self.matrix.name, predicted.get(c.cell_id), self.environment, self.device)
+                    self.store.write(rec)
+                    self.statuses[c.cell_id] = "skipped"
+                    progress.cell_done(rec)
+                else:
+                    keep.append(c)
+            todo = keep
+        try:
+            self.execute(todo, predicted, progress)
+        finally:
+            progress.finish()
+        answers = predicted.wait()
+        missing = sum(answers.get(c.cell_id) is None for c in todo)
+        if predicted.why:
+            print(f"note: {predicted.why}", file=self.err, flush=True)
+        elif missing:
+            print(f"note: the predictor gave no prediction for {missing} of {len(todo)} cells "
+                  f"(`bench plan {self.opts.matrix}` says why)", file=self.err, flush=True)
+
+    def find_max_batch(self, cells: list[Cell], done: set[str]) -> None:
+        """Bisect each group of cells that differ only in batch, one round of probes at a time."""
+        groups = maxbatch.groups(cells)
+        starts, predicted = self._search_starts(groups)
+        searches = {k: maxbatch.BatchSearch(start=starts[k], candidates=[c.batch for c in g] if len(g) > 1 else None)
+                    for k, g in groups.items()}
+        estimate = sum(max(1, (len(g) if len(g) > 1 else 16).bit_length()) for g in groups.values())
+        progress = Progress(estimate, out=self.out, err=self.err)
+        try:
+            while True:
+                probes: list[Cell] = []
+                for key, search in searches.items():
+                    c = self._next_probe(groups[key][0], search, done)
+                    if c is not None:
+                        probes.append(c)
+                if not probes:
+                    break
+                self.execute(probes, predicted, progress,
+                             then=lambda c, rec: searches[maxbatch.group_key(c)].record(c.batch, rec["status"] == "ok"))
+        finally:
+            progress.finish()
+        for key, search in searches.items():
+            base = groups[key][0]
+            progress.note(f"max batch  {base.slug.replace(f'-b{base.batch}-', '-b?-')}: {search.summary()}")
+
+    def _next_probe(self, base: Cell, search: maxbatch.BatchSearch, done: set[str]) -> Cell | None:
+        """The next batch to run for a group, answering from the store where it can."""
+        while (batch := search.next()) is not None:
+            c = cellmod.replace(base, batch=batch)
+            if c.cell_id in done:
+                rec = self.store.read(self.matrix.gpu, self.matrix.name, c.cell_id)
+                search.record(batch, rec is not None and rec["status"] == "ok")
+                continue
+            return c
+        return None
+
+    def _search_starts(self, groups: dict[str, list[Cell]]) -> tuple[dict[str, int], dict[str, Any]]:
+        """Each group's first batch: the largest the predictor says fits."""
+        asked: list[Cell] = []
+        for g in groups.values():
+            batches = [c.batch for c in g] if len(g) > 1 else [2**i for i in range(11)] + [g[0].batch]
+            asked += [cellmod.replace(g[0], batch=b) for b in sorted(set(batches))]
+        predicted, why = prediction.predict(asked)
+        if why:
+            print(f"note: {why}; bisection starts from the middle", file=self.err, flush=True)
+        starts = {}
+        for key, g in groups.items():
+            fitting = [c.batch for c in asked if maxbatch.group_key(c) == key
+                       and prediction.fits(predicted.get(c.cell_id))]
+            if fitting:
+                starts[key] = max(fitting)
+            elif len(g) > 1:
+                starts[key] = g[len(g) // 2].batch if why else g[0].batch
+            else:
+                starts[key] = g[0].batch
+        return starts, predicted
+
+
+def run(opts: RunOptions, executor: Executor | None = None) -> int:
+    """``bench run``: returns the exit code (see the module docstring)."""
+    return Runner(opts, executor).run()
