@@ -168,3 +168,30 @@ def test_block_replication_matches_a_full_depth_trace(kw):
     g = gpus.resolve("h200")
     a, b = plain.program(replicated, c, g), plain.program(full, c, g)
     assert (a.peak_allocated, a.peak_reserved) == (b.peak_allocated, b.peak_reserved)
+
+
+def test_allocator_releases_its_cache_before_running_out():
+    from bench.predict.allocator import limited
+
+    with limited(150 * MiB):
+        a = CachingAllocator()
+    a.malloc("x", 100 * MiB)
+    a.free("x")                 # cached, not returned
+    a.malloc("y", 120 * MiB)    # 100 cached + 120 > 150: release, retry, fits
+    assert (a.retries, a.oom, a.reserved) == (1, False, 120 * MiB)
+    a.malloc("z", 40 * MiB)     # 160 > 150 even with nothing cached
+    assert a.oom
+
+
+def test_seed_reference_points_on_a_16gb_v100():
+    """The public guide: GPT2-XL, ZeRO-2 + CPU offload, fp16, checkpointing,
+    1024 tokens, accumulation 2, 2e8 buckets: batch 12 fitted and not above;
+    GPT-Neo 2.7B at batch 4 with 5e7 buckets fitted."""
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[1] / "matrices" / "configs"
+    seed = dict(gpu="v100-16gb", method="zero2-offload", precision="fp16", seq=1024, grad_accum=2, grad_ckpt=True)
+    xl = lambda b: predict(normalize(dict(seed, model="gpt2-xl", batch=b, ds_config=str(cfg / "ds_gpt2xl.json"))))  # noqa: E731
+    assert xl(12).fits and not xl(16).fits
+    neo = normalize(dict(seed, model="gpt-neo-2.7b", batch=4, ds_config=str(cfg / "ds_gptneo.json")))
+    assert predict(neo).fits

@@ -13,12 +13,19 @@ This replays an allocation sequence through the allocator's rules
   or > 1 MiB (large); otherwise a new segment is ``cudaMalloc``'d;
 - a freed block merges with free neighbours of its segment and stays cached.
 
+- when a new segment would not fit the card (``limit``), every wholly free
+  cached segment is released and the ``cudaMalloc`` retried (an "allocator
+  retry"); if it still does not fit, the run is out of memory. This is why a
+  run whose cache grows past the card on a large GPU can still fit a small one.
+
 ``expandable_segments`` and ``max_split_size_mb`` are not modelled.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 MIN_BLOCK = 512
@@ -52,10 +59,27 @@ class _Block:
     stream: int = 0
 
 
+_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("bench_allocator_limit", default=None)
+
+
+@contextlib.contextmanager
+def limited(nbytes: int | None):
+    """Allocators created inside get ``limit = nbytes`` (the card's memory
+    minus what the process holds outside the allocator)."""
+    token = _LIMIT.set(nbytes)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
+
+
 class CachingAllocator:
-    """Replays ``malloc(key, nbytes)`` / ``free(key)``; tracks peaks."""
+    """Replays ``malloc(key, nbytes)`` / ``free(key)``; tracks peaks, retries and OOM."""
 
     def __init__(self) -> None:
+        self.limit = _LIMIT.get()
+        self.retries = 0
+        self.oom = False
         # free blocks per (small pool, stream): a block freed on one CUDA stream is reused only by it
         self._pools: dict[tuple[bool, int], list[tuple[int, int, _Block]]] = {}
         self.stream = 0
@@ -85,6 +109,10 @@ class CachingAllocator:
             block = pool.pop(i)[2]
         else:
             seg = segment_size(size)
+            if self.limit is not None and self.reserved + seg > self.limit:
+                self.empty_cache()
+                self.retries += 1
+                self.oom = self.oom or self.reserved + seg > self.limit
             block = _Block(self._next_addr, seg, small, stream=self.stream)
             self._next_addr += seg + (1 << 40)  # segments are never adjacent
             self.reserved += seg

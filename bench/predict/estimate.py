@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass, field
 
 from bench import gpus
-from bench.predict import model_trace, plain
+from bench.predict import allocator, model_trace, plain
 from bench.predict.program import CONTEXT, PARTS, RESERVE, Outcome
 
 GiB = 2**30
@@ -48,12 +48,12 @@ class Prediction:
     host_bytes: int
     gpu: str
     capacity_bytes: int
+    fits: bool
+    """No allocation fails on this card, counting the cache the allocator releases when full."""
+    allocator_retries: int = 0
+    """Times the allocator had to release its cache to stay within the card."""
     breakdown: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-
-    @property
-    def fits(self) -> bool:
-        return self.peak_bytes <= self.capacity_bytes
 
     @property
     def headroom_bytes(self) -> int:
@@ -64,25 +64,32 @@ class Prediction:
             "peak_bytes": self.peak_bytes, "allocated_bytes": self.allocated_bytes,
             "reserved_bytes": self.reserved_bytes, "host_bytes": self.host_bytes, "fits": self.fits,
             "gpu": self.gpu, "capacity_bytes": self.capacity_bytes, "headroom_bytes": self.headroom_bytes,
+            "allocator_retries": self.allocator_retries,
             "breakdown": dict(self.breakdown), "notes": list(self.notes),
         }
 
 
-def _program(cell, gpu, layers: int | None) -> tuple[Outcome, int, int]:
-    """(allocator outcome, host bytes, bytes outside the allocator) at a depth.
+def outside_bytes(cell) -> int:
+    """Memory the process holds outside the caching allocator."""
+    if cell.strategy.startswith("zero"):
+        return CONTEXT_BYTES + DEEPSPEED_BYTES
+    if cell.strategy in ("fsdp", "ddp"):
+        return CONTEXT_BYTES + NCCL_BYTES
+    return CONTEXT_BYTES
 
-    Cached: the GPU enters only through its cuBLAS workspace size, so
-    ``--gpu all`` and plans over several cards replay each program once.
+
+def _program(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
+    """(allocator outcome, host bytes, bytes outside the allocator), cached.
+
+    ``limit``: the allocator's room on the card; near it the simulated
+    allocator releases its cache and retries, as the real one does.
     """
-    rep = _REPRESENTATIVE.setdefault(plain.cublas_workspace(gpu), gpu)
-    return _program_cached(dataclasses.replace(cell, gpu=rep.name), layers)
-
-
-_REPRESENTATIVE: dict[int, object] = {}
+    with allocator.limited(limit):
+        return _program_cached(cell, layers, limit)
 
 
 @functools.lru_cache(maxsize=512)
-def _program_cached(cell, layers: int | None) -> tuple[Outcome, int, int]:
+def _program_cached(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
     gpu = gpus.resolve(cell.gpu)
     if cell.task == "infer":
         from bench.predict import generate
@@ -110,7 +117,10 @@ def _program_cached(cell, layers: int | None) -> tuple[Outcome, int, int]:
 def predict(cell) -> Prediction:
     """Predict one normalized cell on its ``cell.gpu``."""
     gpu = gpus.resolve(cell.gpu)
-    outcome, host, outside = _program(cell, gpu, None)
+    outcome, host, outside = _program(cell, None, gpu.memory_bytes - outside_bytes(cell))
+    fits = not outcome.oom
+    if not fits:  # what it would take: the same run without the card's limit
+        outcome, host, outside = _program(cell, None, None)
     reserved = max(outcome.peak_reserved, outcome.peak_allocated)
     parts = {p: int(outcome.at_peak.get(p, 0)) for p in PARTS}
     parts[RESERVE] = 0
@@ -118,8 +128,8 @@ def predict(cell) -> Prediction:
     parts[CONTEXT] += outside
     peak = sum(parts.values())
     return Prediction(peak_bytes=peak, allocated_bytes=outcome.peak_allocated, reserved_bytes=reserved,
-                      host_bytes=host, gpu=gpu.name, capacity_bytes=gpu.memory_bytes,
-                      breakdown={k: v for k, v in parts.items()})
+                      host_bytes=host, gpu=gpu.name, capacity_bytes=gpu.memory_bytes, fits=fits,
+                      allocator_retries=outcome.retries, breakdown={k: v for k, v in parts.items()})
 
 
 def max_batch(cell, limit: int = 1024) -> int:

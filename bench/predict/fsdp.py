@@ -32,14 +32,12 @@ the allocator with a pool per CUDA stream, ``empty_cache``, the block structure.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import re
 
 from bench.predict import estimate, model_trace, plain
 from bench.predict import optimizer as opt
 from bench.predict import trace as tr
-from bench.predict.allocator import CachingAllocator
 from bench.predict.model_trace import Param, TrainTrace
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 
@@ -105,44 +103,8 @@ def use_order(params, ckpt: bool) -> tuple[list[str], int]:
     return list(units) + bwd, len(units)
 
 
-class StreamAllocator(CachingAllocator):
-    """``CachingAllocator`` with a pool per CUDA stream: ``CUDACachingAllocator.cpp``
-    keys free blocks by stream, so a block freed on one stream serves only that stream."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stream = 0
-        self._pools = _StreamPools(self)
-
-    def _insert(self, b) -> None:
-        b.stream = getattr(b, "stream", self.stream)
-        bisect.insort(self._pools.pool(b.small, b.stream), (b.size, b.addr, b))
-
-    def _remove(self, b) -> None:
-        pool = self._pools.pool(b.small, b.stream)
-        del pool[bisect.bisect_left(pool, (b.size, b.addr))]
-
-    def malloc(self, key, nbytes: int) -> None:
-        super().malloc(key, nbytes)
-        self._blocks[key].stream = self.stream
-
-
-class _StreamPools(dict):
-    def __init__(self, alloc: StreamAllocator) -> None:
-        super().__init__()
-        self.alloc = alloc
-
-    def pool(self, small: bool, stream: int) -> list:
-        return self.setdefault((small, stream), [])
-
-    def __getitem__(self, small):
-        return self.pool(small, self.alloc.stream)
-
-
 def sharded_program() -> Program:
-    prog = Program()
-    prog.alloc = StreamAllocator()
-    return prog
+    return Program()  # the allocator keeps a pool per stream
 
 
 def on_stream(prog: Program, stream: int) -> None:
@@ -152,10 +114,7 @@ def on_stream(prog: Program, stream: int) -> None:
 
 def empty_cache(prog: Program) -> None:
     """``torch.cuda.empty_cache()``: give back every wholly free segment."""
-    for pool in dict.values(prog.alloc._pools):
-        for entry in [e for e in pool if e[2].prev is None and e[2].next is None]:
-            pool.remove(entry)
-            prog.alloc.reserved -= entry[2].size
+    prog.alloc.empty_cache()
 
 
 def malloc(prog: Program, nbytes: int, tag: str) -> list[int]:

@@ -37,6 +37,9 @@ class Outcome:
     peak_allocated: int
     peak_reserved: int
     at_peak: dict[str, int] = field(default_factory=dict)
+    oom: bool = False
+    """A segment did not fit the allocator's limit even after releasing the cache."""
+    retries: int = 0
 
 
 class Program:
@@ -115,4 +118,5 @@ class Program:
         return kept
 
     def outcome(self) -> Outcome:
-        return Outcome(self.alloc.peak_allocated, self.alloc.peak_reserved, dict(self.at_peak))
+        a = self.alloc
+        return Outcome(a.peak_allocated, a.peak_reserved, dict(self.at_peak), a.oom, a.retries)
