@@ -58,7 +58,7 @@ def test_allocator_merges_free_neighbours():
 
 # --- optimizer states per parameter ------------------------------------------
 
-@pytest.mark.parametrize("name,per_param", [("adamw", 8), ("adamw-foreach", 8), ("sgd", 4), ("adamw-8bit", 2)])
+@pytest.mark.parametrize("name,per_param", [("adamw", 8), ("adamw-foreach", 8), ("sgd", 0), ("adamw-8bit", 2)])
 def test_optimizer_state_bytes_per_fp32_param(name, per_param):
     p = Param("w", 1 << 20, 4 << 20, True, (1024, 1024))
     states = sum(opt.state_tensors(name, p))

@@ -7,7 +7,7 @@ From the optimizers' own code (torch 2.x ``torch/optim/adamw.py``,
   ``step`` scalar per parameter (a 4-byte device tensor for fused/foreach).
   Fused AdamW updates in place; foreach AdamW builds one temporary the size of
   all parameters of a dtype group (``_foreach_sqrt(exp_avg_sqs)``).
-- SGD (momentum 0.9, as ``bench run`` uses it) keeps one momentum buffer.
+- SGD (no momentum, as ``bench run`` builds it) keeps no state.
 - Adafactor keeps factored row/column second moments for matrices (full for
   vectors) and, per parameter in turn, a few full-size fp32 temporaries
   (``grad**2``, the approximated update, the update times grad).
@@ -28,7 +28,7 @@ def state_tensors(optimizer: str, p: Param) -> list[int]:
     if optimizer in ("adamw", "adamw-foreach"):
         return [p.nbytes, p.nbytes, 4]
     if optimizer == "sgd":
-        return [p.nbytes]
+        return []
     if optimizer == "adafactor":
         if len(p.shape) >= 2:  # factored: one row and one column vector
             return [p.numel // p.shape[-1] * 4, p.numel // p.shape[-2] * 4]

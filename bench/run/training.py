@@ -67,6 +67,7 @@ class Setup:
     deepspeed: bool = False
     autocast: torch.dtype | None = None
     scaler: Any = None
+    out: Any = None
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     def batch(self) -> dict[str, torch.Tensor]:
@@ -88,7 +89,10 @@ class Setup:
         ctx = (torch.autocast(self.input_device.type, dtype=self.autocast) if self.autocast is not None
                else contextlib.nullcontext())
         with ctx:
-            loss = self.module(**batch).loss / self.cell.grad_accum
+            # `self.out = ...` keeps the previous output (its logits) alive until this forward
+            # returns, as a training loop's `out = model(**batch)` does (the predictor models it)
+            self.out = self.module(**batch)
+            loss = self.out.loss / self.cell.grad_accum
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss.detach() * self.cell.grad_accum
 
@@ -135,7 +139,7 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         s.module = parallel.fsdp(model, cell, device)
     elif cell.strategy == "ddp":
         s.module = parallel.ddp(model, device)
-    s.optimizer = optimizers.build(cell.optimizer, model.parameters(), device)
+    s.optimizer = optimizers.build(cell.optimizer, model.parameters(), device, sharded=cell.strategy == "fsdp")
     half = cell.precision in ("fp16", "bf16")
     if half and cell.tuning == "full" and cell.strategy != "fsdp":
         s.autocast = DTYPES[cell.precision]
