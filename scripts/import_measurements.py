@@ -94,7 +94,7 @@ def _mfu(m: dict[str, Any], cell: cellmod.Cell) -> None:
     trainable = m.get("n_trainable_params") or m["n_params"]
     work = flops.flops_per_step(cell, m["n_params"], trainable, encoder_decoder=False)
     m["tflops_achieved"] = work / m["step_time_median_seconds"] / 1e12
-    peak = flops.peak_tflops(cell)
+    peak, _card = flops.peak_tflops(cell)
     m["mfu"] = m["tflops_achieved"] / peak if peak else None
 
 

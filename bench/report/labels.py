@@ -80,9 +80,14 @@ def method(cell: Mapping[str, Any]) -> str:
 
 
 def precision(cell: Mapping[str, Any]) -> str:
-    """``bf16 mixed`` (fp32 master weights), ``bf16 (pure)``; for inference the weights' dtype."""
+    """``bf16 mixed`` (fp32 master weights), ``bf16 (pure)``; for inference the weights' dtype;
+    for LoRA/QLoRA the frozen base's dtype (adapters stay fp32)."""
     p = cell.get("precision", "fp32")
-    return p if cell.get("task", "train") == "infer" else _PRECISION.get(p, p)
+    if cell.get("task", "train") == "infer":
+        return p
+    if cell.get("tuning") in ("lora", "qlora") and p in ("fp16", "bf16"):
+        return f"{p} base" if cell.get("tuning") == "lora" else f"nf4 base, {p} compute"
+    return _PRECISION.get(p, p)
 
 
 def context(cell: Mapping[str, Any]) -> str:
