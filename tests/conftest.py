@@ -27,3 +27,11 @@ def write_matrix(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def pytest_configure(config):
+    """Traces cached by the predictor go to a throwaway folder, not the user's home."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("BENCH_CACHE_DIR", tempfile.mkdtemp(prefix="bench-trace-cache-"))

@@ -23,7 +23,7 @@ import transformers
 import warnings
 
 from bench import models
-from bench.predict import blocks
+from bench.predict import blocks, trace_cache
 from bench.predict import trace as tr
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "pure-bf16": torch.bfloat16}
@@ -197,6 +197,10 @@ def trace_train(key: ShapeKey) -> TrainTrace:
 
 
 def _trace_train(key: ShapeKey) -> TrainTrace:
+    return trace_cache.load(key, _trace_train_now)
+
+
+def _trace_train_now(key: ShapeKey) -> TrainTrace:
     model, spec = build(key)
     params = tuple(Param(n, p.numel(), p.numel() * p.element_size(), p.requires_grad, tuple(p.shape))
                    for n, p in model.named_parameters())
