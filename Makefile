@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	  echo "no GPU: installing the CPU build torch==2.13.0"; \
 	  $(BIN)/python -m pip install --quiet torch==2.13.0; \
 	fi
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
 test: install

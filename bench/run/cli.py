@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import argparse
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.errors import UserError
     from bench.run.runner import RunOptions, run
+
+    executor = None
+    if args.executor == "ray":
+        from bench.run.ray_executor import RayExecutor
+
+        executor = RayExecutor(address=args.address, require_gpu_type=args.require_gpu_type)
+    elif args.address is not None or args.require_gpu_type:
+        raise UserError("--address and --require-gpu-type need --executor ray")
 
     opts = RunOptions(
         matrix=args.matrix,
@@ -27,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         executor=args.executor,
     )
-    return run(opts)
+    return run(opts, executor)
 
 
 def _positive(text: str) -> float:
@@ -84,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_positive, default=1800.0, metavar="SECONDS",
                    help="per-cell wall-clock limit; the cell's process group is killed [1800]")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="how cells are started [local: child processes on this host]")
+                   help="how cells are started [local: child processes on this host; "
+                        "ray: one Ray task per cell on an existing cluster, see docs/ray.md]")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --executor ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "
+                        "[$RAY_ADDRESS, else auto]")
+    p.add_argument("--require-gpu-type", action="store_true",
+                   help="with --executor ray: run cells only on nodes whose accelerator_type "
+                        "is the matrix's gpu")
     p.set_defaults(func=cmd_run)
     _accept_trailing_overrides(p)

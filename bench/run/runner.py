@@ -94,9 +94,10 @@ class Runner:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.matrix = matrixmod.load(opts.matrix, opts.overrides)
-        found = machine.gpus() if opts.device != "cpu" else []
+        remote = getattr(executor, "remote", False)  # cells run on other hosts (Ray): this one's GPUs don't matter
+        found = machine.gpus() if opts.device != "cpu" and not remote else []
         usable = visible_gpu_ids(found)
-        self.device = pick_device(opts.device, usable)
+        self.device = (opts.device or "cuda") if remote else pick_device(opts.device, usable)
         self.store = Store(opts.results)
         self.executor = executor or LocalExecutor(usable if self.device == "cuda" else [])
         self.found = found
@@ -132,7 +133,7 @@ class Runner:
         print(f"{m.path}: {len(m.cells)} cells, {len(m.cells) - len(todo)} already in {folder}, "
               f"{len(todo)} to run on {self.device}", file=self.out, flush=True)
         clean_stale_temps(folder)
-        self.store.write_machine(m.gpu, machine.describe(self.device, self.found))
+        self.store.write_machine(m.gpu, {**machine.describe(self.device, self.found), "executor": opts.executor})
         self.environment = machine.environment(self.device)
         if opts.find_max_batch:
             self.find_max_batch(list(m.cells), done)
