@@ -7,14 +7,14 @@ the strategy's buffers) through the caching-allocator model (``program``,
 allocator (CUDA context, kernels, NCCL). Peak NVML process memory =
 allocator reserved peak + context.
 
-The trace runs at the model's full depth (meta tensors allocate nothing, so
-depth costs only Python time); batches above 2 are derived from traces at
-batch 1 and 2 (``model_trace.trace_train``).
+Tracing is kept cheap three ways (``model_trace.trace_train``): a deep model
+is traced at three blocks and its middle block replicated to the real depth
+(``blocks``); batches above 2 are derived from traces at batch 1 and 2; traces
+are cached on disk (``trace_cache``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 

@@ -229,8 +229,6 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
         trace.forward_end = len(trace.events)
         if key.autocast:
             ac.cache.clear()
-        trace.live_at_forward_end = log.live_bytes
-        trace.logits_at_forward_end = log.bytes_tagged("logits")
         log.phase = "backward"
         loss.backward()
         del loss

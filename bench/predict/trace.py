@@ -50,9 +50,6 @@ class Trace:
     """
 
     events: list[tuple[int, int, int, str]] = field(default_factory=list)
-    peak_live: int = 0
-    live_at_forward_end: int = 0
-    logits_at_forward_end: int = 0
     grad_keys: set[int] = field(default_factory=set)
     forward_end: int = 0
     """Index of the first event after the forward (and loss) returned."""
@@ -65,7 +62,6 @@ class MemoryLog(TorchDispatchMode):
         super().__init__()
         self.trace = trace
         self.live: dict[int, tuple[int, str]] = {}
-        self.live_bytes = 0
         self.phase = "forward"
         self._next = 0
 
@@ -91,20 +87,15 @@ class MemoryLog(TorchDispatchMode):
         nbytes = st.nbytes()
         tag = tag or self.phase
         self.live[key] = (nbytes, tag)
-        self.live_bytes += nbytes
         self.trace.events.append((ALLOC, key, nbytes, tag))
-        self.trace.peak_live = max(self.trace.peak_live, self.live_bytes)
         weakref.finalize(st, self._free, key)
 
     def _free(self, key: int) -> None:
         entry = self.live.pop(key, None)
         if entry is None:
             return
-        self.live_bytes -= entry[0]
         self.trace.events.append((FREE, key, entry[0], entry[1]))
 
-    def bytes_tagged(self, tag: str) -> int:
-        return sum(n for n, t in self.live.values() if t == tag)
 
 
 # --- CUDA autocast, emulated above autograd ---------------------------------
