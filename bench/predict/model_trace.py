@@ -163,37 +163,62 @@ def _inputs(key: ShapeKey, spec, vocab: int) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
+# Sentinel sizes: primes no model dimension is a multiple of. A tensor's byte
+# count then says how many batch, sequence and target dimensions it has (the
+# power of each prime in it), so one trace serves every batch and length.
+SENTINEL_BATCH, SENTINEL_SEQ, SENTINEL_TARGET = 1021, 1019, 1013
+
+
+def _power(n: int, p: int) -> int:
+    k = 0
+    while n and n % p == 0:
+        n //= p
+        k += 1
+    return k
+
+
+def _rescale(n: int, key: ShapeKey) -> int:
+    """Bytes at the sentinel shape -> bytes at ``key``'s batch and lengths."""
+    for prime, real in ((SENTINEL_BATCH, key.batch), (SENTINEL_SEQ, key.seq), (SENTINEL_TARGET, key.target_seq)):
+        k = _power(n, prime)
+        if k:
+            n = n // prime**k * real**k
+    return n
+
+
 @functools.lru_cache(maxsize=256)
 def trace_train(key: ShapeKey) -> TrainTrace:
     """One forward + loss + backward micro-step, with grads starting at None.
+
+    Meta tensors cost the same at any size, and every activation's size is a
+    product of the batch, the sequence lengths and fixed model dimensions. So
+    the step is traced once at the sentinel shape and each event's size
+    rescaled to ``key``'s (``_rescale``); a size that is not such a product
+    (e.g. ``seq + 1`` labels) keeps its sentinel value's scaling in the other
+    dimensions only, a few bytes.
 
     Blocks are identical: a model deeper than ``blocks.TRACED`` blocks is
     traced at that depth and its middle block's events are replicated to the
     real depth (``blocks.replicate``), falling back to a full-depth trace if
     the blocks' event sequences do not line up.
-
-    Every activation has the batch as a dimension and nothing else does, so
-    each event's size is ``a + c * batch``: batches above 2 are derived from
-    traces at batch 1 and 2 (same op sequence, checked), not traced again.
     """
-    if key.batch <= 2:
-        spec = models.resolve(key.model)
-        depth = layer_count(spec)
-        if key.layers is None and depth > blocks.TRACED and not spec.is_encoder_decoder:
-            small = _trace_train(dataclasses.replace(key, layers=blocks.TRACED))
-            full = blocks.replicate(small, depth)
-            if full is not None:
-                return full
-        return _trace_train(key)
-    one = trace_train(dataclasses.replace(key, batch=1))
-    two = trace_train(dataclasses.replace(key, batch=2))
-    e1, e2 = one.trace.events, two.trace.events
-    if len(e1) != len(e2) or any(a[0] != b[0] or a[1] != b[1] or a[3] != b[3] for a, b in zip(e1, e2)):
-        return _trace_train(key)
-    b = key.batch
-    events = [(k, key_, n1 + (n2 - n1) * (b - 1), tag) for (k, key_, n1, tag), (_, _, n2, _) in zip(e1, e2)]
-    t = tr.Trace(events=events, grad_keys=two.trace.grad_keys, forward_end=two.trace.forward_end)
-    return dataclasses.replace(two, trace=t, input_bytes=one.input_bytes * b)
+    spec = models.resolve(key.model)
+    target = SENTINEL_TARGET if spec.is_encoder_decoder else SENTINEL_SEQ
+    base = dataclasses.replace(key, batch=SENTINEL_BATCH, seq=SENTINEL_SEQ, target_seq=target)
+    if key != base:
+        if not spec.is_encoder_decoder:
+            key = dataclasses.replace(key, target_seq=key.seq)
+        t = trace_train(base)
+        events = [(k, key_, _rescale(n, key), tag) for k, key_, n, tag in t.trace.events]
+        trace = tr.Trace(events=events, grad_keys=t.trace.grad_keys, forward_end=t.trace.forward_end)
+        return dataclasses.replace(t, trace=trace, input_bytes=_rescale(t.input_bytes, key))
+    depth = layer_count(spec)
+    if key.layers is None and depth > blocks.TRACED and not spec.is_encoder_decoder:
+        small = _trace_train(dataclasses.replace(key, layers=blocks.TRACED))
+        full = blocks.replicate(small, depth)
+        if full is not None:
+            return full
+    return _trace_train(key)
 
 
 def _trace_train(key: ShapeKey) -> TrainTrace:
