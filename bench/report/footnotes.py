@@ -72,7 +72,7 @@ def footnotes(records: list[Mapping[str, Any]], mode: str) -> tuple[str, ...]:
     if mode == "plan":
         notes += [
             "Predicted: bench's memory prediction of the peak per GPU (its parts: `bench predict`).",
-            "% of GPU: predicted peak over the GPU's memory. Fits: the predicted peak is at most that memory.",
+            "% of GPU: predicted peak over the GPU's memory. Fits: no allocation fails on that card (near its limit the allocator releases its cache first, as PyTorch's does).",
         ]
         return tuple(notes)
     counts: dict[str, int] = {}
