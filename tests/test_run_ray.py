@@ -188,7 +188,7 @@ def bench_run(matrix: Path, results: Path, *args: str, address: str | None = Non
 
 
 def records(folder: Path) -> dict[str, dict]:
-    return {f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))}
+    return {f.stem: json.loads(f.read_text()) for f in sorted(finished_files(folder))}
 
 
 def workers_for(results: Path) -> list[tuple[int, int]]:
@@ -286,23 +286,28 @@ def test_a_cell_whose_ray_worker_dies_twice_is_an_error_with_the_reason(cluster,
 
 
 @pytest.mark.slow
+def finished_files(folder):
+    """Finished record files (not a record being written: ``.tmp-*`` until its rename)."""
+    return [f for f in folder.glob("*.json") if not f.name.startswith(".tmp")]
+
+
 def test_ctrl_c_cancels_the_rest_and_keeps_finished_records(cluster, write_matrix, tmp_path):
     results = tmp_path / "results"
     folder = results / "a100-80gb" / "four"
     proc = bench_run(write_matrix(FOUR_CELLS), results, address=cluster, popen=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(folder.glob("*.json")):
+    while time.monotonic() < deadline and not finished_files(folder):
         time.sleep(0.05)
-    before = {f.name: f.read_bytes() for f in folder.glob("*.json")}
+    before = {f.name: f.read_bytes() for f in finished_files(folder)}
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "error: interrupted" in out, out
     assert 1 <= len(before) < 4
-    after = {f.name: f.read_bytes() for f in folder.glob("*.json")}
+    after = {f.name: f.read_bytes() for f in finished_files(folder)}
     assert {k: after[k] for k in before} == before  # finished records kept, untouched
     wait_gone(results)  # the cancelled cells' workers are gone
     time.sleep(2)
-    assert {f.name for f in folder.glob("*.json")} == set(after)  # nothing finished after the cancel
+    assert {f.name for f in finished_files(folder)} == set(after)  # nothing finished after the cancel
     rest = bench_run(write_matrix(FOUR_CELLS), results, address=cluster)
     assert rest.returncode == 0 and f"{len(after)} already in" in rest.stdout, rest.stdout + rest.stderr
     assert {r["status"] for r in records(folder).values()} == {"ok"} and len(records(folder)) == 4
