@@ -122,10 +122,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(json.dumps(entries, indent=1))
     else:
         records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
-        sys.stdout.write(render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}"))
+        table = render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}")
+        sys.stdout.write(table)
         if a.output:
             Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.output).write_text(render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}"))
+            Path(a.output).write_text(table)
     errors = [e for e in entries if "error" in e]
     for e in errors:
         print(f"error: cell {e['cell_id']} ({e['cell']['model']}): {e['error']}", file=sys.stderr)
