@@ -174,3 +174,28 @@ def test_pick_device():
     for wanted in (None, "cuda"):
         with pytest.raises(UserError, match="no CUDA GPU found; use --device cpu"):
             runner.pick_device(wanted, [])
+
+
+def test_live_at_peak_replays_the_allocator_trace():
+    """The replay finds the moment of most allocated bytes and groups what was alive then."""
+    from bench.run.peak import live_at_peak
+
+    tf = {"filename": "/x/site-packages/transformers/models/gpt2/modeling_gpt2.py", "line": 10, "name": "forward"}
+    op = {"filename": "/x/site-packages/torch/nn/functional.py", "line": 5, "name": "dropout"}
+    ev = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": [op, tf]},
+        {"action": "alloc", "addr": 2, "size": 300, "frames": [tf]},
+        {"action": "free_requested", "addr": 1, "size": 100},
+        {"action": "alloc", "addr": 3, "size": 50, "frames": [op, tf]},
+        {"action": "free_completed", "addr": 1, "size": 100},  # freed only now: peak 450 with 1, 2, 3 alive
+        {"action": "alloc", "addr": 4, "size": 20, "frames": []},
+        {"action": "free_completed", "addr": 2, "size": 300},
+    ]
+    r = live_at_peak(ev)
+    assert r["peak_bytes"] == 450 and r["blocks"] == 3
+    g = {x["where"]: (x["count"], x["bytes"]) for x in r["groups"]}
+    assert g == {"torch/nn/functional.py:5 dropout <- transformers/models/gpt2/modeling_gpt2.py:10 forward": (2, 150),
+                 "transformers/models/gpt2/modeling_gpt2.py:10 forward": (1, 300)}
+    # a trace without free_completed counts a block free at free_requested
+    r2 = live_at_peak([e for e in ev if e["action"] != "free_completed"])
+    assert r2["peak_bytes"] == 400

@@ -109,6 +109,8 @@ class Sampler:
         self.root_pid = os.getpid() if root_pid is None else root_pid
         self._pids_fn = pids or (lambda: procmem.tree(self.root_pid))
         self._pids: set[int] = {self.root_pid}
+        # host RSS is read every HOST_INTERVAL_S even when NVML is read faster
+        self._rss_every = max(1, round(HOST_INTERVAL_S / self.interval_s))
         self.nvml = None
         self.handle = None
         if device == "cuda":
@@ -137,8 +139,9 @@ class Sampler:
         """One reading of every quantity; NVML errors skip that quantity."""
         if self.samples % TREE_REFRESH_SAMPLES == 0:
             self._pids = self._pids_fn() | {self.root_pid}
+        if self.samples % self._rss_every == 0:
+            self.peak_rss = max(self.peak_rss, procmem.rss_bytes(self._pids))
         self.samples += 1
-        self.peak_rss = max(self.peak_rss, procmem.rss_bytes(self._pids))
         if self.nvml is None:
             return
         used = self._device_used()

@@ -1,0 +1,143 @@
+"""What is alive at a cell's peak, by the code that allocated it (CUDA only).
+
+``python -m bench.run.peak model=gpt2-medium tuning=lora precision=bf16 batch=4``
+builds the cell as ``bench run`` does (``bench.run.training.setup``), records
+the CUDA caching allocator's history (``torch.cuda.memory._record_memory_history``)
+over ``warmup + steps`` optimizer steps, replays the allocation trace to the
+moment the allocated bytes peaked, and prints the blocks alive then, grouped by
+the innermost model-code frame that allocated them (transformers, PEFT,
+DeepSpeed, bench) and the op's own frame. It answers "why is the peak what it
+is" when a prediction and a measurement disagree.
+
+``live_at_peak`` is the replay, on a snapshot's ``device_traces`` (testable
+without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from typing import Any, Iterable
+
+MODEL_CODE = ("/transformers/", "/peft/", "/deepspeed/", "/bench/")
+"""Frames that name the model code responsible for an allocation."""
+
+
+def _where(frames: list[dict[str, Any]]) -> str:
+    """``op frame <- model frame`` for an allocation's Python stack (innermost first)."""
+    if not frames:
+        return "?"
+    op = frames[0]
+    model = next((f for f in frames if any(m in f.get("filename", "") for m in MODEL_CODE)), None)
+    return _frame(op) if model is None or model is op else f"{_frame(op)} <- {_frame(model)}"
+
+
+def _frame(f: dict[str, Any]) -> str:
+    return f"{_short(f.get('filename', '?'))}:{f.get('line', '?')} {f.get('name', '?')}"
+
+
+def _short(filename: str) -> str:
+    for m in MODEL_CODE + ("/torch/",):
+        if m in filename:
+            return m.strip("/") + "/" + filename.split(m, 1)[1]
+    return filename.rsplit("/", 1)[-1]
+
+
+def live_at_peak(events: Iterable[dict[str, Any]], top: int = 30) -> dict[str, Any]:
+    """Replay one device's trace; the peak of allocated bytes and what was alive then.
+
+    ``alloc`` adds a block, ``free_completed`` removes it (``free_requested``
+    too when the trace has no ``free_completed``, as with the default
+    ``torch.cuda.memory._record_memory_history``). Blocks allocated before the
+    recording began are not in the trace; ``peak_bytes`` counts traced blocks only.
+    """
+    events = list(events)
+    free_action = "free_completed" if any(e.get("action") == "free_completed" for e in events) else "free_requested"
+    live: dict[int, tuple[int, str]] = {}
+    total = peak = 0
+    peak_live: dict[int, tuple[int, str]] = {}
+    for e in events:
+        action = e.get("action")
+        if action == "alloc":
+            live[e["addr"]] = (int(e["size"]), _where(e.get("frames") or []))
+            total += int(e["size"])
+            if total > peak:
+                peak, peak_live = total, dict(live)
+        elif action == free_action and e["addr"] in live:
+            total -= live.pop(e["addr"])[0]
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for size, where in peak_live.values():
+        groups[where][0] += 1
+        groups[where][1] += size
+    ordered = sorted(groups.items(), key=lambda kv: -kv[1][1])
+    return {"peak_bytes": peak, "blocks": len(peak_live),
+            "groups": [{"where": w, "count": c, "bytes": b} for w, (c, b) in ordered[:top]],
+            "other_bytes": sum(b for _, (_, b) in ordered[top:])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run.peak", description=__doc__.split("\n\n")[0])
+    p.add_argument("fields", nargs="+", metavar="key=value", help="the cell (gpu defaults to h100-80gb)")
+    p.add_argument("--use-cache", action="store_true", help="leave the model config's use_cache on (KV cache in training)")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from bench import models
+    from bench.cell import normalize
+    from bench.errors import UserError
+    from bench.run import training
+
+    raw: dict[str, Any] = {"gpu": "h100-80gb"}
+    for kv in a.fields:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            p.error(f"{kv!r} is not key=value")
+        raw[k] = _value(v)
+    try:
+        cell = normalize(raw)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("error: python -m bench.run.peak needs a CUDA GPU (the allocator history is CUDA's)", file=sys.stderr)
+        return 2
+    torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
+    s = training.setup(cell, models.resolve(cell.model), "cuda")
+    if a.use_cache:
+        inner = getattr(s.module, "module", s.module)
+        inner.config.use_cache = True
+    for _ in range(cell.warmup + cell.steps):
+        for _ in range(cell.grad_accum):
+            s.micro_step()
+        s.optimizer_step()
+    torch.cuda.synchronize()
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    result = live_at_peak(snap["device_traces"][0], top=a.top)
+    result.update(cell=cell.slug, use_cache=a.use_cache, max_memory_allocated=torch.cuda.max_memory_allocated())
+    print(f"{cell.slug} use_cache={a.use_cache}: max_memory_allocated {result['max_memory_allocated'] / 2**30:.3f} GiB, "
+          f"traced peak {result['peak_bytes'] / 2**30:.3f} GiB in {result['blocks']} blocks")
+    for g in result["groups"]:
+        print(f"  {g['bytes'] / 2**20:10.1f} MiB  {g['count']:5d}  {g['where']}")
+    print(f"  {result['other_bytes'] / 2**20:10.1f} MiB         (the rest)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def _value(v: str) -> Any:
+    """A JSON scalar when ``v`` is one (``4``, ``true``, ``1e-4``), else the string."""
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+if __name__ == "__main__":
+    sys.exit(main())
