@@ -96,6 +96,10 @@ class Cell:
     """Micro-batches per optimizer step."""
     grad_ckpt: bool = False
     """Activation (gradient) checkpointing of every transformer block."""
+    use_cache: bool = False
+    """Leave the model's KV cache on while training (transformers' default without
+    checkpointing): the output then also holds every layer's keys and values,
+    until the next forward returns. Fine-tuning recipes turn it off [off]."""
     attn: str | None = None
     """``sdpa`` | ``eager`` | ``flash_attention_2`` [the model's transformers default]."""
     optimizer: str = "adamw"
@@ -147,6 +151,8 @@ class Cell:
             parts.append(f"ga{self.grad_accum}")
         if self.grad_ckpt:
             parts.append("ckpt")
+        if self.use_cache:
+            parts.append("cache")
         if self.gpus > 1:
             parts.append(f"x{self.gpus}")
         if self.task == "infer":
@@ -157,7 +163,7 @@ class Cell:
 FIELD_NAMES = tuple(f.name for f in fields(Cell))
 _DEFAULTS = {f.name: f.default for f in fields(Cell) if f.default is not dataclasses.MISSING}
 # Fields added after the first release: hashed only when they differ from the default.
-_LATE_FIELDS = {"quant"}
+_LATE_FIELDS = {"quant", "use_cache"}
 _NOT_HASHED = {"label"}
 
 
@@ -273,6 +279,8 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         _int(raw, "target_seq", problems, where)
     if "grad_ckpt" in raw:
         _bool(raw, "grad_ckpt", problems, where)
+    if "use_cache" in raw:
+        _bool(raw, "use_cache", problems, where)
     if "lora_dropout" in raw:
         v = raw["lora_dropout"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:

@@ -12,14 +12,10 @@ store layout under ``--out``::
     results/h200-example/<gpu>/machine.json
 
 so ``bench report results/h200-example`` and ``bench compare`` read them like
-any run. Cells are built with ``bench.cell.normalize`` following the
-measurements' README ("the same rows in bench's cell terms"): ``amp-bf16`` ->
-``bf16``, ``amp-fp16`` -> ``fp16``, ``bf16`` -> ``pure-bf16``; a LoRA row with a
-bf16 base -> ``tuning: lora, precision: bf16``; ``ckpt`` -> ``grad_ckpt``,
-``ga`` -> ``grad_accum``; ``steps`` = the steps timed (the peak covers all of
-them), ``warmup`` = 0. Two kinds of row have no cell and are skipped (and
-named on the output): the CUDA-context row and LoRA on an fp32 base under bf16
-autocast.
+any run. Cells come from ``bench.reference.cell_fields`` (the measurements'
+README mapping, ``use_cache`` on as in the protocol); ``steps`` = the steps timed
+(the peak covers all of them), ``warmup`` = 0. Rows without a cell are skipped
+(and named on the output).
 
 Measured values: ``peak_nvml_process_bytes`` = ``nvml_peak_proc``,
 ``peak_torch_allocated_bytes`` = ``peak_alloc``, ``peak_torch_reserved_bytes`` =
@@ -48,41 +44,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import cell as cellmod  # noqa: E402
+from bench.reference import cell_fields  # noqa: E402
 from bench.store import Store, load_record  # noqa: E402
 
 DRIVER = "580.159.04"  # not in the rows; stated in the measurements' README
 DEEPSPEED = "0.19.8"  # idem
 SAMPLE_INTERVAL_SECONDS = 0.02  # NVML sampling period, idem
 TIMING_NOTE = "step times are rough: a second measuring process shared the GPU part of the time"  # idem
-PRECISIONS = {"amp-bf16": "bf16", "amp-fp16": "fp16", "bf16": "pure-bf16", "fp32": "fp32"}
-
-
-def cell_fields(row: dict[str, Any], gpu: str) -> dict[str, Any] | str:
-    """The raw cell of one row, or why the row has no cell."""
-    kind = row["kind"]
-    if kind == "context":
-        return "CUDA context and cuBLAS workspace measurement, not a cell"
-    raw: dict[str, Any] = {"model": row["model"], "gpu": gpu, "batch": row["batch"], "seq": row["seq"],
-                           "label": f"{row['id']}"}
-    if kind == "infer":
-        return {**raw, "task": "infer", "precision": row["precision"], "new_tokens": row["new_tokens"],
-                "steps": 1, "warmup": 0}
-    raw.update(grad_ckpt=bool(row.get("ckpt", False)), grad_accum=row.get("ga", 1),
-               steps=len(row["step_times"]), warmup=0)
-    if row.get("optim"):
-        raw["optimizer"] = row["optim"]
-    if row.get("attn"):
-        raw["attn"] = row["attn"]
-    if kind in ("ds", "fsdp"):
-        # DeepSpeed fp16/bf16 and FSDP's bf16 MixedPrecisionPolicy keep fp32 masters: mixed precision.
-        return {**raw, "method": row["method"], "precision": row["precision"]}
-    if row["method"] == "lora":
-        if row.get("base") != "bf16" or row.get("amp"):
-            return "LoRA on an fp32 base under bf16 autocast has no cell equivalent"
-        return {**raw, "method": "lora", "precision": "bf16", "lora_r": row.get("r", 16)}
-    return {**raw, "method": row["method"], "precision": PRECISIONS[row["precision"]]}
-
-
 def _mfu(m: dict[str, Any], cell: cellmod.Cell) -> None:
     """Fill ``tflops_achieved`` and ``mfu`` the way the runner does (left null if it cannot)."""
     try:

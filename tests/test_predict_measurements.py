@@ -16,27 +16,15 @@ import pytest
 
 from bench.cell import normalize
 from bench.predict import predict
+from bench.reference import cell_fields
 
 ROWS = Path(__file__).resolve().parents[1] / "tests" / "data" / "h200-2026-11.jsonl"
-PRECISION = {"amp-bf16": "bf16", "amp-fp16": "fp16", "bf16": "pure-bf16", "fp32": "fp32"}
 
 
 def row_cell(r: dict):
-    """The bench cell of a measurement row, or None where it has none."""
-    if r["kind"] == "context" or r.get("amp"):
-        return None
-    common = dict(model=r["model"], gpu="h200", batch=r["batch"], seq=r["seq"])
-    if r["kind"] == "infer":
-        return normalize(dict(common, task="infer", precision=r["precision"], new_tokens=r["new_tokens"]))
-    common.update(grad_ckpt=r["ckpt"], grad_accum=r.get("ga", 1))
-    if r["kind"] == "train" and r["method"] == "lora":
-        return normalize(dict(common, tuning="lora", precision=r["precision"], lora_r=r.get("r", 16)))
-    # DeepSpeed/FSDP rows name the engine's fp16/bf16 mode: the cell's mixed precision, not pure-bf16
-    prec = PRECISION.get(r["precision"], r["precision"]) if r["kind"] == "train" else r["precision"]
-    if r["kind"] == "train":
-        return normalize(dict(common, method="full", precision=prec, attn=r.get("attn"),
-                              optimizer=r.get("optim", "adamw")))
-    return normalize(dict(common, method=r["method"], precision=prec))
+    """The bench cell of a measurement row (``bench.reference``), or None where it has none."""
+    raw = cell_fields(r, "h200")
+    return None if isinstance(raw, str) else normalize(raw)
 
 
 def rows():

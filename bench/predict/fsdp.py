@@ -49,7 +49,7 @@ BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "pure-bf16": 2}
 
 def loss_only(tt: TrainTrace) -> TrainTrace:
     """The micro-step of a loop that keeps only the loss (``loss = engine(**batch).loss``):
-    the output's tensors (alive at the trace's end, tagged ``logits``) are freed
+    the output's tensors (alive at the trace's end: logits, KV cache) are freed
     where the forward returns, not held until the next forward."""
     live: dict[int, tuple[int, str]] = {}
     for kind, key, n, tag in tt.trace.events:
@@ -57,7 +57,7 @@ def loss_only(tt: TrainTrace) -> TrainTrace:
             live[key] = (n, tag)
         else:
             live.pop(key, None)
-    drops = [(tr.FREE, k, n, tag) for k, (n, tag) in live.items() if tag == "logits"]
+    drops = [(tr.FREE, k, n, tag) for k, (n, tag) in live.items() if tag not in ("input", "grad")]
     ev, end = tt.trace.events, tt.trace.forward_end
     trace = dataclasses.replace(tt.trace, events=ev[:end] + drops + ev[end:], forward_end=end + len(drops))
     return dataclasses.replace(tt, trace=trace)

@@ -65,6 +65,8 @@ class ShapeKey:
     lora_alpha: int
     lora_dropout: float
     lora_targets: tuple[str, ...] | None
+    use_cache: bool = False
+    """The model's KV cache left on in training (transformers turns it off under checkpointing)."""
     layers: int | None = None
 
 
@@ -86,7 +88,8 @@ def shape_key(cell, layers: int | None = None) -> ShapeKey:
         model=cell.model, tuning=cell.tuning, weight_dtype=wdt, autocast=ac, batch=cell.batch, seq=cell.seq,
         target_seq=cell.decoder_seq, grad_ckpt=cell.grad_ckpt, attn=attn,
         lora_r=cell.lora_r, lora_alpha=cell.lora_alpha, lora_dropout=cell.lora_dropout,
-        lora_targets=cell.lora_targets if lora else None, layers=layers,
+        lora_targets=cell.lora_targets if lora else None, use_cache=cell.use_cache and not cell.grad_ckpt,
+        layers=layers,
     )
 
 
@@ -119,7 +122,7 @@ def build(key: ShapeKey):
 
 def _build(key: ShapeKey):
     spec = models.resolve(key.model)
-    overrides = {"use_cache": False}
+    overrides = {"use_cache": key.use_cache}
     if key.layers is not None:
         overrides.update(_layer_overrides(spec, key.layers))
     with torch.device("meta"):
@@ -249,7 +252,7 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
         with contextlib.ExitStack() as stack:
             for m in modes:
                 stack.enter_context(m)
-            out = model(**inputs)  # the training loop holds the output (and its logits) until the step ends
+            out = model(**inputs)  # the training loop holds the output (logits, KV cache) until the step ends
             loss = out.loss
         trace.forward_end = len(trace.events)
         if key.autocast:

@@ -78,7 +78,8 @@ class Program:
                    grad_sink=None) -> list[int]:
         """Replay one traced forward+backward; returns the keys of kept gradients.
 
-        The previous micro-step's output (its logits) stays alive until this
+        The previous micro-step's output (its logits, and its KV cache with
+        ``use_cache``: whatever the trace left alive but the batch) stays alive until this
         forward returns, as ``out = model(**batch)`` in a training loop keeps it.
 
         ``keep_grads`` False: each new gradient is added into the existing
@@ -87,6 +88,7 @@ class Program:
         into its buckets and free it.
         """
         mapping: dict[int, int] = {}
+        traced_tag: dict[int, str] = {}
         kept: list[int] = []
         held, self._held = self._held, []
         for i, (kind, k, n, tag) in enumerate(tt.trace.events):
@@ -106,13 +108,14 @@ class Program:
                     kept.append(key)
                 else:
                     mapping[k] = key
+                    traced_tag[k] = tag
             elif k in mapping:
                 self.free(mapping.pop(k))
         for key in held:
             self.free(key)
         for k, key in mapping.items():
-            if self._tag[key][0] == LOGITS:
-                self._held.append(key)  # the output object, freed by the next forward
+            if traced_tag[k] != "input":
+                self._held.append(key)  # the output object (logits, KV cache), freed by the next forward
             else:
                 self.free(key)  # the batch
         return kept

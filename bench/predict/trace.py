@@ -22,6 +22,12 @@ the trace follows the GPU's code path, not the CPU's:
   (``aten/src/ATen/native/transformers/cuda``): out + logsumexp forward;
   dq, dk, dv and a fp32 dq accumulator backward. Without a fused kernel for
   the case (fp32 with grouped-query heads) the math path is traced as is.
+- dropout: on a CUDA tensor ``torch.dropout`` runs the fused ``native_dropout``
+  kernel, which saves a one-byte ``bool`` mask for backward
+  (``aten/src/ATen/native/Dropout.cpp``, ``is_fused_kernel_acceptable``); on
+  any other device it draws a noise tensor of the input's dtype and saves that
+  (4 bytes per element for fp32). ``AttentionEmulation`` routes dropout to
+  ``native_dropout`` as CUDA does.
 """
 
 from __future__ import annotations
@@ -199,11 +205,30 @@ class FusedAttention(torch.autograd.Function):
 _sdpa = F.scaled_dot_product_attention
 
 
+def _cuda_dropout(input, p=0.5, training=True, inplace=False):
+    """``torch.dropout`` as on a CUDA tensor: the fused kernel (output + bool mask)."""
+    if not training or p == 0 or input.numel() == 0:
+        return input
+    if p == 1:
+        return input.mul_(0) if inplace else input * 0
+    out = torch.native_dropout(input, p, True)[0]
+    return input.copy_(out) if inplace else out
+
+
+def _torch_dropout(input, p, train):
+    return _cuda_dropout(input, p, train)
+
+
 class AttentionEmulation(TorchFunctionMode):
-    """Routes SDPA to ``FusedAttention`` where CUDA has a fused kernel."""
+    """Routes SDPA to ``FusedAttention`` where CUDA has a fused kernel, and
+    dropout to CUDA's fused dropout kernel."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        if func is F.dropout:
+            return _cuda_dropout(*args, **kwargs)
+        if func is torch.dropout:
+            return _torch_dropout(*args, **kwargs)
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
         q, k, v = args[:3]

@@ -80,7 +80,6 @@ def live_at_peak(events: Iterable[dict[str, Any]], top: int = 30) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run.peak", description=__doc__.split("\n\n")[0])
     p.add_argument("fields", nargs="+", metavar="key=value", help="the cell (gpu defaults to h100-80gb)")
-    p.add_argument("--use-cache", action="store_true", help="leave the model config's use_cache on (KV cache in training)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     a = p.parse_args(argv)
@@ -108,9 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
     s = training.setup(cell, models.resolve(cell.model), "cuda")
-    if a.use_cache:
-        inner = getattr(s.module, "module", s.module)
-        inner.config.use_cache = True
     for _ in range(cell.warmup + cell.steps):
         for _ in range(cell.grad_accum):
             s.micro_step()
@@ -119,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     snap = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     result = live_at_peak(snap["device_traces"][0], top=a.top)
-    result.update(cell=cell.slug, use_cache=a.use_cache, max_memory_allocated=torch.cuda.max_memory_allocated())
-    print(f"{cell.slug} use_cache={a.use_cache}: max_memory_allocated {result['max_memory_allocated'] / 2**30:.3f} GiB, "
+    result.update(cell=cell.slug, max_memory_allocated=torch.cuda.max_memory_allocated())
+    print(f"{cell.slug}: max_memory_allocated {result['max_memory_allocated'] / 2**30:.3f} GiB, "
           f"traced peak {result['peak_bytes'] / 2**30:.3f} GiB in {result['blocks']} blocks")
     for g in result["groups"]:
         print(f"  {g['bytes'] / 2**20:10.1f} MiB  {g['count']:5d}  {g['where']}")

@@ -68,6 +68,8 @@ class Setup:
     autocast: torch.dtype | None = None
     scaler: Any = None
     out: Any = None
+    hold_output: bool = True
+    """Keep the output until the next forward returns (plain loops); FSDP keeps only the loss."""
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     def batch(self) -> dict[str, torch.Tensor]:
@@ -89,10 +91,13 @@ class Setup:
         ctx = (torch.autocast(self.input_device.type, dtype=self.autocast) if self.autocast is not None
                else contextlib.nullcontext())
         with ctx:
-            # `self.out = ...` keeps the previous output (its logits) alive until this forward
-            # returns, as a training loop's `out = model(**batch)` does (the predictor models it)
-            self.out = self.module(**batch)
-            loss = self.out.loss / self.cell.grad_accum
+            if self.hold_output:
+                # `self.out = ...` keeps the previous output (logits, KV cache with use_cache) alive
+                # until this forward returns, as a loop's `out = model(**batch)` does (the predictor models it)
+                self.out = self.module(**batch)
+                loss = self.out.loss / self.cell.grad_accum
+            else:  # FSDP, like DeepSpeed above: the loop keeps only the loss
+                loss = self.module(**batch).loss / self.cell.grad_accum
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss.detach() * self.cell.grad_accum
 
@@ -118,7 +123,7 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         model = models.build(spec, device=where, dtype=dtype, attn=cell.attn)
         if cell.grad_ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
+    model.config.use_cache = cell.use_cache
     vocab = int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
     if cell.tuning in ("lora", "qlora"):
         model = adapters.apply_lora(model, cell, spec)
@@ -137,6 +142,7 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         return s
     if cell.strategy == "fsdp":
         s.module = parallel.fsdp(model, cell, device)
+        s.hold_output = False
     elif cell.strategy == "ddp":
         s.module = parallel.ddp(model, device)
     s.optimizer = optimizers.build(cell.optimizer, model.parameters(), device, sharded=cell.strategy == "fsdp")
