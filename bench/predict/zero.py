@@ -3,7 +3,7 @@
 What ``deepspeed.initialize`` and its ZeRO optimizers allocate (deepspeed
 0.19.8, under ``deepspeed/runtime/``). ``engine.py:1851-1862, 2094``: the fp32
 CPU model is cast to the half dtype, then moved to the GPU; the micro-step runs
-on half weights without autocast (``fsdp.half_trace``).
+on half weights without autocast (``sharded.half_trace``).
 
 - ZeRO-1/2 (``zero/stage_1_and_2.py``): trainable weights copied into one flat
   buffer (1390-1399, originals freed 889-894); the fp32 master
@@ -35,8 +35,8 @@ import itertools
 from bench import dsconfig, models
 from bench.predict import estimate, plain
 from bench.predict import optimizer as opt
-from bench.predict.fsdp import (HALF, client_optimizer, empty_cache, half_trace, malloc, on_stream, sharded_program,
-                                use_order)
+from bench.predict.sharded import (HALF, client_optimizer, empty_cache, half_trace, malloc, on_stream, sharded_program,
+                                   use_order)
 from bench.predict.model_trace import Param, TrainTrace
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 

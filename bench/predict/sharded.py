@@ -1,0 +1,97 @@
+"""What the sharded programs (ZeRO in ``zero``, FSDP2 in ``fsdp``) share.
+
+- ``half_trace``: the micro-step on weights cast to the half dtype without
+  autocast (DeepSpeed's fp16/bf16 modes, FSDP's ``MixedPrecisionPolicy``), in a
+  loop that keeps only the loss (``loss_only``);
+- ``client_optimizer``: torch's default AdamW, foreach;
+- the block structure (``block_of``, ``use_order``);
+- a ``Program`` with one allocator pool per CUDA stream (``sharded_program``,
+  ``on_stream``), ``empty_cache`` and multi-piece ``malloc``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from bench.predict import model_trace
+from bench.predict import trace as tr
+from bench.predict.model_trace import TrainTrace
+from bench.predict.program import Program
+
+HALF = {"fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16", "fp32": "fp32"}
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "pure-bf16": 2}
+
+def loss_only(tt: TrainTrace) -> TrainTrace:
+    """The micro-step of a loop that keeps only the loss (``loss = engine(**batch).loss``):
+    the output's tensors (alive at the trace's end: logits, KV cache) are freed
+    where the forward returns, not held until the next forward."""
+    live: dict[int, tuple[int, str]] = {}
+    for kind, key, n, tag in tt.trace.events:
+        if kind == tr.ALLOC:
+            live[key] = (n, tag)
+        else:
+            live.pop(key, None)
+    drops = [(tr.FREE, k, n, tag) for k, (n, tag) in live.items() if tag not in ("input", "grad")]
+    ev, end = tt.trace.events, tt.trace.forward_end
+    trace = dataclasses.replace(tt.trace, events=ev[:end] + drops + ev[end:], forward_end=end + len(drops))
+    return dataclasses.replace(tt, trace=trace)
+
+
+def half_trace(cell, layers: int | None = None) -> TrainTrace:
+    """The micro-step on weights cast to the cell's half dtype, without autocast
+    (DeepSpeed's fp16/bf16 modes, FSDP's ``MixedPrecisionPolicy``)."""
+    key = dataclasses.replace(model_trace.shape_key(cell, layers), weight_dtype=HALF[cell.precision], autocast=None)
+    return loss_only(model_trace.trace_train(key))
+
+
+def client_optimizer(cell) -> str:
+    """``torch.optim.AdamW()`` without flags runs foreach on device tensors
+    (``torch/optim/optimizer.py:161-185``)."""
+    return "adamw-foreach" if cell.optimizer == "adamw" else cell.optimizer
+
+
+def block_of(name: str) -> str:
+    """The transformer block (``ModuleList`` entry, or a copy ``1c<j>`` made by
+    ``blocks.replicate``) holding a parameter; '' for the rest (the root)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if re.fullmatch(r"\d+(c\d+)?", part):
+            return ".".join(parts[: i + 1])
+    return ""
+
+
+def use_order(params, ckpt: bool) -> tuple[list[str], int]:
+    """Modules (ZeRO-3 fetches per module, ``iter_params(recurse=False)``) in the order one
+    micro-step uses them: forward, then backward, where a checkpointed block first re-runs
+    its forward; returns (order, number of forward uses)."""
+    units: dict[str, str] = {}
+    for p in params:
+        units.setdefault(p.name.rsplit(".", 1)[0], block_of(p.name))
+    runs: list[list[str]] = []
+    for u in units:
+        if runs and units[runs[-1][0]] == units[u]:
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    bwd = [v for run in reversed(runs) for v in (run if ckpt and units[run[0]] else []) + run[::-1]]
+    return list(units) + bwd, len(units)
+
+
+def sharded_program() -> Program:
+    return Program()  # the allocator keeps a pool per stream
+
+
+def on_stream(prog: Program, stream: int) -> None:
+    """Make the following allocations on ``stream`` (0: the compute stream)."""
+    prog.alloc.stream = stream
+
+
+def empty_cache(prog: Program) -> None:
+    """``torch.cuda.empty_cache()``: give back every wholly free segment."""
+    prog.alloc.empty_cache()
+
+
+def malloc(prog: Program, nbytes: int, tag: str) -> list[int]:
+    """``[key]``, or ``[]`` for nothing."""
+    return [prog.malloc(nbytes, tag)] if nbytes > 0 else []
