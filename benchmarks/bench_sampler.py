@@ -104,3 +104,17 @@ def test_sampler_overhead_percent(benchmark, setup):
     print(f"\n{setup.cell.model}: step {result['step_off_seconds'] * 1e3:.2f} ms without the sampler, "
           f"{result['step_on_seconds'] * 1e3:.2f} ms with it: overhead {result['overhead_percent']:+.1f}%")
     # no bound asserted: on a shared machine other processes' noise can exceed the sampler's cost
+
+
+def test_one_sample_cost(benchmark):
+    """The sampler thread's own work per reading, and the share of one core it takes
+    at its interval (cost / interval): a noise-free bound on what it can take from
+    the training step (``BENCH_SAMPLER_DEVICE=cuda`` times the NVML reading)."""
+    benchmark.group = "sampler reading"
+    sampler = nvml.Sampler(device=DEVICE)
+    benchmark.pedantic(sampler.sample, rounds=200, iterations=10, warmup_rounds=5)
+    cost = benchmark.stats.stats.median
+    share = cost / sampler.interval_s
+    benchmark.extra_info.update(sample_seconds=cost, interval_seconds=sampler.interval_s, core_share=share)
+    print(f"\none {DEVICE} reading: {cost * 1e6:.1f} us every {sampler.interval_s * 1e3:.0f} ms "
+          f"= {share:.3%} of one core")

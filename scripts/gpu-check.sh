@@ -89,7 +89,7 @@ bench report "$OUT_DIR/rtx4090/gpu-maxbatch" --title "gpu-maxbatch" || true
 echo "== 3/3 sampler overhead"
 BENCH_SAMPLER_DEVICE=cuda BENCH_SAMPLER_BLOCKS="${BENCH_SAMPLER_BLOCKS:-20}" \
   "$PY" -m pytest -q -s -p no:cacheprovider benchmarks/bench_sampler.py --benchmark-enable \
-  -k overhead_percent || true
+  -k "overhead_percent or one_sample" || true
 
 echo "gpu-check: $(( $(date +%s) - start )) s, records in $OUT_DIR/h100-80gb/gpu-check/ and $OUT_DIR/rtx4090/gpu-maxbatch/"
 exit $status
