@@ -22,6 +22,7 @@ from bench.predict.program import Program
 HALF = {"fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16", "fp32": "fp32"}
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "pure-bf16": 2}
 
+
 def loss_only(tt: TrainTrace) -> TrainTrace:
     """The micro-step of a loop that keeps only the loss (``loss = engine(**batch).loss``):
     the output's tensors (alive at the trace's end: logits, KV cache) are freed

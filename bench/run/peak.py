@@ -1,7 +1,7 @@
 """What is alive at a cell's peak, by the code that allocated it (CUDA only).
 
 ``python -m bench.run.peak model=gpt2-medium tuning=lora precision=bf16 batch=4``
-builds the cell as ``bench run`` does (``bench.run.training.setup``), records
+trains the cell as ``bench run`` does (``bench.run.training.train``), records
 the CUDA caching allocator's history (``torch.cuda.memory._record_memory_history``)
 over ``warmup + steps`` optimizer steps, replays the allocation trace to the
 moment the allocated bytes peaked, and prints the blocks alive then, grouped by
@@ -89,16 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench import models
     from bench.cell import normalize
     from bench.errors import UserError
+    from bench.matrix import parse_overrides
     from bench.run import training
 
-    raw: dict[str, Any] = {"gpu": "h100-80gb"}
-    for kv in a.fields:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            p.error(f"{kv!r} is not key=value")
-        raw[k] = _value(v)
     try:
-        cell = normalize(raw)
+        cell = normalize({"gpu": "h100-80gb", **dict(parse_overrides(a.fields))})
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -106,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: python -m bench.run.peak needs a CUDA GPU (the allocator history is CUDA's)", file=sys.stderr)
         return 2
     torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
-    s = training.setup(cell, models.resolve(cell.model), "cuda")
-    for _ in range(cell.warmup + cell.steps):
-        for _ in range(cell.grad_accum):
-            s.micro_step()
-        s.optimizer_step()
-    torch.cuda.synchronize()
+    training.train(cell, models.resolve(cell.model), "cuda")
     snap = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     result = live_at_peak(snap["device_traces"][0], top=a.top)
@@ -125,14 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
     return 0
-
-
-def _value(v: str) -> Any:
-    """A JSON scalar when ``v`` is one (``4``, ``true``, ``1e-4``), else the string."""
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
 
 
 if __name__ == "__main__":

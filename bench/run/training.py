@@ -68,9 +68,12 @@ class Setup:
     autocast: torch.dtype | None = None
     scaler: Any = None
     out: Any = None
-    hold_output: bool = True
-    """Keep the output until the next forward returns (plain loops); FSDP keeps only the loss."""
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+
+    @property
+    def hold_output(self) -> bool:
+        """Keep the output until the next forward returns (plain loops); FSDP keeps only the loss."""
+        return self.cell.strategy != "fsdp"
 
     def batch(self) -> dict[str, torch.Tensor]:
         c = self.cell
@@ -142,7 +145,6 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         return s
     if cell.strategy == "fsdp":
         s.module = parallel.fsdp(model, cell, device)
-        s.hold_output = False
     elif cell.strategy == "ddp":
         s.module = parallel.ddp(model, device)
     s.optimizer = optimizers.build(cell.optimizer, model.parameters(), device, sharded=cell.strategy == "fsdp")
