@@ -25,12 +25,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from bench import status
 from bench.errors import UserError
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "timeout", "error", "skipped")
-FINISHED = ("ok", "oom")
-"""Statuses a re-run keeps; ``error`` and ``timeout`` rerun with ``--retry-failed``."""
+STATUSES = status.ALL
+FINISHED = status.FINISHED
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 

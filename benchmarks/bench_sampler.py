@@ -27,7 +27,8 @@ import pytest
 
 from bench import models
 from bench.cell import normalize
-from bench.run import nvml, training
+from bench.methods import training
+from bench.worker import nvml
 
 DEVICE = os.environ.get("BENCH_SAMPLER_DEVICE", "cpu")
 if DEVICE == "cuda":

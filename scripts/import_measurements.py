@@ -23,7 +23,7 @@ Measured values: ``peak_nvml_process_bytes`` = ``nvml_peak_proc``,
 shared the GPU). Training: ``step_time_median_seconds`` = median of the step
 times after the first, ``tokens_per_second`` = batch x seq x ga / that median.
 Generation: one ``generate()`` is the step; tokens/s counts generated tokens.
-``tflops_achieved`` and ``mfu`` follow ``bench.run.flops`` (model FLOPs from the
+``tflops_achieved`` and ``mfu`` follow ``bench.worker.flops`` (model FLOPs from the
 counted parameters, over the catalog GPU's dense peak), as ``bench run`` records them.
 Every record names its source row in ``environment.provenance``.
 
@@ -54,7 +54,7 @@ TIMING_NOTE = "step times are rough: a second measuring process shared the GPU p
 def _mfu(m: dict[str, Any], cell: cellmod.Cell) -> None:
     """Fill ``tflops_achieved`` and ``mfu`` the way the runner does (left null if it cannot)."""
     try:
-        from bench.run import flops
+        from bench.worker import flops
     except ImportError:
         return
     if not m.get("n_params") or not m.get("step_time_median_seconds"):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.run import nvml, procmem
+from bench.worker import nvml, procmem
 
 
 class FakeNVMLError(Exception):

@@ -13,7 +13,7 @@ from bench.predict import model_trace as mt
 from bench.predict import optimizer as opt
 from bench.predict import predict
 from bench.predict.allocator import CachingAllocator, round_size, segment_size
-from bench.predict.model_trace import Param
+from bench.predict.trace import Param
 
 MiB = 2**20
 
@@ -58,7 +58,7 @@ def test_allocator_merges_free_neighbours():
 
 # --- optimizer states per parameter ------------------------------------------
 
-@pytest.mark.parametrize("name,per_param", [("adamw", 8), ("adamw-foreach", 8), ("sgd", 0), ("adamw-8bit", 2)])
+@pytest.mark.parametrize("name,per_param", [("adamw-fused", 8), ("adamw-foreach", 8), ("sgd", 0), ("adamw-8bit", 2)])
 def test_optimizer_state_bytes_per_fp32_param(name, per_param):
     p = Param("w", 1 << 20, 4 << 20, True, (1024, 1024))
     states = sum(opt.state_tensors(name, p))
@@ -67,7 +67,7 @@ def test_optimizer_state_bytes_per_fp32_param(name, per_param):
 
 def test_adamw_states_follow_the_param_dtype():
     p = Param("w", 1000, 2000, True, (1000,))  # bf16 (pure-bf16 training)
-    assert opt.state_tensors("adamw", p)[:2] == [2000, 2000]
+    assert opt.state_tensors("adamw-fused", p)[:2] == [2000, 2000]
 
 
 def test_adafactor_factors_matrices():

@@ -15,8 +15,9 @@ import torch
 from bench import models
 from bench.cell import normalize
 from bench.predict import predict
-from bench.predict.fsdp import block_of, shard
-from bench.predict.model_trace import Param
+from bench.predict.fsdp import shard
+from bench.recipe import block_of
+from bench.predict.trace import Param
 from bench.predict.program import COMM, KV, OPTIM, WEIGHTS
 from bench.predict.quant import is_quantized, nf4_weight_bytes
 from bench.predict.zero import gathered_peaks

@@ -200,9 +200,9 @@ def workers_for(results: Path) -> list[tuple[int, int]]:
         try:
             argv = (p / "cmdline").read_bytes().split(b"\0")
             state, ppid = (p / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            if b"bench.run.worker" not in argv or state == "Z":
+            if b"bench.worker.child" not in argv or state == "Z":
                 continue
-            job_file = Path(argv[argv.index(b"bench.run.worker") + 1].decode())
+            job_file = Path(argv[argv.index(b"bench.worker.child") + 1].decode())
             if json.loads(job_file.read_text())["results"] == str(results):
                 found.append((int(p.name), int(ppid)))
         except (OSError, ValueError, KeyError, IndexError):

@@ -31,9 +31,9 @@ def workers_for(results: Path) -> list[int]:
             state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"bench.run.worker" not in argv or state == "Z":
+        if b"bench.worker.child" not in argv or state == "Z":
             continue
-        job = Path(argv[argv.index(b"bench.run.worker") + 1].decode())
+        job = Path(argv[argv.index(b"bench.worker.child") + 1].decode())
         try:
             if json.loads(job.read_text())["results"] == str(results):
                 pids.append(int(p.name))

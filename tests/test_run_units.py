@@ -11,7 +11,9 @@ import pytest
 
 from bench.cell import normalize
 from bench.errors import UserError
-from bench.run import flops, maxbatch, outcome, progress, record, runner
+from bench.run import maxbatch, outcome, progress, record, runner
+from bench.status import EXIT_OOM
+from bench.worker import flops
 from bench.run.executor import Job, worker_command, worker_env
 from bench.run.machine import GpuInfo
 
@@ -63,7 +65,7 @@ def test_groups_differ_only_in_batch():
 def test_classify():
     ok = {"status": "ok", "measured": {"x": 1}, "environment": {"gpu_name": "g"}, "error": None}
     assert outcome.classify(0, "", ok)["status"] == "ok"
-    oom = outcome.classify(outcome.EXIT_OOM, "tb", {**ok, "status": "oom", "error": "OutOfMemoryError: x"})
+    oom = outcome.classify(EXIT_OOM, "tb", {**ok, "status": "oom", "error": "OutOfMemoryError: x"})
     assert oom["status"] == "oom" and oom["measured"] == {"x": 1} and "tb" in oom["error"]
     killed = outcome.classify(-signal.SIGKILL, "last words", None)
     assert killed["status"] == "oom" and "SIGKILL" in killed["error"]
@@ -125,7 +127,7 @@ def test_progress_line():
 
 def test_worker_command_uses_torchrun_for_several_ranks(tmp_path):
     one = worker_command(job(), tmp_path / "j", tmp_path / "o", python="py")
-    assert one == ["py", "-m", "bench.run.worker", str(tmp_path / "j"), str(tmp_path / "o")]
+    assert one == ["py", "-m", "bench.worker.child", str(tmp_path / "j"), str(tmp_path / "o")]
     four = worker_command(job(gpus=4), tmp_path / "j", tmp_path / "o", python="py")
     assert four[:5] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
 
@@ -178,7 +180,7 @@ def test_pick_device():
 
 def test_live_at_peak_replays_the_allocator_trace():
     """The replay finds the moment of most allocated bytes and groups what was alive then."""
-    from bench.run.peak import live_at_peak
+    from bench.worker.peak import live_at_peak
 
     tf = {"filename": "/x/site-packages/transformers/models/gpt2/modeling_gpt2.py", "line": 10, "name": "forward"}
     op = {"filename": "/x/site-packages/torch/nn/functional.py", "line": 5, "name": "dropout"}

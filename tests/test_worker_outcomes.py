@@ -1,6 +1,6 @@
 """Real children that end badly: timeout, OOM, SIGKILL, errors, and --retry-failed.
 
-The worker's test hook (``BENCH_WORKER_INJECT``, see ``bench.run.worker``)
+The worker's test hook (``BENCH_WORKER_INJECT``, see ``bench.worker.child``)
 makes a child hang, run out of memory or fail on demand.
 """
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.predict import trace as tr
+from bench.recipe import block_of, is_block
 
 TRACED = 3
 
@@ -34,9 +35,11 @@ class Marks:
 
 
 def _block_list(model) -> torch.nn.ModuleList | None:
+    """The ``ModuleList`` of the model's blocks (``bench.recipe.block_of``), the
+    largest one where there are several (an encoder's and a decoder's)."""
     best = None
-    for m in model.modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) == TRACED:
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) == TRACED and is_block(f"{name}.0"):
             if best is None or sum(p.numel() for p in m.parameters()) > sum(p.numel() for p in best.parameters()):
                 best = m
     return best
@@ -168,14 +171,11 @@ def replicate(small, depth: int):
 
 def _replicate_params(params, copies: int):
     """Block 1's parameters repeated ``copies`` times right after it."""
-    def block_of(name):
-        parts = name.split(".")
-        for a, b in zip(parts, parts[1:]):
-            if b.isdigit() and a in ("layers", "h", "layer", "blocks", "block"):
-                return int(b)
-        return None
+    def index(name):
+        block = block_of(name)
+        return int(block.rsplit(".", 1)[-1]) if block else None
     out = []
-    mid = [p for p in params if block_of(p.name) == 1]
+    mid = [p for p in params if index(p.name) == 1]
     for p in params:
         out.append(p)
         if mid and p is mid[-1]:

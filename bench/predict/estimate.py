@@ -18,24 +18,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from bench import gpus
+from bench import gpus, overhead, recipe as recipes
 from bench.predict import allocator, model_trace, plain
 from bench.predict.program import CONTEXT, PARTS, RESERVE, Outcome
-
-GiB = 2**30
-
-# Memory a CUDA process holds outside the caching allocator, measured on an
-# H200 (driver 580, CUDA 13, torch 2.11): NVML process usage minus torch's
-# reserved bytes was 758-770 MiB in every plain training row of
-# shared/measurements (context + loaded kernels + the cuBLAS/cuBLASLt handles).
-CONTEXT_BYTES = 760 * 2**20
-# NCCL communicator and DeepSpeed's runtime on top of that (same source:
-# 1.29 GiB for DeepSpeed rows, 0.81 GiB for the FSDP row).
-NCCL_BYTES = 50 * 2**20
-DEEPSPEED_BYTES = 530 * 2**20
-# Host memory of a CUDA training process before any offload (libraries, CUDA
-# host allocations); a rough figure, only the offloaded bytes are derived.
-HOST_BASE_BYTES = 3 * GiB
+from bench.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -69,13 +55,9 @@ class Prediction:
         }
 
 
-def outside_bytes(cell) -> int:
-    """Memory the process holds outside the caching allocator."""
-    if cell.strategy.startswith("zero"):
-        return CONTEXT_BYTES + DEEPSPEED_BYTES
-    if cell.strategy in ("fsdp", "ddp"):
-        return CONTEXT_BYTES + NCCL_BYTES
-    return CONTEXT_BYTES
+def recipe_for(cell) -> Recipe:
+    """The recipe the predictor models (the runner's child reads the same object)."""
+    return recipes.of(cell)
 
 
 def _program(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
@@ -91,33 +73,32 @@ def _program(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int,
 @functools.lru_cache(maxsize=512)
 def _program_cached(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
     gpu = gpus.resolve(cell.gpu)
-    if cell.task == "infer":
+    r = recipe_for(cell)
+    if not cell.trains:
         from bench.predict import generate
 
         return generate.program(cell, gpu, layers)
-    if cell.strategy.startswith("zero"):
+    if r.deepspeed:
         from bench.predict import zero
 
-        return zero.program(None, cell, gpu)  # traces the half-dtype micro-step DeepSpeed runs
-    key = model_trace.shape_key(cell, layers)
-    tt = model_trace.trace_train(key)
-    if cell.strategy == "fsdp":
+        return zero.program(cell, gpu)
+    if r.fsdp:
         from bench.predict import fsdp
 
-        return fsdp.program(tt, cell, gpu)
-    outside = CONTEXT_BYTES + (NCCL_BYTES if cell.strategy == "ddp" else 0)
+        return fsdp.program(cell, gpu)
+    tt = model_trace.trace_train(model_trace.shape_key(cell, layers))
     weight_bytes = None
-    if cell.tuning == "qlora":
+    if r.quantized_base == "nf4":
         from bench.predict import quant
 
         weight_bytes = quant.nf4_weight_bytes
-    return plain.program(tt, cell, gpu, weight_bytes), HOST_BASE_BYTES, outside
+    return plain.program(tt, cell, gpu, weight_bytes), overhead.HOST_BASE_BYTES, r.outside_allocator_bytes
 
 
 def predict(cell) -> Prediction:
     """Predict one normalized cell on its ``cell.gpu``."""
     gpu = gpus.resolve(cell.gpu)
-    outcome, host, outside = _program(cell, None, gpu.memory_bytes - outside_bytes(cell))
+    outcome, host, outside = _program(cell, None, gpu.memory_bytes - recipe_for(cell).outside_allocator_bytes)
     fits = not outcome.oom
     if not fits:  # what it would take: the same run without the card's limit
         outcome, host, outside = _program(cell, None, None)

@@ -1,7 +1,7 @@
 """FSDP2 training on one of ``cell.gpus`` ranks.
 
 FSDP2 (``fully_shard`` on every transformer block and on the root, as
-``bench.run.parallel.fsdp``), from ``torch/distributed/fsdp/_fully_shard``
+``bench.methods.parallel.fsdp``), from ``torch/distributed/fsdp/_fully_shard``
 (torch 2.13):
 
 - sharded parameters: each parameter's dim-0 chunk padded to ``ceil(dim0 /
@@ -27,17 +27,19 @@ FSDP2 (``fully_shard`` on every transformer block and on the root, as
   to the foreach types), one temporary per shard.
 
 What FSDP and ZeRO share (the half-dtype trace of a loop that keeps only the
-loss, streams, the block structure) is in ``sharded``.
+loss, streams) is in ``sharded``; the blocks are ``bench.recipe.block_of``.
 """
 
 from __future__ import annotations
 
-from bench.predict import estimate, plain
+from bench import overhead, recipe as recipes
+from bench.dtypes import BYTES
+from bench.predict import plain
 from bench.predict import optimizer as opt
-from bench.predict.model_trace import Param, TrainTrace
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
-from bench.predict.sharded import (BYTES, block_of, client_optimizer, half_trace, loss_only, malloc, on_stream,
-                                   sharded_program)
+from bench.predict.sharded import malloc, on_stream, sharded_program, step_trace
+from bench.predict.trace import Param
+from bench.recipe import block_of
 
 # --- FSDP2 -------------------------------------------------------------------
 
@@ -117,17 +119,15 @@ class _Reducer:
             self.prog.free(self.rs_input)  # released by the root's final callback (_fsdp_state.py:421-431)
 
 
-def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
+def program(cell, gpu) -> tuple[Outcome, int, int]:
     """(outcome, host bytes, bytes outside the allocator) of an FSDP cell on one rank."""
-    ranks, offload = cell.gpus, cell.offload == "all"
-    mixed = cell.precision in ("fp16", "bf16")  # MixedPrecisionPolicy(param_dtype=half, reduce_dtype=fp32)
-    built32 = mixed and cell.tuning == "full"  # built in fp32, computed in the half dtype
-    if built32:
-        tt = half_trace(cell)
-    else:
-        tt = loss_only(tt)
-    orig = lambda p: 4 if built32 else p.nbytes // max(p.numel, 1)  # noqa: E731  the dtype it was built in
-    comp_b = BYTES[cell.precision]
+    r = recipes.of(cell)
+    ranks, offload = r.ranks, r.offload == "all"
+    mixed = r.fsdp_param_dtype is not None  # MixedPrecisionPolicy(param_dtype=half, reduce_dtype=fp32)
+    built32 = r.build_dtype != r.compute_dtype  # built in fp32, computed in the half dtype
+    tt = step_trace(cell)
+    orig = lambda p: BYTES[r.build_dtype] if built32 else p.nbytes // max(p.numel, 1)  # noqa: E731  as built
+    comp_b = BYTES[r.compute_dtype]
     train = [p for p in tt.params if p.trainable]
     grad_b = train[0].nbytes // max(train[0].numel, 1)
     reduce_b = 4 if mixed else grad_b
@@ -136,7 +136,7 @@ def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
     prog = sharded_program()
     for _ in range(2):
         prog.malloc(plain.cublas_workspace(gpu), CONTEXT)
-    on_gpu = ranks == 1 and not offload  # bench.run.parallel.build_on: else built on the CPU
+    on_gpu = r.build_on_device  # else built on the CPU, and fully_shard moves the shards
     for p, s in zip(tt.params, shards):
         full = malloc(prog, p.numel * orig(p), WEIGHTS) if on_gpu else []
         if not offload:
@@ -148,7 +148,7 @@ def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
     unsharded = {g: sum(p.numel for p in ps) * comp_b for g, ps in grps.items()}
     block = max([v for g, v in unsharded.items() if g] or [0])
     cast = max(p.numel for p in tt.params) * ((comp_b if mixed else 0) + (orig(train[0]) if offload else 0))
-    name = client_optimizer(cell)
+    name = r.optimizer
     opt_params = [s for s in shards if s.trainable]
     states: list[int] | None = None
     for _ in range(plain.STEPS):
@@ -177,4 +177,4 @@ def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
             n for s in opt_params for n in opt.state_tensors(name, s)) + sum(opt.step_transient(name, opt_params))
     if not on_gpu:
         host = max(host, sum(p.numel * orig(p) for p in tt.params))
-    return prog.outcome(), estimate.HOST_BASE_BYTES + host, estimate.CONTEXT_BYTES + estimate.NCCL_BYTES
+    return prog.outcome(), overhead.HOST_BASE_BYTES + host, r.outside_allocator_bytes

@@ -1,6 +1,6 @@
 """Generation (``task: infer``): ``model.generate`` of ``new_tokens`` greedy tokens with a KV cache.
 
-The run ``bench run`` measures (``bench/run/generation.py``): weights in the
+The run ``bench run`` measures (``bench/methods/generation.py``): weights in the
 cell's dtype built on the GPU, a ``batch x seq`` prompt and its mask, then
 ``generate(max_new_tokens = min_new_tokens = new_tokens, do_sample=False)``.
 ``transformers/generation/utils.py`` (5.24) makes it a prefill forward and
@@ -27,12 +27,12 @@ import inspect
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import models
-from bench.predict import estimate, model_trace, plain
+from bench import models, overhead, recipe as recipes
+from bench.dtypes import torch_dtype
+from bench.predict import model_trace, plain
 from bench.predict import trace as tr
 from bench.predict.program import ACTS, CONTEXT, KV, LOGITS, TRANSIENT, WEIGHTS, Outcome, Program
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class _Truth(TorchDispatchMode):
@@ -66,7 +66,7 @@ def trace(cell, layers: int | None = None) -> dict:
     spec = models.resolve(cell.model)
     attn = cell.attn or models.default_attn(spec)
     overrides = model_trace._layer_overrides(spec, layers) if layers else {}
-    model = models.build(spec, device="meta", dtype=DTYPES[cell.precision],
+    model = models.build(spec, device="meta", dtype=torch_dtype(recipes.of(cell).build_dtype),
                          attn="sdpa" if attn == "flash_attention_2" else attn, **overrides)
     model.eval()
     for t in [*model.parameters(), *model.buffers()]:
@@ -176,7 +176,7 @@ def program(cell, gpu, layers: int | None = None) -> tuple[Outcome, int, int]:
                 prog.free(local.pop(ref))
         slot.update(grown)
         _select(prog, b, vocab, local, ids, (1 if t["enc_dec"] else s) + step + 1)
-    return prog.outcome(), estimate.HOST_BASE_BYTES, estimate.CONTEXT_BYTES
+    return prog.outcome(), overhead.HOST_BASE_BYTES, recipes.of(cell).outside_allocator_bytes
 
 
 def _select(prog: Program, b: int, vocab: int, outputs: dict[int, int], ids: list[int], length: int) -> None:

@@ -22,30 +22,12 @@ import torch
 import transformers
 import warnings
 
-from bench import models
+from bench import models, recipe as recipes
+from bench.dtypes import torch_dtype
+from bench.methods import adapters
 from bench.predict import blocks, trace_cache
 from bench.predict import trace as tr
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "pure-bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    numel: int
-    nbytes: int
-    trainable: bool
-    shape: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class TrainTrace:
-    params: tuple[Param, ...]
-    buffers_bytes: int
-    input_bytes: int
-    trace: tr.Trace
-    layers: int
-    marks: "blocks.Marks | None" = None
+from bench.predict.trace import Param, TrainTrace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,24 +53,21 @@ class ShapeKey:
 
 
 def shape_key(cell, layers: int | None = None) -> ShapeKey:
+    """The traced step of a cell: the model and shape, with the recipe's dtypes
+    (``Recipe.trace_dtypes``: the half-dtype weights DeepSpeed and FSDP compute
+    on, or the build dtype with autocast in plain loops) and adapters."""
+    r = recipes.of(cell)
     spec = models.resolve(cell.model)
     attn = cell.attn or models.default_attn(spec)
     if attn == "flash_attention_2":
         attn = "sdpa"  # same kernels' memory: out + logsumexp saved, no S x S matrix
-    lora = cell.tuning in ("lora", "qlora")
-    if cell.precision == "fp32":
-        wdt, ac = "fp32", None
-    elif cell.precision == "pure-bf16":
-        wdt, ac = "bf16", None
-    elif lora:  # frozen base stored in the half dtype, adapters fp32 (PEFT's default)
-        wdt, ac = cell.precision, None
-    else:  # mixed precision: fp32 weights, autocast to the half dtype
-        wdt, ac = "fp32", cell.precision
+    wdt, ac = r.trace_dtypes
+    a = r.adapters
     return ShapeKey(
         model=cell.model, tuning=cell.tuning, weight_dtype=wdt, autocast=ac, batch=cell.batch, seq=cell.seq,
-        target_seq=cell.decoder_seq, grad_ckpt=cell.grad_ckpt, attn=attn,
+        target_seq=cell.decoder_seq, grad_ckpt=r.grad_ckpt, attn=attn,
         lora_r=cell.lora_r, lora_alpha=cell.lora_alpha, lora_dropout=cell.lora_dropout,
-        lora_targets=cell.lora_targets if lora else None, use_cache=cell.use_cache and not cell.grad_ckpt,
+        lora_targets=a.targets if a else None, use_cache=r.use_cache,
         layers=layers,
     )
 
@@ -106,7 +85,7 @@ def _recompute_context(key: ShapeKey):
         with contextlib.ExitStack() as stack:
             stack.enter_context(tr.AttentionEmulation())
             if key.autocast:
-                stack.enter_context(tr.AutocastEmulation(DTYPES[key.autocast]))
+                stack.enter_context(tr.AutocastEmulation(torch_dtype(key.autocast)))
             yield
 
     return lambda: (contextlib.nullcontext(), recompute())
@@ -126,19 +105,22 @@ def _build(key: ShapeKey):
     if key.layers is not None:
         overrides.update(_layer_overrides(spec, key.layers))
     with torch.device("meta"):
-        model = models.build(spec, device="meta", dtype=DTYPES[key.weight_dtype], attn=key.attn, **overrides)
-        if key.tuning in ("lora", "qlora"):
-            from peft import LoraConfig, get_peft_model
+        model = models.build(spec, device="meta", dtype=torch_dtype(key.weight_dtype), attn=key.attn, **overrides)
+        if key.tuning in recipes.ADAPTER_TUNINGS:
+            from peft import get_peft_model
 
-            cfg = LoraConfig(r=key.lora_r, lora_alpha=key.lora_alpha, lora_dropout=key.lora_dropout,
-                             target_modules=models.lora_target_modules(spec, key.lora_targets),
-                             task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM")
-            model = get_peft_model(model, cfg)
+            model = get_peft_model(model, adapters.lora_config(_adapters(key, spec), spec))
     if key.grad_ckpt:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": _recompute_context(key)})
     model.train()
     return model, spec
+
+
+def _adapters(key: ShapeKey, spec) -> recipes.Adapters:
+    """The recipe's adapters, from the key's fields (the key is what the trace cache holds)."""
+    return recipes.Adapters(r=key.lora_r, alpha=key.lora_alpha, dropout=key.lora_dropout, targets=key.lora_targets,
+                            task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM", dtype="fp32")
 
 
 def _layer_overrides(spec, n: int) -> dict:
@@ -242,7 +224,7 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
     marks, mark_hooks = blocks.attach_marks(model, log) if key.layers is not None else (None, [])
     modes = [tr.AttentionEmulation()]
     if key.autocast:
-        ac = tr.AutocastEmulation(DTYPES[key.autocast])
+        ac = tr.AutocastEmulation(torch_dtype(key.autocast))
         modes.append(ac)
     with log:
         inputs = _inputs(key, spec, 0)

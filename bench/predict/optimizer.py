@@ -1,5 +1,8 @@
 """Optimizer state and step-time working set, per trainable parameter.
 
+Optimizers are named by their flavour, as ``bench.recipe`` picks it
+(``adamw-fused``, ``adamw-foreach``, ``sgd``, ``adafactor``, ``adamw-8bit``).
+
 From the optimizers' own code (torch 2.x ``torch/optim/adamw.py``,
 ``transformers.optimization.Adafactor``, ``bitsandbytes.optim.AdamW8bit``):
 
@@ -17,7 +20,7 @@ From the optimizers' own code (torch 2.x ``torch/optim/adamw.py``,
 
 from __future__ import annotations
 
-from bench.predict.model_trace import Param
+from bench.predict.trace import Param
 
 BNB_MIN_8BIT = 4096
 BNB_BLOCK = 2048
@@ -25,7 +28,7 @@ BNB_BLOCK = 2048
 
 def state_tensors(optimizer: str, p: Param) -> list[int]:
     """Bytes of each state tensor the optimizer creates for parameter ``p``."""
-    if optimizer in ("adamw", "adamw-foreach"):
+    if optimizer in ("adamw-fused", "adamw-foreach"):
         return [p.nbytes, p.nbytes, 4]
     if optimizer == "sgd":
         return []

@@ -14,8 +14,9 @@ time.
 
 from __future__ import annotations
 
+from bench import recipe as recipes
 from bench.predict import optimizer as opt
-from bench.predict.model_trace import TrainTrace
+from bench.predict.trace import TrainTrace
 from bench.predict.program import COMM, CONTEXT, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 
 STEPS = 2
@@ -39,12 +40,14 @@ def load_weights(prog: Program, tt: TrainTrace, weight_bytes=None) -> None:
 
 
 def program(tt: TrainTrace, cell, gpu, weight_bytes=None) -> Outcome:
+    """The plain (or DDP) run of a cell's traced micro-step ``tt``."""
+    r = recipes.of(cell)
     prog = Program()
     for _ in range(2):  # forward thread and autograd thread each hold a cuBLAS handle
         prog.malloc(cublas_workspace(gpu), CONTEXT)
     load_weights(prog, tt, weight_bytes)
     trainable = [p for p in tt.params if p.trainable]
-    if cell.strategy == "ddp" and cell.gpus > 1:
+    if r.engine == "ddp" and r.ranks > 1:
         prog.malloc(sum(p.nbytes for p in trainable), COMM)
     states: list[int] | None = None
     for _ in range(STEPS):
@@ -52,8 +55,8 @@ def program(tt: TrainTrace, cell, gpu, weight_bytes=None) -> Outcome:
         for micro in range(cell.grad_accum):
             grads += prog.micro_step(tt, keep_grads=micro == 0)
         if states is None:
-            states = [prog.malloc(n, OPTIM) for p in trainable for n in opt.state_tensors(cell.optimizer, p)]
-        temps = [prog.malloc(n, TRANSIENT) for n in opt.step_transient(cell.optimizer, trainable)]
+            states = [prog.malloc(n, OPTIM) for p in trainable for n in opt.state_tensors(r.optimizer, p)]
+        temps = [prog.malloc(n, TRANSIENT) for n in opt.step_transient(r.optimizer, trainable)]
         for t in temps:
             prog.free(t)
         for g in grads:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from bench.predict import trace as tr
 from bench.predict.allocator import CachingAllocator
-from bench.predict.model_trace import TrainTrace
+from bench.predict.trace import TrainTrace
 
 # breakdown names (the prediction's parts)
 WEIGHTS = "weights"

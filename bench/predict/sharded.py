@@ -1,10 +1,9 @@
 """What the sharded programs (ZeRO in ``zero``, FSDP2 in ``fsdp``) share.
 
-- ``half_trace``: the micro-step on weights cast to the half dtype without
-  autocast (DeepSpeed's fp16/bf16 modes, FSDP's ``MixedPrecisionPolicy``), in a
-  loop that keeps only the loss (``loss_only``);
-- ``client_optimizer``: torch's default AdamW, foreach;
-- the block structure (``block_of``, ``use_order``);
+- ``step_trace``: the micro-step as the recipe's ``trace_dtypes`` say (weights
+  in the half dtype without autocast: DeepSpeed's fp16/bf16 modes, FSDP's
+  ``MixedPrecisionPolicy``), in a loop that keeps only the loss (``loss_only``);
+- the order modules are used in (``use_order``; blocks are ``bench.recipe.block_of``);
 - a ``Program`` with one allocator pool per CUDA stream (``sharded_program``,
   ``on_stream``), ``empty_cache`` and multi-piece ``malloc``.
 """
@@ -12,15 +11,12 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from bench.predict import model_trace
 from bench.predict import trace as tr
-from bench.predict.model_trace import TrainTrace
 from bench.predict.program import Program
-
-HALF = {"fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16", "fp32": "fp32"}
-BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "pure-bf16": 2}
+from bench.predict.trace import TrainTrace
+from bench.recipe import block_of
 
 
 def loss_only(tt: TrainTrace) -> TrainTrace:
@@ -39,27 +35,9 @@ def loss_only(tt: TrainTrace) -> TrainTrace:
     return dataclasses.replace(tt, trace=trace)
 
 
-def half_trace(cell, layers: int | None = None) -> TrainTrace:
-    """The micro-step on weights cast to the cell's half dtype, without autocast
-    (DeepSpeed's fp16/bf16 modes, FSDP's ``MixedPrecisionPolicy``)."""
-    key = dataclasses.replace(model_trace.shape_key(cell, layers), weight_dtype=HALF[cell.precision], autocast=None)
-    return loss_only(model_trace.trace_train(key))
-
-
-def client_optimizer(cell) -> str:
-    """``torch.optim.AdamW()`` without flags runs foreach on device tensors
-    (``torch/optim/optimizer.py:161-185``)."""
-    return "adamw-foreach" if cell.optimizer == "adamw" else cell.optimizer
-
-
-def block_of(name: str) -> str:
-    """The transformer block (``ModuleList`` entry, or a copy ``1c<j>`` made by
-    ``blocks.replicate``) holding a parameter; '' for the rest (the root)."""
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if re.fullmatch(r"\d+(c\d+)?", part):
-            return ".".join(parts[: i + 1])
-    return ""
+def step_trace(cell, layers: int | None = None) -> TrainTrace:
+    """The sharded loop's micro-step: traced with the recipe's dtypes, only the loss kept."""
+    return loss_only(model_trace.trace_train(model_trace.shape_key(cell, layers)))
 
 
 def use_order(params, ckpt: bool) -> tuple[list[str], int]:

@@ -61,6 +61,29 @@ class Trace:
     """Index of the first event after the forward (and loss) returned."""
 
 
+@dataclass(frozen=True)
+class Param:
+    """One parameter of the traced model: what is static across the step."""
+
+    name: str
+    numel: int
+    nbytes: int
+    trainable: bool
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainTrace:
+    """A traced training micro-step: the parameters, and the events of what moves."""
+
+    params: tuple[Param, ...]
+    buffers_bytes: int
+    input_bytes: int
+    trace: Trace
+    layers: int
+    marks: "Marks | None" = None  # noqa: F821  bench.predict.blocks.Marks: where each block's events are
+
+
 class MemoryLog(TorchDispatchMode):
     """Records an event per storage an op creates and per storage freed."""
 
@@ -202,9 +225,6 @@ class FusedAttention(torch.autograd.Function):
         return dq, dk, dv, dbias, None
 
 
-_sdpa = F.scaled_dot_product_attention
-
-
 def _cuda_dropout(input, p=0.5, training=True, inplace=False):
     """``torch.dropout`` as on a CUDA tensor: the fused kernel (output + bool mask)."""
     if not training or p == 0 or input.numel() == 0:
@@ -215,10 +235,6 @@ def _cuda_dropout(input, p=0.5, training=True, inplace=False):
     return input.copy_(out) if inplace else out
 
 
-def _torch_dropout(input, p, train):
-    return _cuda_dropout(input, p, train)
-
-
 class AttentionEmulation(TorchFunctionMode):
     """Routes SDPA to ``FusedAttention`` where CUDA has a fused kernel, and
     dropout to CUDA's fused dropout kernel."""
@@ -227,8 +243,8 @@ class AttentionEmulation(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func is F.dropout:
             return _cuda_dropout(*args, **kwargs)
-        if func is torch.dropout:
-            return _torch_dropout(*args, **kwargs)
+        if func is torch.dropout:  # torch.dropout(input, p, train)
+            return _cuda_dropout(*args, **kwargs)
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
         q, k, v = args[:3]

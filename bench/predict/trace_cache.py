@@ -54,7 +54,7 @@ def _path(key) -> Path | None:
 
 def load(key, make):
     """The cached ``TrainTrace`` for ``key``, or ``make(key)`` stored for next time."""
-    from bench.predict.model_trace import Param, TrainTrace
+    from bench.predict.trace import Param, TrainTrace
 
     path = _path(key)
     if path is not None and path.exists():

@@ -3,7 +3,7 @@
 What ``deepspeed.initialize`` and its ZeRO optimizers allocate (deepspeed
 0.19.8, under ``deepspeed/runtime/``). ``engine.py:1851-1862, 2094``: the fp32
 CPU model is cast to the half dtype, then moved to the GPU; the micro-step runs
-on half weights without autocast (``sharded.half_trace``).
+on half weights without autocast (``sharded.step_trace``).
 
 - ZeRO-1/2 (``zero/stage_1_and_2.py``): trainable weights copied into one flat
   buffer (1390-1399, originals freed 889-894); the fp32 master
@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import itertools
 
-from bench import dsconfig, models
-from bench.predict import estimate, plain
+from bench import dsconfig, overhead, recipe as recipes
+from bench.dtypes import BYTES
+from bench.predict import plain
 from bench.predict import optimizer as opt
-from bench.predict.sharded import (HALF, client_optimizer, empty_cache, half_trace, malloc, on_stream, sharded_program,
-                                   use_order)
-from bench.predict.model_trace import Param, TrainTrace
+from bench.predict.sharded import empty_cache, malloc, on_stream, sharded_program, step_trace, use_order
+from bench.predict.trace import Param
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 
 NORM_BYTES = 8  # gradient norms in fp64 (zero/utils.py:59-63)
@@ -151,11 +151,12 @@ def _partition(numels: list[int], ranks: int) -> tuple[int, int]:
     return ps, max(touch(r) for r in range(ranks))
 
 
-def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
+def program(cell, gpu) -> tuple[Outcome, int, int]:
     """(outcome, host bytes, bytes outside the allocator) of a ZeRO cell on one rank."""
-    tt = half_trace(cell)
-    s = dsconfig.settings(cell, dsconfig.hidden_size_of(models.resolve(cell.model).config))
-    wb = 4 if HALF[cell.precision] == "fp32" else 2
+    r = recipes.of(cell)
+    tt = step_trace(cell)
+    s = r.zero
+    wb = BYTES[r.compute_dtype]
     prog = sharded_program()
     for _ in range(2):
         prog.malloc(plain.cublas_workspace(gpu), CONTEXT)
@@ -163,8 +164,8 @@ def program(tt: TrainTrace, cell, gpu) -> tuple[Outcome, int, int]:
     if tt.buffers_bytes:
         prog.malloc(tt.buffers_bytes, WEIGHTS)
     host_init = sum(p.numel for p in tt.params) * 4 + max(p.numel for p in tt.params) * wb  # fp32 model, cast
-    host = (_stage3 if s.stage == 3 else _stage12)(prog, tt, keys, cell, s, wb)
-    return prog.outcome(), estimate.HOST_BASE_BYTES + max(host_init, host), estimate.CONTEXT_BYTES + estimate.DEEPSPEED_BYTES
+    host = (_stage3 if s.stage == 3 else _stage12)(prog, tt, keys, cell, s, wb, r.optimizer)
+    return prog.outcome(), overhead.HOST_BASE_BYTES + max(host_init, host), r.outside_allocator_bytes
 
 
 def _steps(prog, tt, cell, make, step) -> None:
@@ -210,8 +211,8 @@ def _step(prog: Program, name: str, numel: int, wb: int, held: list[int], states
 def _host_optimizer(name: str, numel: int, largest: int) -> int:
     return sum(opt.state_tensors(name, flat_param(numel))) + sum(opt.step_transient(name, [flat_param(largest)]))
 
-def _stage12(prog, tt, keys, cell, s, wb) -> int:
-    ranks, off, name = cell.gpus, s.offload_optimizer, client_optimizer(cell)
+def _stage12(prog, tt, keys, cell, s, wb, name) -> int:
+    ranks, off = cell.gpus, s.offload_optimizer
     train = [p for p in tt.params if p.trainable]
     ps, in_part = _partition([p.numel for p in train], ranks)
     prog.malloc(ps * ranks * wb, WEIGHTS)  # the flat bit16 buffer replaces the trainable weights
@@ -241,8 +242,8 @@ def _stage12(prog, tt, keys, cell, s, wb) -> int:
     return host + _host_optimizer(name, ps, ps)
 
 
-def _stage3(prog, tt, keys, cell, s, wb) -> int:
-    ranks, off_o, off_p, name = cell.gpus, s.offload_optimizer, s.offload_param, client_optimizer(cell)
+def _stage3(prog, tt, keys, cell, s, wb, name) -> int:
+    ranks, off_o, off_p = cell.gpus, s.offload_optimizer, s.offload_param
     part = lambda n: -(-n // ranks)  # noqa: E731  _aligned_size // world size
     parts = []
     for p, key in zip(tt.params, keys):  # Init(module=...): partition, then free the full tensor

@@ -21,12 +21,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from bench import status
 from bench.errors import UserError
 from bench.report import labels
 
 MARKS = ("new failure", "worse", "better", "fixed", "not comparable", "only in A", "only in B", "same")
 REGRESSIONS = ("new failure", "worse")
-FAILED = ("oom", "timeout", "error")
+FAILED = status.FAILED
 THRESHOLD_FORM = "peak=5%,throughput=5%"
 
 

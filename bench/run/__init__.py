@@ -1,23 +1,18 @@
-"""``bench run``: measure cells, one fresh child process per cell.
-
-The parent (never imports torch):
+"""``bench run``, the parent: it never imports torch.
 
 - ``cli``        the ``run`` verb and its flags
 - ``runner``     the loop: validate, resume, predict, run, persist each record
 - ``executor``   ``Job``, the ``Executor`` protocol, ``LocalExecutor`` (children on this host)
-- ``outcome``    a child's end -> ``ok`` / ``oom`` / ``timeout`` / ``error``
+- ``ray_executor`` one Ray task per cell on an existing cluster
+- ``outcome``    a child's end -> a status (``bench.status``)
 - ``record``     the store record of a cell, prediction error included
 - ``maxbatch``   ``--find-max-batch`` bisection
-- ``prediction`` the predictor's answers, when it is installed
+- ``prediction`` the predictor's answers, in a background process
 - ``progress``   per-cell lines and the ETA bar
 - ``machine``    GPUs, driver, versions, git commit (``machine.json``)
 
-The child (``python -m bench.run.worker JOB.json OUT.json``):
-
-- ``worker``     one cell: sampler, memory cap, run, ``OUT.json``
-- ``training`` / ``generation``   the measured steps of ``train`` / ``infer`` cells
-- ``adapters``   LoRA / QLoRA;  ``parallel``  DDP, DeepSpeed ZeRO, FSDP2;  ``optimizers``
-- ``ranks``      rank, local rank, world size (a one-rank world without torchrun)
-- ``nvml``       the 10 ms memory sampler;  ``procmem``  host memory from ``/proc``
-- ``flops``      achieved model FLOPs and MFU
+Each cell runs in a fresh child, ``python -m bench.worker.child JOB.json
+OUT.json`` (``bench.worker``), which trains or generates with the torch side
+of the cell's method (``bench.methods``); both follow the cell's
+``bench.recipe``.
 """

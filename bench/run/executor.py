@@ -81,8 +81,8 @@ def write_job(job: Job, folder: Path) -> tuple[Path, Path]:
 
 
 def worker_command(job: Job, job_path: Path, out_path: Path, python: str = sys.executable) -> list[str]:
-    """The worker's argv: ``python -m bench.run.worker JOB OUT``, under torchrun for N ranks."""
-    worker = ["-m", "bench.run.worker", str(job_path), str(out_path)]
+    """The worker's argv: ``python -m bench.worker.child JOB OUT``, under torchrun for N ranks."""
+    worker = ["-m", "bench.worker.child", str(job_path), str(out_path)]
     if job.gpus > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={job.gpus}", *worker]
     return [python, *worker]

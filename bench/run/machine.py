@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.run import nvml as nvmlmod
+from bench.worker import nvml as nvmlmod
 
 LIBRARIES = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "nvidia-ml-py")
 REPO = Path(__file__).resolve().parents[2]

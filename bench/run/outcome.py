@@ -15,12 +15,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from bench.status import ERROR, EXIT_OOM, OK, OOM, REPORTED, TIMEOUT, is_oom_text
+
 TAIL_LINES = 40
 TAIL_CHARS = 4000
-EXIT_OOM = 3
-"""The worker's exit code after it recorded an OOM."""
-OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "CUDA error: out of memory",
-               "CUBLAS_STATUS_ALLOC_FAILED", "Cuda failure 'out of memory'")
 
 
 def tail(path: Path | str, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
@@ -45,7 +43,7 @@ def read_out(path: Path | str) -> dict[str, Any] | None:
     return out if isinstance(out, dict) else None
 
 
-def failed(message: str, status: str = "error") -> dict[str, Any]:
+def failed(message: str, status: str = ERROR) -> dict[str, Any]:
     """A result for a job that produced nothing to read."""
     return {"status": status, "measured": None, "environment": {}, "error": message, "returncode": None}
 
@@ -57,19 +55,15 @@ def timed_out(timeout_s: float, output_tail: str, out: dict[str, Any] | None) ->
     library's teardown) keeps its result, with a note.
     """
     message = f"timeout after {timeout_s:g} s (process group killed)"
-    if out is not None and out.get("status") in ("ok", "oom"):
+    if out is not None and out.get("status") in (OK, OOM):
         result = classify(0 if out["status"] == "ok" else EXIT_OOM, output_tail, out)
         result["error"] = f"{message} after the worker reported {out['status']}\n{result.get('error') or ''}".rstrip()
         return result
-    result = failed(f"{message}\n{output_tail}".rstrip(), "timeout")
+    result = failed(f"{message}\n{output_tail}".rstrip(), TIMEOUT)
     if out:
         result["measured"] = out.get("measured")
         result["environment"] = out.get("environment") or {}
     return result
-
-
-def is_oom_text(text: str) -> bool:
-    return any(m in text for m in OOM_MARKERS)
 
 
 def classify(returncode: int, output_tail: str, out: dict[str, Any] | None) -> dict[str, Any]:
@@ -82,9 +76,9 @@ def classify(returncode: int, output_tail: str, out: dict[str, Any] | None) -> d
     - an OOM traceback in the output: ``oom``;
     - anything else: ``error`` with the output's tail.
     """
-    result: dict[str, Any] = {"status": "error", "measured": None, "environment": {},
+    result: dict[str, Any] = {"status": ERROR, "measured": None, "environment": {},
                               "error": None, "returncode": returncode}
-    if out is not None and out.get("status") in ("ok", "oom", "error"):
+    if out is not None and out.get("status") in REPORTED:
         result.update(status=out["status"], measured=out.get("measured"),
                       environment=out.get("environment") or {})
         if out["status"] == "ok" and returncode != 0:
@@ -93,9 +87,9 @@ def classify(returncode: int, output_tail: str, out: dict[str, Any] | None) -> d
             result["error"] = (out.get("error") or "") + ("\n" + output_tail if output_tail else "")
         return result
     if returncode == -signal.SIGKILL:
-        result.update(status="oom", error=f"killed by SIGKILL (host out of memory?)\n{output_tail}".rstrip())
+        result.update(status=OOM, error=f"killed by SIGKILL (host out of memory?)\n{output_tail}".rstrip())
     elif is_oom_text(output_tail):
-        result.update(status="oom", error=output_tail)
+        result.update(status=OOM, error=output_tail)
     else:
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
         result.update(error=f"{how}\n{output_tail}".rstrip())

@@ -6,15 +6,9 @@ checkpointing, optimizer) and runs ``warmup + steps`` real optimizer steps of
 ``grad_accum`` micro-batches of random token ids (``labels = input_ids``; an
 encoder-decoder model gets ``seq`` source and ``target_seq`` label tokens).
 
-Precision, as in the reference protocol:
-
-- ``fp32``: fp32 weights, no autocast;
-- ``fp16``/``bf16`` (full tuning): fp32 weights under ``torch.autocast``,
-  fp16 with a ``GradScaler``; under ZeRO the DeepSpeed ``fp16``/``bf16``
-  sections instead, under FSDP its ``MixedPrecisionPolicy``;
-- ``pure-bf16``: the weights themselves (hence grads and AdamW states) in bf16;
-- LoRA/QLoRA: the frozen base in the compute dtype, no autocast (see
-  ``bench.run.adapters``).
+Every decision the predictor models too (the dtype and place the model is
+built in, autocast and loss scaling, adapters, the optimizer's flavour, what
+the loop keeps between micro-steps) comes from the cell's ``bench.recipe``.
 """
 
 from __future__ import annotations
@@ -27,20 +21,16 @@ from typing import Any, Callable
 
 import torch
 
-from bench import models
+from bench import dsconfig, models, recipe as recipes
 from bench.cell import Cell
-from bench.run import adapters, optimizers, parallel, ranks
+from bench.dtypes import torch_dtype
+from bench.methods import adapters, optimizers, parallel, ranks
+from bench.recipe import Recipe
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "pure-bf16": torch.bfloat16}
 
-
-def weight_dtype(cell: Cell) -> torch.dtype:
-    """The dtype the model is built in (before any strategy converts it)."""
-    if cell.strategy.startswith("zero"):
-        return torch.float32
-    if cell.tuning in ("lora", "qlora"):
-        return DTYPES[cell.precision]
-    return torch.bfloat16 if cell.precision == "pure-bf16" else torch.float32
+def recipe_for(cell: Cell) -> Recipe:
+    """The recipe the child acts on (the predictor reads the same object)."""
+    return recipes.of(cell)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -56,6 +46,7 @@ class Setup:
     """A model ready to step, and how to step it."""
 
     cell: Cell
+    recipe: Recipe
     module: Any
     """What the batch goes into: the model, its DDP wrapper or the DeepSpeed engine."""
     input_device: torch.device
@@ -69,11 +60,6 @@ class Setup:
     scaler: Any = None
     out: Any = None
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
-
-    @property
-    def hold_output(self) -> bool:
-        """Keep the output until the next forward returns (plain loops); FSDP keeps only the loss."""
-        return self.cell.strategy != "fsdp"
 
     def batch(self) -> dict[str, torch.Tensor]:
         c = self.cell
@@ -94,7 +80,7 @@ class Setup:
         ctx = (torch.autocast(self.input_device.type, dtype=self.autocast) if self.autocast is not None
                else contextlib.nullcontext())
         with ctx:
-            if self.hold_output:
+            if self.recipe.holds_output:
                 # `self.out = ...` keeps the previous output (logits, KV cache with use_cache) alive
                 # until this forward returns, as a loop's `out = model(**batch)` does (the predictor models it)
                 self.out = self.module(**batch)
@@ -116,42 +102,41 @@ class Setup:
 
 
 def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
-    """Build the model and apply every part of the cell to it."""
-    dtype = weight_dtype(cell)
-    where = parallel.build_on(cell, device)
+    """Build the model and apply every part of the cell's recipe to it."""
+    r = recipe_for(cell)
+    dtype = torch_dtype(r.build_dtype)
+    here = f"cuda:{ranks.local_rank()}" if device == "cuda" else "cpu"
     enc_dec = spec.is_encoder_decoder
-    if cell.tuning == "qlora":
-        model = adapters.build_qlora_base(spec, cell, device, ranks.local_rank(), dtype)
+    if r.quantized_base:
+        model = adapters.build_qlora_base(spec, cell, r, device, ranks.local_rank(), dtype)
     else:
-        model = models.build(spec, device=where, dtype=dtype, attn=cell.attn)
-        if cell.grad_ckpt:
+        model = models.build(spec, device=here if r.build_on_device else "cpu", dtype=dtype, attn=cell.attn)
+        if r.grad_ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = cell.use_cache
+    model.config.use_cache = r.use_cache
     vocab = int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
-    if cell.tuning in ("lora", "qlora"):
-        model = adapters.apply_lora(model, cell, spec)
+    if r.adapters is not None:
+        model = adapters.apply_lora(model, r.adapters, spec)
     total, trainable = count_parameters(model)
     model.train()
-    input_device = torch.device(f"cuda:{ranks.local_rank()}" if device == "cuda" else "cpu")
-    s = Setup(cell=cell, module=model, input_device=input_device, vocab_size=vocab, encoder_decoder=enc_dec,
-              parameters=total, trainable_parameters=trainable)
-    if cell.strategy != "none":
+    input_device = torch.device(here)
+    s = Setup(cell=cell, recipe=r, module=model, input_device=input_device, vocab_size=vocab,
+              encoder_decoder=enc_dec, parameters=total, trainable_parameters=trainable)
+    if r.engine != "plain":
         parallel.init(device)
-    if cell.strategy.startswith("zero"):
-        hidden = spec.config.get("hidden_size") or spec.config.get("d_model") or spec.config.get("n_embd")
-        opt = optimizers.build(cell.optimizer, model.parameters(), device)  # params still on the CPU here
-        s.module = parallel.deepspeed_engine(model, opt, cell, hidden, device)
+    if r.deepspeed:
+        opt = optimizers.build(r.optimizer, model.parameters(), device)  # params still on the CPU here
+        s.module = parallel.deepspeed_engine(model, opt, cell, dsconfig.hidden_size_of(spec.config), device)
         s.deepspeed = True
         return s
-    if cell.strategy == "fsdp":
-        s.module = parallel.fsdp(model, cell, device)
-    elif cell.strategy == "ddp":
+    if r.fsdp:
+        s.module = parallel.fsdp(model, r, device)
+    elif r.engine == "ddp":
         s.module = parallel.ddp(model, device)
-    s.optimizer = optimizers.build(cell.optimizer, model.parameters(), device, sharded=cell.strategy == "fsdp")
-    half = cell.precision in ("fp16", "bf16")
-    if half and cell.tuning == "full" and cell.strategy != "fsdp":
-        s.autocast = DTYPES[cell.precision]
-    if cell.precision == "fp16":
+    s.optimizer = optimizers.build(r.optimizer, model.parameters(), device)
+    if r.autocast is not None:
+        s.autocast = torch_dtype(r.autocast)
+    if r.loss_scaling:
         s.scaler = torch.amp.GradScaler(input_device.type)
     return s
 

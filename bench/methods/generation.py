@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import torch
 
-from bench import models
+from bench import models, recipe as recipes
 from bench.cell import Cell
+from bench.dtypes import torch_dtype
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class FirstTokenClock:
@@ -47,7 +47,7 @@ def infer(cell: Cell, spec: models.ModelSpec, device: str,
           before_first_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run ``warmup + steps`` generations; returns the timing part of ``measured``."""
     dev = "cuda:0" if device == "cuda" else "cpu"
-    model = models.build(spec, device=dev, dtype=DTYPES[cell.precision], attn=cell.attn)
+    model = models.build(spec, device=dev, dtype=torch_dtype(recipes.of(cell).build_dtype), attn=cell.attn)
     model.eval()
     vocab = int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
     gen = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
 """What is alive at a cell's peak, by the code that allocated it (CUDA only).
 
-``python -m bench.run.peak model=gpt2-medium tuning=lora precision=bf16 batch=4``
-trains the cell as ``bench run`` does (``bench.run.training.train``), records
+``python -m bench.worker.peak model=gpt2-medium tuning=lora precision=bf16 batch=4``
+trains the cell as ``bench run`` does (``bench.methods.training.train``), records
 the CUDA caching allocator's history (``torch.cuda.memory._record_memory_history``)
 over ``warmup + steps`` optimizer steps, replays the allocation trace to the
 moment the allocated bytes peaked, and prints the blocks alive then, grouped by
@@ -78,7 +78,7 @@ def live_at_peak(events: Iterable[dict[str, Any]], top: int = 30) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.run.peak", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.worker.peak", description=__doc__.split("\n\n")[0])
     p.add_argument("fields", nargs="+", metavar="key=value", help="the cell (gpu defaults to h100-80gb)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.cell import normalize
     from bench.errors import UserError
     from bench.matrix import parse_overrides
-    from bench.run import training
+    from bench.methods import training
 
     try:
         cell = normalize({"gpu": "h100-80gb", **dict(parse_overrides(a.fields))})
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print("error: python -m bench.run.peak needs a CUDA GPU (the allocator history is CUDA's)", file=sys.stderr)
+        print("error: python -m bench.worker.peak needs a CUDA GPU (the allocator history is CUDA's)", file=sys.stderr)
         return 2
     torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
     training.train(cell, models.resolve(cell.model), "cuda")

@@ -1,13 +1,13 @@
 """Data-parallel strategies: process group, DDP, DeepSpeed ZeRO, FSDP2.
 
 Every strategy runs in a real process group, also with one rank (see
-``bench.run.ranks``): NCCL on CUDA, gloo on the CPU.
+``bench.methods.ranks``): NCCL on CUDA, gloo on the CPU.
 
 - ZeRO-1/2/3 (with offload): ``deepspeed.initialize`` with a torch client
   optimizer and ``bench.dsconfig.deepspeed_config`` (which honours the cell's
   ``ds_config``), the model handed over on the CPU in fp32, as the HF Trainer does.
-- FSDP2: ``fully_shard`` on every transformer block (the model's
-  ``_no_split_modules``) and then the root, ``MixedPrecisionPolicy(param_dtype=
+- FSDP2: ``fully_shard`` on every transformer block (``bench.recipe.block_of``)
+  and then the root, ``MixedPrecisionPolicy(param_dtype=
   fp16/bf16, reduce_dtype=fp32)`` for mixed precision, ``CPUOffloadPolicy()``
   for ``offload: all``.
 - DDP: ``DistributedDataParallel`` around the model.
@@ -22,9 +22,9 @@ import torch.distributed as dist
 
 from bench import dsconfig
 from bench.cell import Cell
-from bench.run.ranks import local_rank, world_size
-
-HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+from bench.dtypes import torch_dtype
+from bench.methods.ranks import local_rank, world_size
+from bench.recipe import Recipe, is_block
 
 
 def backend(device: str) -> str:
@@ -44,20 +44,6 @@ def init(device: str) -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def build_on(cell: Cell, device: str) -> str:
-    """Where the model is built before the strategy takes it over.
-
-    DeepSpeed gets it on the CPU in fp32 (as the HF Trainer hands it over);
-    FSDP over several ranks or with CPU offload too (``fully_shard`` moves
-    each rank's shard to its device); everything else directly on the device.
-    """
-    if cell.strategy.startswith("zero"):
-        return "cpu"
-    if cell.strategy == "fsdp" and (cell.offload == "all" or world_size() > 1):
-        return "cpu"
-    return f"cuda:{local_rank()}" if device == "cuda" else "cpu"
 
 
 def _skip_shm_build() -> None:
@@ -83,28 +69,26 @@ def deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
     return engine
 
 
-def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks: modules whose class the model says not to split."""
-    names: set[str] = set()
-    for m in model.modules():
-        names.update(getattr(m, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in names]
-    if not blocks:
-        raise RuntimeError(f"fsdp: {type(model).__name__} names no transformer block class (_no_split_modules)")
-    return blocks
+def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks, as ``bench.recipe.block_of`` defines them."""
+    found = [m for name, m in model.named_modules() if is_block(name)]
+    if not found:
+        raise RuntimeError(f"fsdp: {type(model).__name__} has no transformer blocks (no ModuleList of layers)")
+    return found
 
 
-def fsdp(model: torch.nn.Module, cell: Cell, device: str) -> torch.nn.Module:
+def fsdp(model: torch.nn.Module, recipe: Recipe, device: str) -> torch.nn.Module:
     """FSDP2: shard every block, then the root; returns the (same) module."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     kwargs: dict[str, Any] = {"mesh": init_device_mesh(device, (world_size(),))}
-    if cell.precision in HALF:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=HALF[cell.precision], reduce_dtype=torch.float32)
-    if cell.offload == "all":
+    if recipe.fsdp_param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch_dtype(recipe.fsdp_param_dtype),
+                                                   reduce_dtype=torch.float32)
+    if recipe.offload == "all":
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device == "cuda")
-    for block in _blocks(model):
+    for block in blocks(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model

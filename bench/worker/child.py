@@ -1,15 +1,15 @@
-"""The child that measures one cell: ``python -m bench.run.worker JOB.json OUT.json``.
+"""The child that measures one cell: ``python -m bench.worker.child JOB.json OUT.json``.
 
 One cell, one fresh process: the CUDA context, allocator state and library
 globals of one cell never leak into the next. The worker starts the memory
 sampler before CUDA is initialised (so NVML's baseline is clean), caps the
 process at the target GPU's memory when emulating it, trains or generates
-(``bench.run.training`` / ``bench.run.generation``), and writes ``OUT.json``::
+(``bench.methods.training`` / ``bench.methods.generation``), and writes ``OUT.json``::
 
     {"status": "ok" | "oom" | "error", "measured": {...}, "environment": {...}, "error": str | None}
 
 An OOM (``torch.OutOfMemoryError``) is caught and reported with the peaks
-reached so far (exit code ``outcome.EXIT_OOM``); any other exception prints its
+reached so far (exit code ``bench.status.EXIT_OOM``); any other exception prints its
 traceback to stderr (exit code 1). Under ``torchrun`` every rank measures its
 own GPU and rank 0 writes the per-key maximum of the peaks. The worker exits
 as soon as its parent is gone, so a killed runner leaves no orphans.
@@ -35,14 +35,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.run import nvml, ranks
-from bench.run.outcome import EXIT_OOM, is_oom_text
+from bench.methods import ranks
+from bench.worker import nvml
+from bench.status import ERROR, EXIT_OOM, OK, OOM, is_oom_text
 
 INJECT_ENV = "BENCH_WORKER_INJECT"
-CONTEXT_ESTIMATE_BYTES = int(0.73 * 2**30)
-"""CUDA context + cuBLAS workspace beyond what torch reserves (shared/measurements, ctx row)."""
-PROCESS_GROUP_ESTIMATE_BYTES = int(0.5 * 2**30)
-"""NCCL/DeepSpeed buffers, the low end of the measured 0.5-1 GiB."""
 PEAK_KEYS = ("peak_nvml_process_bytes", "peak_nvml_device_bytes", "peak_torch_allocated_bytes",
              "peak_torch_reserved_bytes", "peak_host_rss_bytes", "alloc_retries", "ooms")
 
@@ -103,17 +100,19 @@ def injected(slug: str, at_start: bool, env: dict[str, str] | None = None) -> Ca
 
 
 def cap_memory(cell: Any, enabled: bool) -> dict[str, Any]:
-    """On a card larger than the target, cap torch at the target's capacity."""
+    """On a card larger than the target, cap torch at the target's capacity minus
+    what the process holds outside the allocator (the recipe's, which the
+    predictor adds to its peak)."""
     import torch
 
-    from bench import gpus
+    from bench import gpus, recipe
 
     index = ranks.local_rank()
     total = torch.cuda.get_device_properties(index).total_memory
     target = gpus.resolve(cell.gpu).memory_bytes
     if not enabled or target >= total:
         return {"emulated_target": False}
-    overhead = CONTEXT_ESTIMATE_BYTES + (PROCESS_GROUP_ESTIMATE_BYTES if cell.strategy != "none" else 0)
+    overhead = recipe.of(cell).outside_allocator_bytes
     fraction = max(0.0, (target - overhead) / total)
     torch.cuda.set_per_process_memory_fraction(fraction, index)
     return {"emulated_target": True, "memory_fraction": fraction, "target_memory_bytes": target,
@@ -174,10 +173,11 @@ def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], s
     sampler = nvml.Sampler(device=device, index=nvml.device_index(ranks.local_rank())).start()
     import torch
 
-    from bench.run import flops, generation, training
+    from bench.methods import generation, training
+    from bench.worker import flops
 
     env: dict[str, Any] = {"emulated_target": False}
-    status, error, timing = "ok", None, {}
+    status, error, timing = OK, None, {}
     spec = models.resolve(cell.model)
     try:
         if device == "cuda":
@@ -186,16 +186,16 @@ def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], s
         run = training.train if cell.trains else generation.infer
         timing = run(cell, spec, device, injected(job["slug"], at_start=False))
     except torch.OutOfMemoryError as e:
-        status, error = "oom", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        status, error = OOM, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         traceback.print_exc()
     except Exception as e:  # recorded with its traceback; an OOM under another name is still an OOM
         error = f"{type(e).__name__}: {e}"
-        status = "oom" if is_oom_text(error) else "error"
+        status = OOM if is_oom_text(error) else ERROR
         traceback.print_exc()
     peaks = sampler.stop()
     env.update(runtime_environment(device, sampler))
     measured: dict[str, Any] = {**peaks, **torch_peaks(device), **timing}
-    if status == "ok":
+    if status == OK:
         peak = None
         if device == "cuda":
             peak, env["mfu_peak_gpu"] = flops.peak_tflops(cell, env.get("gpu_name"), env.get("gpu_memory_bytes"))
@@ -213,7 +213,7 @@ def write_out(path: Path, out: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m bench.run.worker JOB.json OUT.json", file=sys.stderr)
+        print("usage: python -m bench.worker.child JOB.json OUT.json", file=sys.stderr)
         return 2
     job = json.loads(Path(args[0]).read_text())
     hook = injected(job["slug"], at_start=True)
@@ -224,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     status, measured, env, error = measure(job)
     if ranks.rank() == 0:
         write_out(Path(args[1]), {"status": status, "measured": measured, "environment": env, "error": error})
-    from bench.run import parallel
+    from bench.methods import parallel
 
     parallel.shutdown()
-    return {"ok": 0, "oom": EXIT_OOM}.get(status, 1)
+    return {OK: 0, OOM: EXIT_OOM}.get(status, 1)
 
 
 if __name__ == "__main__":

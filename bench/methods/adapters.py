@@ -1,13 +1,13 @@
 """LoRA and QLoRA, applied to a freshly built model the way PEFT users do.
 
-LoRA: ``LoraConfig(r, lora_alpha, lora_dropout, target_modules)`` with the
-targets ``bench.models.lora_target_modules`` names (the cell's
-``lora_targets``, else PEFT's default for the architecture, else every linear
-layer), the same the predictor assumes. The frozen
-base is in the cell's compute dtype (``fp16``/``bf16``/``pure-bf16`` -> half,
-``fp32`` -> fp32); the adapters stay fp32 (PEFT's default) except under
-``pure-bf16``, where they are bf16 too. This is the reference protocol's
-``lora`` row with ``base: bf16``.
+LoRA: ``LoraConfig(r, lora_alpha, lora_dropout, target_modules)`` from the
+recipe's ``Adapters``, with the targets ``bench.models.lora_target_modules``
+names (the cell's ``lora_targets``, else PEFT's default for the architecture,
+else every linear layer); the predictor builds the same config
+(``lora_config``). The frozen base is in the recipe's build dtype; the
+adapters in ``Adapters.dtype`` (fp32, PEFT's default; bf16 under
+``pure-bf16``). This is the reference protocol's ``lora`` row with
+``base: bf16``.
 
 QLoRA: the base goes through transformers' own bitsandbytes loader (nf4,
 double quantization, compute dtype = the cell's precision), because that is
@@ -26,33 +26,36 @@ import torch
 
 from bench import models
 from bench.cell import Cell
+from bench.dtypes import torch_dtype
+from bench.recipe import Adapters, Recipe
 
 
-def lora_config(cell: Cell, spec: models.ModelSpec) -> Any:
-    from peft import LoraConfig, TaskType
+def lora_config(adapters: Adapters, spec: models.ModelSpec) -> Any:
+    """PEFT's ``LoraConfig`` of a recipe's adapters (runner and predictor alike)."""
+    from peft import LoraConfig
 
     return LoraConfig(
-        r=cell.lora_r,
-        lora_alpha=cell.lora_alpha,
-        lora_dropout=cell.lora_dropout,
-        target_modules=models.lora_target_modules(spec, cell.lora_targets),
-        task_type=TaskType.SEQ_2_SEQ_LM if spec.is_encoder_decoder else TaskType.CAUSAL_LM,
+        r=adapters.r,
+        lora_alpha=adapters.alpha,
+        lora_dropout=adapters.dropout,
+        target_modules=models.lora_target_modules(spec, adapters.targets),
+        task_type=adapters.task_type,
     )
 
 
-def apply_lora(model: torch.nn.Module, cell: Cell, spec: models.ModelSpec) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, adapters: Adapters, spec: models.ModelSpec) -> torch.nn.Module:
     """Wrap ``model`` in PEFT LoRA adapters; only the adapters train."""
     from peft import get_peft_model
 
-    model = get_peft_model(model, lora_config(cell, spec))
-    if cell.precision == "pure-bf16":
+    model = get_peft_model(model, lora_config(adapters, spec))
+    if adapters.dtype != "fp32":
         for p in model.parameters():
             if p.requires_grad:
-                p.data = p.data.to(torch.bfloat16)
+                p.data = p.data.to(torch_dtype(adapters.dtype))
     return model
 
 
-def build_qlora_base(spec: models.ModelSpec, cell: Cell, device: str, local_rank: int,
+def build_qlora_base(spec: models.ModelSpec, cell: Cell, recipe: Recipe, device: str, local_rank: int,
                      dtype: torch.dtype) -> torch.nn.Module:
     """The 4-bit (nf4) base model on ``cuda:local_rank``, ready for adapters."""
     if device != "cuda" or not torch.cuda.is_available():
@@ -72,5 +75,5 @@ def build_qlora_base(spec: models.ModelSpec, cell: Cell, device: str, local_rank
         model = models.model_class(spec).from_pretrained(
             folder, quantization_config=quant, dtype=dtype, device_map={"": local_rank}, **kwargs)
     return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=cell.grad_ckpt,
+        model, use_gradient_checkpointing=recipe.grad_ckpt,
         gradient_checkpointing_kwargs={"use_reentrant": False})

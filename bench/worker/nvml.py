@@ -28,7 +28,7 @@ import os
 import threading
 from typing import Any, Callable
 
-from bench.run import procmem
+from bench.worker import procmem
 
 MODES = ("process", "device-delta", "unavailable", "host-rss")
 INTERVAL_S = 0.010

@@ -1,10 +1,11 @@
-"""The optimizer a cell names, built the way the reference protocol built it.
+"""The optimizer a recipe names, built the way the reference protocol built it.
 
-``adamw`` is ``torch.optim.AdamW(fused=True)`` on CUDA (fused kernels are what
-trainers use there) and ``foreach=True`` elsewhere, and under FSDP2 or a
-DeepSpeed client optimizer torch's default (foreach over the shards); ``adamw-foreach`` is
-always ``foreach``; ``sgd`` keeps no state; ``adafactor`` is transformers'
-factored optimizer; ``adamw-8bit`` is bitsandbytes' and needs CUDA.
+The recipe picks the flavour (``bench.recipe``): ``adamw-fused`` is
+``torch.optim.AdamW(fused=True)`` on CUDA (fused kernels are what trainers
+use there; ``foreach=True`` on the CPU); ``adamw-foreach`` is torch's default
+AdamW (foreach), the flavour of FSDP2 shards and DeepSpeed's client
+optimizer; ``sgd`` keeps no state; ``adafactor`` is transformers' factored
+optimizer; ``adamw-8bit`` is bitsandbytes' and needs CUDA.
 """
 
 from __future__ import annotations
@@ -17,17 +18,11 @@ LR = 1e-5
 """Small on purpose: random data, and the loss must stay finite for fp16."""
 
 
-def build(name: str, params: Iterable[torch.nn.Parameter], device: str,
-          sharded: bool = False) -> torch.optim.Optimizer:
-    """An optimizer over ``params`` (trainable ones only) for ``device`` (``cuda``/``cpu``).
-
-    ``sharded``: the parameters are FSDP2 shards (the predictor's
-    ``bench.predict.fsdp`` models torch's default foreach step there).
-    """
+def build(name: str, params: Iterable[torch.nn.Parameter], device: str) -> torch.optim.Optimizer:
+    """An optimizer over ``params`` (trainable ones only) for ``device`` (``cuda``/``cpu``)."""
     params = [p for p in params if p.requires_grad]
-    if name == "adamw":
-        on_cuda = device == "cuda" and all(p.is_cuda for p in params) and not sharded
-        if on_cuda:
+    if name == "adamw-fused":
+        if device == "cuda" and all(p.is_cuda for p in params):
             return torch.optim.AdamW(params, lr=LR, fused=True)
         return torch.optim.AdamW(params, lr=LR, foreach=True)
     if name == "adamw-foreach":

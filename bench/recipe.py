@@ -1,0 +1,206 @@
+"""The recipe of a cell: every decision ``bench run`` acts on and ``bench predict`` models.
+
+The predictor is exact only because it models the very loop the runner runs.
+So the decisions both sides depend on are made here, once, from the
+normalized cell, and read by the child (``bench.methods``) and by the
+predictor (``bench.predict``) alike; neither re-derives a method from the
+cell's strings. Torch-free: the parent and the reports can read it too.
+
+What the recipe decides, and why (the reference protocol, ``tests/data``):
+
+- **engine**: ``plain`` (one process, or a one-rank world), ``ddp``,
+  ``deepspeed`` (ZeRO-1/2/3, with its ``dsconfig.ZeroSettings``) or ``fsdp``
+  (FSDP2 ``fully_shard`` on every block, then the root).
+- **build**: the dtype the model is built in and where. DeepSpeed gets it on
+  the CPU in fp32 (the HF Trainer hands it over that way and
+  ``deepspeed.initialize`` casts and places it); FSDP over several ranks or
+  with CPU offload is built on the CPU too (``fully_shard`` moves each rank's
+  shard); everything else is built on its GPU. LoRA/QLoRA build the frozen
+  base in the compute dtype; full tuning in fp32 except ``pure-bf16``.
+- **precision in the step**: ``autocast`` to the half dtype for full mixed
+  precision in plain/DDP loops, with loss scaling for fp16; DeepSpeed and
+  FSDP instead run the micro-step on weights in the half dtype
+  (``compute_dtype``), without autocast.
+- **what the loop keeps**: plain/DDP loops hold ``out = model(**batch)``
+  until the next forward returns; DeepSpeed and FSDP loops keep only the loss.
+- **adapters** (``Adapters``) and the 4-bit base of QLoRA.
+- **optimizer flavour**: ``adamw`` is fused AdamW on the GPU in plain/DDP
+  loops, torch's default foreach AdamW as DeepSpeed's client optimizer and on
+  FSDP2 shards.
+- **memory outside the allocator** (``bench.overhead``), which also sizes the
+  cap when a larger card emulates the target.
+- **the blocks**: ``block_of``, the one definition of a transformer block.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+from bench import dsconfig, models, overhead
+from bench.dtypes import HALF_OF
+
+ENGINES = ("plain", "ddp", "deepspeed", "fsdp")
+ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+SHARDED = ("deepspeed", "fsdp")
+"""Engines whose loop keeps only the loss and runs on half-dtype weights."""
+ADAPTER_TUNINGS = ("lora", "qlora")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Adapters:
+    """PEFT LoRA adapters, as ``LoraConfig`` is given them."""
+
+    r: int
+    alpha: int
+    dropout: float
+    targets: tuple[str, ...] | None
+    """The cell's ``lora_targets``; ``None``: ``models.lora_target_modules`` (PEFT's default)."""
+    task_type: str
+    """``CAUSAL_LM`` or ``SEQ_2_SEQ_LM`` (encoder-decoder models)."""
+    dtype: str
+    """The adapters' own dtype: fp32 (PEFT's default), bf16 under ``pure-bf16``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """What one cell's run is, decided once (see the module docstring)."""
+
+    engine: str
+    """``plain`` | ``ddp`` | ``deepspeed`` | ``fsdp``."""
+    ranks: int
+    zero: dsconfig.ZeroSettings | None
+    """DeepSpeed's settings (the cell's ``ds_config`` or bench's own); ``None`` off DeepSpeed."""
+    offload: str
+    """``none`` | ``optimizer`` | ``all``, as the cell says."""
+    build_dtype: str
+    """The dtype the model is built in, before any strategy converts it."""
+    build_on_device: bool
+    """Built directly on its GPU (else on the CPU, and the strategy places it)."""
+    autocast: str | None
+    """``torch.autocast`` dtype around forward and loss (plain/DDP full mixed precision)."""
+    loss_scaling: bool
+    """A ``GradScaler`` (fp16 outside DeepSpeed, whose ``fp16`` section scales itself)."""
+    compute_dtype: str
+    """The dtype of the weights the micro-step reads."""
+    fsdp_param_dtype: str | None
+    """FSDP2 ``MixedPrecisionPolicy(param_dtype=..., reduce_dtype=fp32)``; ``None``: no policy."""
+    quantized_base: str | None
+    """``nf4`` for QLoRA (bitsandbytes, double quantization); ``None``: not quantized."""
+    adapters: Adapters | None
+    holds_output: bool
+    """The loop keeps the model output until the next forward returns (else only the loss)."""
+    optimizer: str
+    """``adamw-fused`` | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``."""
+    grad_ckpt: bool
+    use_cache: bool
+    """The model's KV cache stays on in training (transformers turns it off under checkpointing)."""
+    outside_allocator_bytes: int
+    """Device memory the process holds outside the caching allocator (``bench.overhead``)."""
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.engine == "deepspeed"
+
+    @property
+    def fsdp(self) -> bool:
+        return self.engine == "fsdp"
+
+    @property
+    def sharded(self) -> bool:
+        return self.engine in SHARDED
+
+    @property
+    def trace_dtypes(self) -> tuple[str, str | None]:
+        """(weight dtype, autocast dtype) of the micro-step as it runs on the GPU."""
+        if self.sharded:
+            return self.compute_dtype, None
+        return self.build_dtype, self.autocast
+
+
+def engine_of(strategy: str) -> str:
+    if strategy in ZERO_STAGES:
+        return "deepspeed"
+    return {"none": "plain", "ddp": "ddp", "fsdp": "fsdp"}[strategy]
+
+
+def uses_deepspeed(cell) -> bool:
+    """Whether a cell runs under DeepSpeed (its ``ds_config`` applies)."""
+    return cell.strategy in ZERO_STAGES
+
+
+def trains_adapters(cell) -> bool:
+    return cell.tuning in ADAPTER_TUNINGS
+
+
+def _build_dtype(cell, engine: str) -> str:
+    if not cell.trains:
+        return HALF_OF[cell.precision]  # generation: the weights in the cell's dtype
+    if engine == "deepspeed":
+        return "fp32"  # deepspeed.initialize casts to the half dtype itself
+    if trains_adapters(cell):
+        return HALF_OF[cell.precision]  # the frozen base in the compute dtype
+    return "bf16" if cell.precision == "pure-bf16" else "fp32"
+
+
+def _optimizer(name: str, engine: str) -> str:
+    if name == "adamw":  # torch.optim.AdamW() with no flags is foreach (torch/optim/optimizer.py)
+        return "adamw-foreach" if engine in SHARDED else "adamw-fused"
+    return name
+
+
+@functools.lru_cache(maxsize=4096)
+def of(cell) -> Recipe:
+    """The recipe of a normalized ``Cell`` (cached: the same cell, the same object)."""
+    engine = engine_of(cell.strategy)
+    half = cell.precision in ("fp16", "bf16")
+    build_dtype = _build_dtype(cell, engine)
+    adapters = None
+    if trains_adapters(cell):
+        spec = models.resolve(cell.model)
+        adapters = Adapters(r=cell.lora_r, alpha=cell.lora_alpha, dropout=cell.lora_dropout,
+                            targets=cell.lora_targets,
+                            task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM",
+                            dtype="bf16" if cell.precision == "pure-bf16" else "fp32")
+    zero = None
+    if engine == "deepspeed":
+        zero = dsconfig.settings(cell, dsconfig.hidden_size_of(models.resolve(cell.model).config))
+    built_on_cpu = engine == "deepspeed" or (engine == "fsdp" and (cell.offload == "all" or cell.gpus > 1))
+    return Recipe(
+        engine=engine, ranks=cell.gpus, zero=zero, offload=cell.offload,
+        build_dtype=build_dtype, build_on_device=not built_on_cpu,
+        autocast=cell.precision if cell.trains and half and cell.tuning == "full" and engine in ("plain", "ddp") else None,
+        loss_scaling=cell.precision == "fp16" and engine != "deepspeed",
+        compute_dtype=HALF_OF[cell.precision],
+        fsdp_param_dtype=cell.precision if engine == "fsdp" and half else None,
+        quantized_base="nf4" if cell.tuning == "qlora" else None,
+        adapters=adapters,
+        holds_output=engine in ("plain", "ddp"),
+        optimizer=_optimizer(cell.optimizer, engine),
+        grad_ckpt=cell.grad_ckpt,
+        use_cache=cell.use_cache and not cell.grad_ckpt,
+        outside_allocator_bytes=overhead.outside_allocator_bytes(engine),
+    )
+
+
+_BLOCK_INDEX = re.compile(r"\d+(c\d+)?")
+
+
+def block_of(name: str) -> str:
+    """The transformer block holding a parameter or module named ``name``: the
+    path up to its first ``ModuleList`` index (``model.layers.3``,
+    ``encoder.block.0``; ``1c<j>`` is a copy made by the predictor's depth
+    replication), or '' for what lies outside every block (embeddings, final
+    norm, head). Every part of bench that needs "the blocks" (FSDP wrapping,
+    ZeRO-3 fetch order, depth replication) asks here."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if _BLOCK_INDEX.fullmatch(part):
+            return ".".join(parts[: i + 1])
+    return ""
+
+
+def is_block(module_name: str) -> bool:
+    """Whether the module named ``module_name`` is itself a transformer block."""
+    return bool(module_name) and block_of(module_name) == module_name
