@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test plan bench clean
+.PHONY: install test test-fast lint plan bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,16 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests that train real models in child processes.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (lint and format) over the code, mypy over the package.
+lint: install
+	$(BIN)/ruff check bench tests scripts benchmarks
+	$(BIN)/ruff format --check bench tests scripts benchmarks
+	$(BIN)/mypy
 
 plan: install
 	$(BIN)/bench plan matrices/v100.yaml -o reports/v100-plan.md

@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.dtypes import HALF_OF
 from bench.errors import UserError
+
+ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+"""The strategies DeepSpeed runs, and their ZeRO stage."""
 
 # deepspeed/runtime/zero/config.py defaults
 DS_DEFAULTS = {
@@ -133,9 +137,9 @@ def settings(cell, hidden_size: int | None = None) -> ZeroSettings:
     unknown). A file whose stage, offload or precision contradicts the cell
     raises ``UserError`` with one line per contradiction.
     """
-    if not cell.strategy.startswith("zero"):
+    stage = ZERO_STAGES.get(cell.strategy)
+    if stage is None:
         raise ValueError(f"DeepSpeed settings need a zero1/2/3 strategy, not {cell.strategy!r}")
-    stage = int(cell.strategy[-1])
     if cell.ds_config is None:
         return generated(cell)
     data = _load(cell.ds_config)
@@ -170,7 +174,7 @@ def settings(cell, hidden_size: int | None = None) -> ZeroSettings:
             f"{'cpu' if wanted[0] else 'none'}, offload_param {'cpu' if wanted[1] else 'none'}"
         )
     precision = _precision(data)
-    cell_prec = {"fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16", "fp32": "fp32"}[cell.precision]
+    cell_prec = HALF_OF[cell.precision]
     if precision is not None and precision != cell_prec:
         fix = f"{cell_prec}.enabled true" if cell_prec != "fp32" else "no fp16/bf16 section enabled"
         problems.append(
@@ -200,7 +204,7 @@ def settings(cell, hidden_size: int | None = None) -> ZeroSettings:
 
 def generated(cell) -> ZeroSettings:
     """bench's own config when the cell names none (the reference protocol's)."""
-    stage = int(cell.strategy[-1])
+    stage = ZERO_STAGES[cell.strategy]
     return ZeroSettings(
         stage=stage,
         offload_optimizer=cell.offload in ("optimizer", "all"),

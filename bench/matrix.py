@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from bench import cell as cellmod
-from bench import dsconfig, gpus, models
+from bench import dsconfig, gpus, models, recipe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
 
@@ -262,7 +262,7 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
         p.append(f"{where}{what}: {total} exceeds {spec.name}'s {limit} positions; allowed: <= {limit}")
     if c.target_seq is not None and not spec.is_encoder_decoder:
         p.append(f"{where}target_seq: {c.target_seq} is only for encoder-decoder models; {spec.name} is decoder-only")
-    if c.strategy.startswith("zero") and c.ds_config is not None:
+    if recipe.uses_deepspeed(c) and c.ds_config is not None:
         try:
             dsconfig.settings(c, dsconfig.hidden_size_of(spec.config))
         except UserError as e:

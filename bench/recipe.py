@@ -39,10 +39,10 @@ import re
 from dataclasses import dataclass
 
 from bench import dsconfig, models, overhead
+from bench.dsconfig import ZERO_STAGES
 from bench.dtypes import HALF_OF
 
 ENGINES = ("plain", "ddp", "deepspeed", "fsdp")
-ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 SHARDED = ("deepspeed", "fsdp")
 """Engines whose loop keeps only the loss and runs on half-dtype weights."""
 ADAPTER_TUNINGS = ("lora", "qlora")

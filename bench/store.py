@@ -25,10 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from bench import status
+from bench import record, status
 from bench.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = record.SCHEMA_VERSION
 STATUSES = status.ALL
 FINISHED = status.FINISHED
 _UMASK = os.umask(0)

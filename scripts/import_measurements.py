@@ -44,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import cell as cellmod  # noqa: E402
+from bench.record import Record  # noqa: E402
 from bench.reference import cell_fields  # noqa: E402
 from bench.store import Store, load_record  # noqa: E402
 
@@ -140,12 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 pred, error = predicted(cell, m["peak_nvml_process_bytes"])
             except Exception as e:  # one cell the predictor cannot do yet must not stop the rest
                 skipped.append(f"no prediction for row {row['id']} ({cell.slug}): {type(e).__name__}: {e}")
-        records.append({
-            "cell_id": cell.cell_id, "slug": cell.slug, "label": cell.label, "matrix": matrix,
-            "cell": cell.to_dict(), "status": row["status"], "environment": environment(ctx_env, row, source),
-            "measured": m, "predicted": pred, "prediction_error": error, "error": None,
-            "started_at": None, "finished_at": None,
-        })
+        records.append(Record.of(cell, matrix=matrix, status=row["status"],
+                                 environment=environment(ctx_env, row, source), measured=m, predicted=pred,
+                                 prediction_error=error).to_dict())
 
     # Everything is converted before the folder changes: a failure leaves the old records.
     store = Store(args.out)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from bench import recipe
 from bench.cell import normalize
 from bench.predict import model_trace as mt
 from bench.predict import optimizer as opt
@@ -122,10 +123,19 @@ def test_shape_rescaled_trace_matches_a_direct_trace(kw):
 
 # --- whole predictions ---------------------------------------------------------
 
-def test_breakdown_adds_up_to_the_peak():
-    p = predict(cell(batch=4))
-    assert sum(p.breakdown.values()) == p.peak_bytes
-    assert p.allocated_bytes <= p.reserved_bytes < p.peak_bytes
+def test_breakdown_parts_are_what_was_live_at_the_allocated_peak():
+    """The tagged parts (all but the reserve and the context) are the bytes the
+    allocator model held when allocated bytes peaked, counted by tag: they must
+    equal the allocator's own peak; the reserve is what reserved adds to it."""
+    from bench.predict.program import CONTEXT, RESERVE
+
+    for c in (cell(batch=4), cell(batch=2, method="lora", precision="bf16", grad_accum=2)):
+        p = predict(c)
+        live = sum(v for k, v in p.breakdown.items() if k not in (RESERVE, CONTEXT))
+        workspaces = p.breakdown[CONTEXT] - recipe.of(c).outside_allocator_bytes  # cuBLAS, through the allocator
+        assert live + workspaces == p.allocated_bytes
+        assert p.breakdown[RESERVE] == p.reserved_bytes - p.allocated_bytes >= 0
+        assert all(v >= 0 for v in p.breakdown.values())
 
 
 def test_checkpointing_cuts_activations_and_accumulation_keeps_gradients():

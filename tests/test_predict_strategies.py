@@ -1,8 +1,9 @@
 """The sharded and generation programs: ZeRO, FSDP, generate() and QLoRA weights.
 
-Unit checks pin each part against the library behaviour it models; the
-reference rows (H200, ``shared/measurements/h200-2026-11.jsonl``) check the
-whole prediction against measured peak NVML process memory.
+Unit checks pin each part against the library behaviour it models; whole
+predictions against the measured reference rows (``tests/data/h200-2026-11.jsonl``,
+ZeRO, FSDP and generation rows among them) are checked by
+``test_predict_measurements``.
 """
 
 from __future__ import annotations
@@ -119,22 +120,3 @@ def test_qlora_linear_weights_take_half_a_byte():
     assert 0.5 <= per_param <= 0.53  # packed nibbles + uint8 absmax per 64 + nested fp32 absmax
     norm = next(p for p in params if "norm" in p.name)
     assert nf4_weight_bytes(norm) == norm.numel * 4  # prepare_model_for_kbit_training upcasts to fp32
-
-
-REFERENCE = {  # row id: (cell, measured nvml_peak_proc bytes)
-    "b001": (dict(model="gpt2-xl", method="zero2-offload", precision="fp16", batch=4, seq=1024, grad_ckpt=True,
-                  grad_accum=2), 11551113216),
-    "b002": (dict(model="gpt2-xl", method="zero2", precision="bf16", batch=4, seq=1024, grad_ckpt=True), 45090865152),
-    "b006": (dict(model="gpt2-xl", method="fsdp", precision="bf16", batch=4, seq=1024, grad_ckpt=True), 35611738112),
-    "a055": (dict(model="gpt2-xl", task="infer", precision="bf16", batch=1, seq=512, new_tokens=128), 4305453056),
-    "a056": (dict(model="gpt2-xl", task="infer", precision="bf16", batch=16, seq=512, new_tokens=128), 9151971328),
-}
-
-
-@pytest.mark.parametrize("row", sorted(REFERENCE))
-def test_reference_rows(row):
-    raw, measured = REFERENCE[row]
-    p = predict(normalize(dict(gpu="h200", **raw)))
-    err = p.peak_bytes / measured - 1
-    print(f"{row}: predicted {p.peak_bytes / GiB:.2f} GiB, measured {measured / GiB:.2f} GiB, {err:+.1%}")
-    assert abs(err) <= 0.15

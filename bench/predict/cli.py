@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 
-GiB = 2**30
+from bench.dtypes import GiB
 
 
 def _cell_from_args(a: argparse.Namespace, gpu: str):

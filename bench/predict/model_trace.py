@@ -5,7 +5,7 @@ PEFT LoRA when the cell says so, gradient checkpointing, attention
 implementation) on the meta device, runs forward, loss and backward under
 ``MemoryLog`` and the CUDA emulations of ``trace``, and returns a ``TrainTrace``:
 the parameters (what is static) and the event log of one micro-step (what
-moves). ``trace_generate`` does the same for ``generate()`` with a KV cache.
+moves). ``bench.predict.generate.trace`` does the same for ``generate()`` with a KV cache.
 
 Results are cached per shape-relevant key, so a plan of many cells that differ
 only in method, optimizer or GPU traces each model shape once.

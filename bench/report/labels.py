@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-GIB = 2**30
+from bench.dtypes import GiB as GIB
+from bench.recipe import ADAPTER_TUNINGS
 MISSING = "–"
 
 _TUNING = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
@@ -60,7 +61,7 @@ def method(cell: Mapping[str, Any]) -> str:
         return text if cell.get("quant", "none") == "none" else f"{text}, {cell['quant']}"
     tuning = cell.get("tuning", "full")
     parts = [_TUNING.get(tuning, tuning)]
-    if tuning in ("lora", "qlora"):
+    if tuning in ADAPTER_TUNINGS:
         parts[0] += f" r={cell.get('lora_r', 16)}"
     strategy = cell.get("strategy", "none")
     if strategy != "none":
@@ -85,7 +86,7 @@ def precision(cell: Mapping[str, Any]) -> str:
     p = cell.get("precision", "fp32")
     if cell.get("task", "train") == "infer":
         return p
-    if cell.get("tuning") in ("lora", "qlora") and p in ("fp16", "bf16"):
+    if cell.get("tuning") in ADAPTER_TUNINGS and p in ("fp16", "bf16"):
         return f"{p} base" if cell.get("tuning") == "lora" else f"nf4 base, {p} compute"
     return _PRECISION.get(p, p)
 

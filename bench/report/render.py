@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from bench.errors import allowed, UserError
+from bench.record import Record
 from bench.report import table as tablemod
 from bench.report.catalog import DEFAULT, Catalog
 
@@ -57,12 +58,8 @@ def render_plan(records: Iterable[Mapping[str, Any]], fmt: str = "md", title: st
 
 def plan_record(cell: Any, predicted: Mapping[str, Any] | None) -> dict[str, Any]:
     """A record-shaped dict for one predicted ``bench.cell.Cell`` (nothing measured)."""
-    return {
-        "cell_id": cell.cell_id, "slug": cell.slug, "label": cell.label, "matrix": None,
-        "cell": cell.to_dict(), "status": None, "environment": None, "measured": None,
-        "predicted": dict(predicted) if predicted is not None else None,
-        "prediction_error": None, "error": None,
-    }
+    return Record.of(cell, matrix=None, status=None,
+                     predicted=dict(predicted) if predicted is not None else None).to_dict(with_times=False)
 
 
 def format_of(output: str | Path | None, fmt: str | None) -> str:

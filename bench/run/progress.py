@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from bench.run.record import measured_peak
 
-GIB = 2**30
+from bench.dtypes import GiB as GIB
 
 
 def line(record: dict[str, Any], done: int, total: int) -> str:

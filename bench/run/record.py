@@ -1,11 +1,9 @@
-"""The record of one finished cell, and its prediction beside the measurement.
+"""How the runner makes the ``bench.record.Record`` of a finished (or skipped) cell.
 
-A record is what ``bench.store.Store.write`` persists (see ``bench.store`` for
-the layout). ``measured`` keys carry their unit; ``prediction_error`` is
-``(predicted - measured) / measured`` of the peak, signed: positive means the
-predictor over-estimated (the safe side), negative that it under-estimated.
-The measured peak is NVML's per-process peak on a GPU and the peak host RSS on
-``--device cpu``.
+``prediction_error`` is ``(predicted - measured) / measured`` of the peak,
+signed: positive means the predictor over-estimated (the safe side),
+negative that it under-estimated. The measured peak is NVML's per-process
+peak on a GPU and the peak host RSS on ``--device cpu``.
 """
 
 from __future__ import annotations
@@ -13,7 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from bench.cell import Cell
+from bench.dtypes import GiB
+from bench.record import Record
 from bench.run.executor import Job, now
+from bench.status import OK, SKIPPED
 
 
 def measured_peak(measured: dict[str, Any] | None, device: str) -> int | None:
@@ -28,7 +29,7 @@ def measured_peak(measured: dict[str, Any] | None, device: str) -> int | None:
 def prediction_error(status: str, predicted: dict[str, Any] | None, measured: dict[str, Any] | None,
                      device: str) -> float | None:
     """``(predicted - measured) / measured`` of the peak; ``None`` unless both exist and the cell ran ok."""
-    if status != "ok" or not predicted:
+    if status != OK or not predicted:
         return None
     peak = measured_peak(measured, device)
     guess = predicted.get("peak_bytes")
@@ -45,36 +46,23 @@ def build(job: Job, cell: Cell, result: dict[str, Any], predicted: dict[str, Any
         measured = {**measured, "wall_seconds": result["wall_seconds"]}
     env = {**environment, **(result.get("environment") or {}), "device": job.device}
     env.setdefault("emulated_target", False)
-    return {
-        "cell_id": cell.cell_id,
-        "slug": cell.slug,
-        "label": cell.label,
-        "matrix": job.matrix,
-        "cell": cell.to_dict(),
-        "status": result["status"],
-        "environment": env,
-        "measured": measured,
-        "predicted": predicted,
-        "prediction_error": prediction_error(result["status"], predicted, measured, job.device),
-        "error": result.get("error"),
-        "started_at": result.get("started_at") or now(),
-        "finished_at": result.get("finished_at") or now(),
-    }
+    return Record.of(
+        cell, matrix=job.matrix, status=result["status"], environment=env, measured=measured, predicted=predicted,
+        prediction_error=prediction_error(result["status"], predicted, measured, job.device),
+        error=result.get("error"), started_at=result.get("started_at") or now(),
+        finished_at=result.get("finished_at") or now(),
+    ).to_dict()
 
 
 def skipped(cell: Cell, matrix: str, predicted: dict[str, Any], environment: dict[str, Any],
             device: str) -> dict[str, Any]:
     """The record of a cell ``--skip-predicted-oom`` did not run."""
-    gib = 2**30
+    gib = GiB
     peak, capacity = predicted.get("peak_bytes"), predicted.get("capacity_bytes")
     why = "skipped: the predictor says it does not fit"
     if isinstance(peak, (int, float)) and isinstance(capacity, (int, float)):
         why += f" ({peak / gib:.2f} GiB predicted > {capacity / gib:.2f} GiB on {predicted.get('gpu', cell.gpu)})"
     stamp = now()
-    return {
-        "cell_id": cell.cell_id, "slug": cell.slug, "label": cell.label, "matrix": matrix,
-        "cell": cell.to_dict(), "status": "skipped",
-        "environment": {**environment, "device": device, "emulated_target": False},
-        "measured": None, "predicted": predicted, "prediction_error": None, "error": why,
-        "started_at": stamp, "finished_at": stamp,
-    }
+    return Record.of(cell, matrix=matrix, status=SKIPPED,
+                     environment={**environment, "device": device, "emulated_target": False},
+                     predicted=predicted, error=why, started_at=stamp, finished_at=stamp).to_dict()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench import recipe
 from bench.cell import Cell
 
 
@@ -41,9 +42,9 @@ def flops_per_step(cell: Cell, parameters: int, trainable: int, encoder_decoder:
     if cell.task == "infer":
         return 2.0 * parameters * tokens
     tokens *= cell.grad_accum
-    if cell.tuning == "full":
+    if recipe.of(cell).adapters is None:  # every weight trains
         per_token = 6.0 * parameters
-    else:
+    else:  # a frozen base: forward and input gradients only
         per_token = 4.0 * (parameters - trainable) + 6.0 * trainable
     return per_token * tokens
 
