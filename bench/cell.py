@@ -111,6 +111,10 @@ class Cell:
     """Module names LoRA wraps [PEFT's default for the architecture]."""
     ds_config: str | None = None
     """Path to a DeepSpeed JSON whose bucket, overlap and offload settings apply."""
+    zero_init: bool | None = None
+    """ZeRO-3 only: build the model under ``deepspeed.zero.Init`` (partitioned as it is
+    built, as the HF Trainer and accelerate do), or ``false``: build it whole on the CPU
+    and let ``deepspeed.initialize`` partition it [true for zero3]."""
     quant: str = "none"
     """Weight quantization for ``infer``: ``none`` | ``int8`` | ``nf4`` (reserved)."""
     steps: int = 3
@@ -155,6 +159,8 @@ class Cell:
             parts.append("cache")
         if self.gpus > 1:
             parts.append(f"x{self.gpus}")
+        if self.zero_init is False:
+            parts.append("nozeroinit")
         if self.task == "infer":
             parts = [model, "infer", self.precision, f"b{self.batch}", f"s{self.seq}", f"n{self.new_tokens}"]
         return "-".join(parts)
@@ -163,7 +169,7 @@ class Cell:
 FIELD_NAMES = tuple(f.name for f in fields(Cell))
 _DEFAULTS = {f.name: f.default for f in fields(Cell) if f.default is not dataclasses.MISSING}
 # Fields added after the first release: hashed only when they differ from the default.
-_LATE_FIELDS = {"quant", "use_cache"}
+_LATE_FIELDS = {"quant", "use_cache", "zero_init"}
 _NOT_HASHED = {"label"}
 
 
@@ -281,6 +287,8 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         _bool(raw, "grad_ckpt", problems, where)
     if "use_cache" in raw:
         _bool(raw, "use_cache", problems, where)
+    if raw.get("zero_init") is not None:
+        _bool(raw, "zero_init", problems, where)
     if "lora_dropout" in raw:
         v = raw["lora_dropout"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -336,6 +344,8 @@ def _consistency(c: Cell, where: str) -> list[str]:
         p.append(f"{where}precision: {c.precision!r} is not allowed for qlora; allowed: fp16, bf16 (the compute dtype)")
     if c.attn == "flash_attention_2" and c.precision == "fp32":
         p.append(f"{where}attn: 'flash_attention_2' needs fp16 or bf16, not precision 'fp32'")
+    if c.zero_init is not None and c.strategy != "zero3":
+        p.append(f"{where}zero_init: {c.zero_init!r} applies to strategy zero3 only, not {c.strategy!r}; allowed: leave zero_init out")
     if c.ds_config is not None and c.strategy not in ("zero1", "zero2", "zero3"):
         p.append(f"{where}ds_config: given but strategy is {c.strategy!r}; a DeepSpeed config needs zero1, zero2 or zero3")
     return p

@@ -212,8 +212,9 @@ def _untie_output_embeddings(model) -> None:
 
 
 def count_params(module) -> int:
-    """Parameters of ``module``, each shared (tied) tensor counted once."""
-    return sum(p.numel() for p in module.parameters())  # parameters() yields a shared tensor once
+    """Parameters of ``module``, each shared (tied) tensor counted once; a ZeRO-3
+    partitioned parameter by its full size (``ds_numel``)."""
+    return sum(getattr(p, "ds_numel", None) or p.numel() for p in module.parameters())  # tied tensors once
 
 
 def default_attn(spec: ModelSpec) -> str:

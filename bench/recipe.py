@@ -11,11 +11,14 @@ What the recipe decides, and why (the reference protocol, ``tests/data``):
 - **engine**: ``plain`` (one process, or a one-rank world), ``ddp``,
   ``deepspeed`` (ZeRO-1/2/3, with its ``dsconfig.ZeroSettings``) or ``fsdp``
   (FSDP2 ``fully_shard`` on every block, then the root).
-- **build**: the dtype the model is built in and where. DeepSpeed gets it on
-  the CPU in fp32 (the HF Trainer hands it over that way and
-  ``deepspeed.initialize`` casts and places it); FSDP over several ranks or
-  with CPU offload is built on the CPU too (``fully_shard`` moves each rank's
-  shard); everything else is built on its GPU. LoRA/QLoRA build the frozen
+- **build**: the dtype the model is built in and where. ZeRO-3 builds it
+  under ``deepspeed.zero.Init`` (as the HF Trainer and accelerate do), in the
+  compute dtype, partitioned as it is built; ZeRO-1/2 (and ZeRO-3 with
+  ``zero_init: false``) get it on the CPU in fp32 and ``deepspeed.initialize``
+  casts and places it; FSDP over several ranks or
+  with CPU offload is built on the meta device, sharded, and each rank
+  materializes its shards only (as torchtitan does); everything else is built
+  on its GPU. LoRA/QLoRA build the frozen
   base in the compute dtype; full tuning in fp32 except ``pure-bf16``.
 - **precision in the step**: ``autocast`` to the half dtype for full mixed
   precision in plain/DDP loops, with loss scaling for fp16; DeepSpeed and
@@ -77,7 +80,10 @@ class Recipe:
     build_dtype: str
     """The dtype the model is built in, before any strategy converts it."""
     build_on_device: bool
-    """Built directly on its GPU (else on the CPU, and the strategy places it)."""
+    """Built directly on its GPU (else on the CPU or the meta device, and the strategy places it)."""
+    build_on_meta: bool
+    """FSDP2 over several ranks or with offload: built on the meta device, ``fully_shard``-ed,
+    then each rank materializes only its shards (``to_empty`` + ``init_weights``)."""
     autocast: str | None
     """``torch.autocast`` dtype around forward and loss (plain/DDP full mixed precision)."""
     loss_scaling: bool
@@ -93,6 +99,10 @@ class Recipe:
     """The loop keeps the model output until the next forward returns (else only the loss)."""
     optimizer: str
     """``adamw-fused`` | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``."""
+    zero_init: bool
+    """ZeRO-3: the model is built under ``deepspeed.zero.Init`` in ``compute_dtype``, each
+    parameter partitioned as soon as its module is built (on the GPU, or on the host with
+    parameter offload); no rank ever holds the whole model."""
     grad_ckpt: bool
     use_cache: bool
     """The model's KV cache stays on in training (transformers turns it off under checkpointing)."""
@@ -166,10 +176,14 @@ def of(cell) -> Recipe:
     zero = None
     if engine == "deepspeed":
         zero = dsconfig.settings(cell, dsconfig.hidden_size_of(models.resolve(cell.model).config))
-    built_on_cpu = engine == "deepspeed" or (engine == "fsdp" and (cell.offload == "all" or cell.gpus > 1))
+    zero_init = bool(zero and zero.stage == 3 and cell.zero_init is not False and cell.tuning != "qlora")
+    if zero_init:  # zero.Init allocates in the DeepSpeed config's dtype on the device, then partitions
+        build_dtype = HALF_OF[cell.precision]
+    on_meta = engine == "fsdp" and (cell.offload == "all" or cell.gpus > 1)
+    built_on_cpu = engine == "deepspeed" and not zero_init
     return Recipe(
         engine=engine, ranks=cell.gpus, zero=zero, offload=cell.offload,
-        build_dtype=build_dtype, build_on_device=not built_on_cpu,
+        build_dtype=build_dtype, build_on_device=not (built_on_cpu or on_meta), build_on_meta=on_meta,
         autocast=cell.precision if cell.trains and half and cell.tuning == "full" and engine in ("plain", "ddp") else None,
         loss_scaling=cell.precision == "fp16" and engine != "deepspeed",
         compute_dtype=HALF_OF[cell.precision],
@@ -178,6 +192,7 @@ def of(cell) -> Recipe:
         adapters=adapters,
         holds_output=engine in ("plain", "ddp"),
         optimizer=_optimizer(cell.optimizer, engine),
+        zero_init=zero_init,
         grad_ckpt=cell.grad_ckpt,
         use_cache=cell.use_cache and not cell.grad_ckpt,
         outside_allocator_bytes=overhead.outside_allocator_bytes(engine),

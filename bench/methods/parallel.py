@@ -5,7 +5,9 @@ Every strategy runs in a real process group, also with one rank (see
 
 - ZeRO-1/2/3 (with offload): ``deepspeed.initialize`` with a torch client
   optimizer and ``bench.dsconfig.deepspeed_config`` (which honours the cell's
-  ``ds_config``), the model handed over on the CPU in fp32, as the HF Trainer does.
+  ``ds_config``). ZeRO-3 models are built under ``zero_init`` (partitioned as
+  they are built), the others handed over on the CPU in fp32, as the HF
+  Trainer does.
 - FSDP2: ``fully_shard`` on every transformer block (``bench.recipe.block_of``)
   and then the root, ``MixedPrecisionPolicy(param_dtype=
   fp16/bf16, reduce_dtype=fp32)`` for mixed precision, ``CPUOffloadPolicy()``
@@ -56,6 +58,18 @@ def _skip_shm_build() -> None:
         ds_torch.build_shm_op = lambda: None
 
 
+def zero_init(cell: Cell, hidden_size: int | None, device: str) -> Any:
+    """``deepspeed.zero.Init`` with the cell's DeepSpeed config: modules built inside
+    it are partitioned across the ranks as each is built (the HF Trainer's ZeRO-3 path)."""
+    import deepspeed
+    import torch._dynamo.polyfills.tensor  # noqa: F401  registered before zero.Init patches Tensor.__new__
+
+    if device == "cpu":
+        _skip_shm_build()
+    deepspeed.init_distributed(dist_backend=backend(device))
+    return deepspeed.zero.Init(config_dict_or_path=dsconfig.deepspeed_config(cell, hidden_size))
+
+
 def deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cell: Cell,
                      hidden_size: int | None, device: str) -> Any:
     """``deepspeed.initialize`` for a ZeRO cell; returns the engine."""
@@ -92,6 +106,15 @@ def fsdp(model: torch.nn.Module, recipe: Recipe, device: str) -> torch.nn.Module
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def materialize(model: torch.nn.Module, device: str) -> None:
+    """Give a model built on the meta device (and sharded) real storage on ``device``,
+    with transformers' own initialization of its weights and buffers."""
+    model.to_empty(device=device)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.no_grad():
+        base.init_weights()
 
 
 def ddp(model: torch.nn.Module, device: str) -> torch.nn.Module:

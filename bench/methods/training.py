@@ -24,8 +24,9 @@ import torch
 from bench import dsconfig, models, recipe as recipes
 from bench.cell import Cell
 from bench.dtypes import torch_dtype
-from bench.methods import adapters, optimizers, parallel, ranks
+from bench.methods import adapters, optimizers, parallel, ranks, storage
 from bench.recipe import Recipe
+from bench.worker import procmem
 
 
 def recipe_for(cell: Cell) -> Recipe:
@@ -38,7 +39,8 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     if hasattr(model, "get_nb_trainable_parameters"):
         trainable, total = model.get_nb_trainable_parameters()
         return int(total), int(trainable)
-    return models.count_params(model), sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters() if p.requires_grad)
+    return models.count_params(model), trainable
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Setup:
     autocast: torch.dtype | None = None
     scaler: Any = None
     out: Any = None
+    build_rss_increase: int | None = None
+    """Peak host RSS while the model was built, over the RSS just before (libraries already loaded)."""
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
     def batch(self) -> dict[str, torch.Tensor]:
@@ -101,18 +105,38 @@ class Setup:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+def _host_mark() -> int:
+    procmem.reset_peak_rss()
+    return procmem.rss_bytes()
+
+
+def _host_increase(before: int) -> int:
+    return max(0, procmem.peak_rss_bytes() - before)
+
+
 def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
     """Build the model and apply every part of the cell's recipe to it."""
     r = recipe_for(cell)
     dtype = torch_dtype(r.build_dtype)
     here = f"cuda:{ranks.local_rank()}" if device == "cuda" else "cpu"
     enc_dec = spec.is_encoder_decoder
+    models.model_class(spec)  # its modeling module imported before the build is measured
     if r.quantized_base:
         model = adapters.build_qlora_base(spec, cell, r, device, ranks.local_rank(), dtype)
+        build_rss = None
+    elif r.zero_init:
+        parallel.init(device)
+        with parallel.zero_init(cell, dsconfig.hidden_size_of(spec.config), device):
+            before = _host_mark()
+            model = models.build(spec, device=here, dtype=dtype, attn=cell.attn)
+            build_rss = _host_increase(before)
     else:
-        model = models.build(spec, device=here if r.build_on_device else "cpu", dtype=dtype, attn=cell.attn)
-        if r.grad_ckpt:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        where = here if r.build_on_device else ("meta" if r.build_on_meta else "cpu")
+        before = _host_mark()
+        model = models.build(spec, device=where, dtype=dtype, attn=cell.attn)
+        build_rss = None if r.build_on_meta else _host_increase(before)
+    if not r.quantized_base and r.grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = r.use_cache
     vocab = int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
     if r.adapters is not None:
@@ -121,7 +145,7 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
     model.train()
     input_device = torch.device(here)
     s = Setup(cell=cell, recipe=r, module=model, input_device=input_device, vocab_size=vocab,
-              encoder_decoder=enc_dec, parameters=total, trainable_parameters=trainable)
+              encoder_decoder=enc_dec, parameters=total, trainable_parameters=trainable, build_rss_increase=build_rss)
     if r.engine != "plain":
         parallel.init(device)
     if r.deepspeed:
@@ -131,6 +155,10 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         return s
     if r.fsdp:
         s.module = parallel.fsdp(model, r, device)
+        if r.build_on_meta:  # each rank allocates and initializes its own shards only
+            before = _host_mark()
+            parallel.materialize(model, "cpu" if r.offload == "all" else here)
+            s.build_rss_increase = _host_increase(before)
     elif r.engine == "ddp":
         s.module = parallel.ddp(model, device)
     s.optimizer = optimizers.build(r.optimizer, model.parameters(), device)
@@ -165,10 +193,13 @@ def train(cell: Cell, spec: models.ModelSpec, device: str,
         times.append(time.perf_counter() - t0)
     world = ranks.world_size()
     final = float(loss)
+    resident = storage.resident_bytes(s.module, s.optimizer, s.deepspeed)
     return {
         "parameters": s.parameters,
         "trainable_parameters": s.trainable_parameters,
         "after_build_torch_allocated_bytes": after_build,
+        "build_peak_host_rss_increase_bytes": s.build_rss_increase,
+        "resident_bytes": resident,
         "warmup_step_times_seconds": times[:cell.warmup],
         "step_times_seconds": times[cell.warmup:],
         "final_loss": final if math.isfinite(final) else None,

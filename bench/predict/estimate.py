@@ -39,6 +39,12 @@ class Prediction:
     allocator_retries: int = 0
     """Times the allocator had to release its cache to stay within the card."""
     breakdown: dict[str, int] = field(default_factory=dict)
+    resident_bytes: dict[str, int] = field(default_factory=dict)
+    """Per part, what one rank keeps allocated between optimizer steps (``Outcome.resident``)."""
+    ranks: int = 1
+    """GPUs the cell runs on; every figure above is per GPU (the largest rank)."""
+    host_node_bytes: int = 0
+    """Host RAM of the ranks that share one node (``host_bytes`` x ranks per node)."""
     notes: tuple[str, ...] = ()
 
     @property
@@ -51,8 +57,13 @@ class Prediction:
             "reserved_bytes": self.reserved_bytes, "host_bytes": self.host_bytes, "fits": self.fits,
             "gpu": self.gpu, "capacity_bytes": self.capacity_bytes, "headroom_bytes": self.headroom_bytes,
             "allocator_retries": self.allocator_retries,
-            "breakdown": dict(self.breakdown), "notes": list(self.notes),
+            "breakdown": dict(self.breakdown), "resident_bytes": dict(self.resident_bytes),
+            "ranks": self.ranks, "host_node_bytes": self.host_node_bytes, "notes": list(self.notes),
         }
+
+
+GPUS_PER_NODE = 8
+"""Ranks that share a node's host RAM (DGX/HGX nodes hold 8 GPUs; fewer ranks share one node)."""
 
 
 def recipe_for(cell) -> Recipe:
@@ -108,9 +119,11 @@ def predict(cell) -> Prediction:
     parts[RESERVE] = reserved - sum(parts.values())  # cached/fragmented + whatever the peak moment did not hold
     parts[CONTEXT] += outside
     peak = sum(parts.values())
+    per_node = min(cell.gpus, GPUS_PER_NODE)
     return Prediction(peak_bytes=peak, allocated_bytes=outcome.peak_allocated, reserved_bytes=reserved,
                       host_bytes=host, gpu=gpu.name, capacity_bytes=gpu.memory_bytes, fits=fits,
-                      allocator_retries=outcome.retries, breakdown={k: v for k, v in parts.items()})
+                      allocator_retries=outcome.retries, breakdown={k: v for k, v in parts.items()},
+                      resident_bytes=dict(outcome.resident), ranks=cell.gpus, host_node_bytes=host * per_node)
 
 
 def max_batch(cell, limit: int = 1024) -> int:

@@ -136,7 +136,7 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
     prog = sharded_program()
     for _ in range(2):
         prog.malloc(plain.cublas_workspace(gpu), CONTEXT)
-    on_gpu = r.build_on_device  # else built on the CPU, and fully_shard moves the shards
+    on_gpu = r.build_on_device  # else built on meta: a rank allocates its shards only
     for p, s in zip(tt.params, shards):
         full = malloc(prog, p.numel * orig(p), WEIGHTS) if on_gpu else []
         if not offload:
@@ -175,6 +175,4 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
     if offload:  # shards, gradients, optimizer states and step temporaries on the host
         host = sum(s.nbytes for s in shards) + sum(s.nbytes for s in opt_params) + sum(
             n for s in opt_params for n in opt.state_tensors(name, s)) + sum(opt.step_transient(name, opt_params))
-    if not on_gpu:
-        host = max(host, sum(p.numel * orig(p) for p in tt.params))
     return prog.outcome(), overhead.HOST_BASE_BYTES + host, r.outside_allocator_bytes

@@ -40,6 +40,9 @@ class Outcome:
     oom: bool = False
     """A segment did not fit the allocator's limit even after releasing the cache."""
     retries: int = 0
+    resident: dict[str, int] = field(default_factory=dict)
+    """Bytes still allocated per part when the run ends (after the last optimizer step), as
+    requested: what a rank keeps between steps (its weights, gradient and optimizer-state storage)."""
 
 
 class Program:
@@ -51,6 +54,9 @@ class Program:
         self._tag: dict[int, tuple[str, int]] = {}
         self.live = {p: 0 for p in PARTS}
         self.at_peak: dict[str, int] = dict(self.live)
+        self.requested = {p: 0 for p in PARTS}
+        """Live bytes per tag as requested (``live`` counts the allocator's blocks)."""
+        self._asked: dict[int, int] = {}
         self._held: list[int] = []
 
     def malloc(self, nbytes: int, tag: str) -> int:
@@ -61,6 +67,8 @@ class Program:
         size = self.alloc._blocks[key].size
         self._tag[key] = (tag, size)
         self.live[tag] += size
+        self.requested[tag] += nbytes
+        self._asked[key] = nbytes
         if self.alloc.peak_allocated > before:
             self.at_peak = dict(self.live)
         return key
@@ -68,6 +76,7 @@ class Program:
     def free(self, key: int) -> None:
         tag, size = self._tag.pop(key)
         self.live[tag] -= size
+        self.requested[tag] -= self._asked.pop(key)
         self.alloc.free(key)
 
     def transient(self, nbytes: int, tag: str = TRANSIENT) -> None:
@@ -122,4 +131,5 @@ class Program:
 
     def outcome(self) -> Outcome:
         a = self.alloc
-        return Outcome(a.peak_allocated, a.peak_reserved, dict(self.at_peak), a.oom, a.retries)
+        return Outcome(a.peak_allocated, a.peak_reserved, dict(self.at_peak), a.oom, a.retries,
+                       {k: v for k, v in self.requested.items() if v})

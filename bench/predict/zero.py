@@ -160,10 +160,14 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
     prog = sharded_program()
     for _ in range(2):
         prog.malloc(plain.cublas_workspace(gpu), CONTEXT)
-    keys = [prog.malloc(p.numel * wb, WEIGHTS) for p in tt.params]  # engine.py:1851-1862, 2094
+    if r.zero_init:  # each parameter made whole under zero.Init, then partitioned (_stage3)
+        keys: list[int | None] = [None] * len(tt.params)
+        host_init = 0
+    else:  # the whole model cast and moved to the GPU by deepspeed.initialize (engine.py:1851-1862, 2094)
+        keys = [prog.malloc(p.numel * wb, WEIGHTS) for p in tt.params]
+        host_init = sum(p.numel for p in tt.params) * 4 + max(p.numel for p in tt.params) * wb  # fp32 model, cast
     if tt.buffers_bytes:
         prog.malloc(tt.buffers_bytes, WEIGHTS)
-    host_init = sum(p.numel for p in tt.params) * 4 + max(p.numel for p in tt.params) * wb  # fp32 model, cast
     host = (_stage3 if s.stage == 3 else _stage12)(prog, tt, keys, cell, s, wb, r.optimizer)
     return prog.outcome(), overhead.HOST_BASE_BYTES + max(host_init, host), r.outside_allocator_bytes
 
@@ -215,9 +219,23 @@ def _stage12(prog, tt, keys, cell, s, wb, name) -> int:
     ranks, off = cell.gpus, s.offload_optimizer
     train = [p for p in tt.params if p.trainable]
     ps, in_part = _partition([p.numel for p in train], ranks)
-    prog.malloc(ps * ranks * wb, WEIGHTS)  # the flat bit16 buffer replaces the trainable weights
+    # the flat bit16 buffer replaces the trainable weights (444-528): after empty_cache(), it is
+    # made on the GPU beside them when the card's free memory holds it, else the weights go to
+    # the host first, the buffer is flattened there and moved to the GPU alone
+    flat_bytes = ps * ranks * wb
+    empty_cache(prog)
+    limit = prog.alloc.limit
+    beside = limit is None or limit - prog.alloc.reserved >= flat_bytes
+    moved = 0
+    if not beside:
+        for p, key in zip(tt.params, keys):
+            if p.trainable:
+                prog.free(key)
+                moved += p.numel * wb  # param.cpu_data, then the flat copy on the host
+        empty_cache(prog)
+    prog.malloc(flat_bytes, WEIGHTS)
     for p, key in zip(tt.params, keys):
-        if p.trainable:
+        if p.trainable and beside:
             prog.free(key)
     big = max(p.numel for p in train)
     if off:  # the clone is copied to the pinned host master (560-575)
@@ -236,17 +254,19 @@ def _stage12(prog, tt, keys, cell, s, wb, name) -> int:
 
     _steps(prog, tt, cell, lambda boundary: _Buckets(prog, s, wb, ranks, in_part, off, boundary), step)
     if not off:
-        return 0
+        return 2 * moved
     # pinned fp32 master, bit16 buffer and fp32 gradient; staging buffer; accumulated grads (1824)
     host = ps * (4 + wb + 4) + big * wb + (in_part * wb if cell.grad_accum > 1 else 0)
-    return host + _host_optimizer(name, ps, ps)
+    return max(host + _host_optimizer(name, ps, ps), 2 * moved)
 
 
 def _stage3(prog, tt, keys, cell, s, wb, name) -> int:
     ranks, off_o, off_p = cell.gpus, s.offload_optimizer, s.offload_param
     part = lambda n: -(-n // ranks)  # noqa: E731  _aligned_size // world size
     parts = []
-    for p, key in zip(tt.params, keys):  # Init(module=...): partition, then free the full tensor
+    for p, key in zip(tt.params, keys):  # Init: partition, then free the full tensor
+        if key is None:  # zero.Init: the whole parameter exists only while its module is built
+            key = prog.malloc(p.numel * wb, WEIGHTS)
         parts += [] if off_p else [prog.malloc(part(p.numel) * wb, WEIGHTS)]
         prog.free(key)
     total = sum(part(p.numel) for p in tt.params)

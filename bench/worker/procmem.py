@@ -69,6 +69,16 @@ def rss_bytes(pids: set[int] | None = None) -> int:
     return total
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's ``VmHWM`` to its current RSS (Linux: ``clear_refs`` 5); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
     """This process's own high-water mark: ``VmHWM``, or ``getrusage`` off Linux."""
     kib = _status_kib(os.getpid(), "VmHWM")
