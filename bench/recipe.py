@@ -176,11 +176,11 @@ def of(cell) -> Recipe:
     zero = None
     if engine == "deepspeed":
         zero = dsconfig.settings(cell, dsconfig.hidden_size_of(models.resolve(cell.model).config))
-    zero_init = bool(zero and zero.stage == 3 and cell.zero_init is not False and cell.tuning != "qlora")
+    zero_init = bool(zero and zero.stage == 3 and cell.zero_init is not False)
     if zero_init:  # zero.Init allocates in the DeepSpeed config's dtype on the device, then partitions
         build_dtype = HALF_OF[cell.precision]
-    on_meta = engine == "fsdp" and (cell.offload == "all" or cell.gpus > 1)
-    built_on_cpu = engine == "deepspeed" and not zero_init
+    on_meta = engine == "fsdp" and (cell.offload == "all" or cell.gpus > 1) and cell.tuning != "qlora"
+    built_on_cpu = engine == "deepspeed" and not zero_init and cell.tuning != "qlora"  # bnb loads on the GPU
     return Recipe(
         engine=engine, ranks=cell.gpus, zero=zero, offload=cell.offload,
         build_dtype=build_dtype, build_on_device=not (built_on_cpu or on_meta), build_on_meta=on_meta,

@@ -48,7 +48,7 @@ def test_every_ok_row_is_predicted_or_says_why_not(errors):
     so a row the predictor silently drops fails here."""
     unexplained = []
     for r in rows():
-        if r["status"] != "ok" or r["id"] in errors:
+        if r.get("status") != "ok" or r["id"] in errors:
             continue
         why = cell_fields(r, "h200")
         if not (isinstance(why, str) and why.strip()):

@@ -88,14 +88,16 @@ def test_unknown_model_sorts_last_unless_the_run_counted_it():
 
 def test_plan_mode_has_predicted_columns_only():
     cell = cellmod.normalize({"model": "gpt2", "gpu": "h200", "method": "lora", "precision": "bf16", "batch": 8})
-    rec = plan_record(cell, {"peak_bytes": 3 * 2**30, "fits": True, "capacity_bytes": 12 * 2**30})
+    rec = plan_record(cell, {"peak_bytes": 3 * 2**30, "fits": True, "capacity_bytes": 12 * 2**30,
+                             "host_bytes": 3 * 2**30, "host_node_bytes": 6 * 2**30})
     text = render_plan([rec], "md", catalog=Catalog(params=lambda m: None, capacity=lambda g: None,
                                                     gpu_label=lambda g: g))
     header = text.splitlines()[0]
-    assert "Predicted (GiB)" in header and "Fits" in header and "% of GPU" in header
+    assert "Predicted per GPU (GiB)" in header and "Fits" in header and "% of GPU" in header
+    assert "Host RAM per node (GiB)" in header
     assert "Peak VRAM" not in header and "Tokens/s" not in header
     row = [c.strip() for c in text.splitlines()[2].strip("|").split("|")]
-    assert row[-3:] == ["3.00", "25.0%", "yes"]
+    assert row[-4:] == ["3.00", "25.0%", "yes", "6.00"]
 
 
 def test_labels():

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bench import models
+from bench import dsconfig, models
 from bench.cell import Cell
 from bench.dtypes import torch_dtype
 from bench.recipe import Adapters, Recipe
@@ -67,13 +67,22 @@ def build_qlora_base(spec: models.ModelSpec, cell: Cell, recipe: Recipe, device:
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
+    extra = {}
+    if recipe.sharded:  # 4-bit weights stored in the compute dtype, so ZeRO-3 / FSDP2 can shard them
+        extra["bnb_4bit_quant_storage"] = dtype
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype)
+                               bnb_4bit_compute_dtype=dtype, **extra)
+    keep = None
+    if recipe.zero_init:  # from_pretrained builds under zero.Init while a DeepSpeed ZeRO-3 config is live
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep = HfDeepSpeedConfig(dsconfig.deepspeed_config(cell, dsconfig.hidden_size_of(spec.config)))
     with tempfile.TemporaryDirectory(prefix="bench-qlora-") as folder:
         models.build(spec, device="cpu", dtype=dtype, attn=cell.attn).save_pretrained(folder)
         kwargs = {"attn_implementation": cell.attn} if cell.attn else {}
         model = models.model_class(spec).from_pretrained(
-            folder, quantization_config=quant, dtype=dtype, device_map={"": local_rank}, **kwargs)
+            folder, quantization_config=quant, dtype=dtype, device_map=None if recipe.zero_init else {"": local_rank}, **kwargs)
+    del keep
     return prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=recipe.grad_ckpt,
         gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -28,7 +28,7 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
     raw = {"model": models.resolve(a.model).name, "gpu": gpu, "task": a.task, "precision": a.precision,
            "batch": a.batch, "seq": a.seq, "grad_accum": a.grad_accum, "grad_ckpt": a.grad_ckpt,
            "gpus": a.gpus, "optimizer": a.optimizer, "new_tokens": a.new_tokens}
-    for key in ("method", "tuning", "strategy", "offload", "attn", "ds_config", "target_seq", "lora_r"):
+    for key in ("method", "tuning", "strategy", "offload", "attn", "ds_config", "target_seq", "lora_r", "zero_init"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     c = cellmod.normalize(raw, "")
@@ -38,8 +38,17 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
     return c
 
 
-def _breakdown_text(c, p) -> str:
-    lines = [f"{c.slug} on {p.gpu} ({p.capacity_bytes / GiB:.1f} GiB)"]
+def _host_verdict(p, host_memory: int | None) -> str:
+    """Host RAM of a node (all its ranks) against the stated host size."""
+    need = p.host_node_bytes or p.host_bytes
+    if host_memory is None:
+        return ""
+    return f"  {100 * need / host_memory:.0f}% of {host_memory / GiB:.0f} GiB: {'fits' if need <= host_memory else 'does NOT fit'}"
+
+
+def _breakdown_text(c, p, host_memory: int | None = None) -> str:
+    per = f", per GPU of {p.ranks}" if p.ranks > 1 else ""
+    lines = [f"{c.slug} on {p.gpu} ({p.capacity_bytes / GiB:.1f} GiB{per})"]
     for name, n in p.breakdown.items():
         lines.append(f"  {name.replace('_', ' '):<32} {n / GiB:8.2f} GiB")
     verdict = "fits" if p.fits else "does NOT fit"
@@ -47,8 +56,19 @@ def _breakdown_text(c, p) -> str:
                  f"  {100 * p.peak_bytes / p.capacity_bytes:.0f}% of {p.gpu}: {verdict}"
                  f" ({p.headroom_bytes / GiB:+.2f} GiB headroom)")
     lines.append(f"  {'torch max_memory_allocated':<32} {p.allocated_bytes / GiB:8.2f} GiB")
-    lines.append(f"  {'host RAM':<32} {p.host_bytes / GiB:8.2f} GiB")
+    if p.ranks > 1:
+        lines.append(f"  {'host RAM per rank':<32} {p.host_bytes / GiB:8.2f} GiB")
+        lines.append(f"  {'host RAM per node':<32} {p.host_node_bytes / GiB:8.2f} GiB"
+                     f"{_host_verdict(p, host_memory)}")
+    else:
+        lines.append(f"  {'host RAM':<32} {p.host_bytes / GiB:8.2f} GiB{_host_verdict(p, host_memory)}")
     return "\n".join(lines) + "\n"
+
+
+def _host_memory(a: argparse.Namespace) -> int | None:
+    from bench.dtypes import parse_size
+
+    return parse_size(a.host_memory, "--host-memory") if getattr(a, "host_memory", None) else None
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -60,12 +80,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
         c = _cell_from_args(a, gpus.resolve(a.gpu).name)
         p = predict(c)
         out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": p.to_dict()}
+        host = _host_memory(a)
+        if host is not None:
+            out["predicted"]["host_fits"] = (p.host_node_bytes or p.host_bytes) <= host
         if a.max_batch:
             out["max_batch"] = max_batch(c)
         if a.json:
             print(json.dumps(out, indent=1))
         else:
-            sys.stdout.write(_breakdown_text(c, p))
+            sys.stdout.write(_breakdown_text(c, p, _host_memory(a)))
             if a.max_batch:
                 print(f"  largest micro-batch that fits: {out['max_batch']}")
         return 0
@@ -82,13 +105,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
         print(json.dumps([{"gpu": n, "predicted": p.to_dict() if p else None,
                            "error": None if p else f"{base.precision} is not supported on {n}"} for n, _, p in rows], indent=1))
         return 0
-    print(f"{base.slug}: peak GPU memory by card (smallest card that fits first)")
+    per = " per GPU" if base.gpus > 1 else ""
+    print(f"{base.slug}: peak GPU memory{per} by card (smallest card that fits first), host RAM per node")
     for n, cap, p in rows:
         if p is None:
             print(f"  {n:<12} {cap / GiB:7.1f} GiB  -- no {base.precision} support")
         else:
             print(f"  {n:<12} {cap / GiB:7.1f} GiB  {p.peak_bytes / GiB:7.2f} GiB  "
-                  f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB")
+                  f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB  "
+                  f"host {(p.host_node_bytes or p.host_bytes) / GiB:7.1f} GiB{_host_verdict(p, _host_memory(a))}")
     return 0
 
 
@@ -154,6 +179,10 @@ def register(sub) -> None:
     p.add_argument("--task", default="train")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--gpu", required=True, help="a catalog GPU, or 'all'")
+    p.add_argument("--host-memory", metavar="SIZE",
+                   help="host RAM of one node (e.g. 256GiB): adds a host-RAM verdict beside the GPU's")
+    p.add_argument("--zero-init", dest="zero_init", action=argparse.BooleanOptionalAction, default=None,
+                   help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first")
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -125,7 +125,7 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
     ranks, offload = r.ranks, r.offload == "all"
     mixed = r.fsdp_param_dtype is not None  # MixedPrecisionPolicy(param_dtype=half, reduce_dtype=fp32)
     built32 = r.build_dtype != r.compute_dtype  # built in fp32, computed in the half dtype
-    tt = step_trace(cell)
+    tt, replicated = step_trace(cell)
     orig = lambda p: BYTES[r.build_dtype] if built32 else p.nbytes // max(p.numel, 1)  # noqa: E731  as built
     comp_b = BYTES[r.compute_dtype]
     train = [p for p in tt.params if p.trainable]
@@ -145,6 +145,8 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
             prog.free(key)
     if tt.buffers_bytes:
         prog.malloc(tt.buffers_bytes, WEIGHTS)
+    if replicated:
+        prog.malloc(replicated, WEIGHTS)  # QLoRA quantization state, whole on every rank
     unsharded = {g: sum(p.numel for p in ps) * comp_b for g, ps in grps.items()}
     block = max([v for g, v in unsharded.items() if g] or [0])
     cast = max(p.numel for p in tt.params) * ((comp_b if mixed else 0) + (orig(train[0]) if offload else 0))

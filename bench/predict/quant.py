@@ -53,6 +53,29 @@ def nf4_bytes(numel: int) -> int:
     return (numel + 1) // 2 + blocks + nested * 4 + 4 + NF4_CODE
 
 
+def packed_bytes(numel: int) -> int:
+    """The packed 4-bit values alone, two per byte: what ``Params4bit`` itself stores."""
+    return (numel + 1) // 2
+
+
+def sharded_params(params, storage_bytes: int) -> tuple[tuple[Param, ...], int]:
+    """QLoRA under ZeRO-3 or FSDP2 (``bnb_4bit_quant_storage`` = the compute dtype, as these
+    recipes set it): each quantized weight becomes a flat tensor of its packed bytes in the
+    storage dtype, which the strategy shards like any parameter; its quantization state
+    (absmax, nested absmax, code table) stays whole on every rank. Other parameters are
+    upcast as ``nf4_weight_bytes`` says. Returns (the parameters as sharded, replicated bytes)."""
+    out, replicated = [], 0
+    for p in params:
+        if is_quantized(p):
+            elements = -(-packed_bytes(p.numel) // storage_bytes)
+            out.append(Param(p.name, elements, elements * storage_bytes, False, (elements,)))
+            replicated += nf4_bytes(p.numel) - packed_bytes(p.numel)
+        else:
+            n = nf4_weight_bytes(p)
+            out.append(Param(p.name, p.numel, n, p.trainable, p.shape))
+    return tuple(out), replicated
+
+
 def nf4_weight_bytes(param: Param) -> int:
     """Bytes ``param`` occupies on the GPU in a QLoRA model."""
     if is_quantized(param):

@@ -35,9 +35,20 @@ def loss_only(tt: TrainTrace) -> TrainTrace:
     return dataclasses.replace(tt, trace=trace)
 
 
-def step_trace(cell, layers: int | None = None) -> TrainTrace:
-    """The sharded loop's micro-step: traced with the recipe's dtypes, only the loss kept."""
-    return loss_only(model_trace.trace_train(model_trace.shape_key(cell, layers)))
+def step_trace(cell, layers: int | None = None) -> tuple[TrainTrace, int]:
+    """The sharded loop's micro-step (traced with the recipe's dtypes, only the loss kept), and
+    the bytes every rank holds whole beside its shards (QLoRA's quantization state)."""
+    from bench import recipe as recipes
+
+    tt = loss_only(model_trace.trace_train(model_trace.shape_key(cell, layers)))
+    r = recipes.of(cell)
+    if r.quantized_base is None:
+        return tt, 0
+    from bench.dtypes import BYTES
+    from bench.predict import quant
+
+    params, replicated = quant.sharded_params(tt.params, BYTES[r.compute_dtype])
+    return dataclasses.replace(tt, params=params), replicated
 
 
 def use_order(params, ckpt: bool) -> tuple[list[str], int]:

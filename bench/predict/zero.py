@@ -154,7 +154,7 @@ def _partition(numels: list[int], ranks: int) -> tuple[int, int]:
 def program(cell, gpu) -> tuple[Outcome, int, int]:
     """(outcome, host bytes, bytes outside the allocator) of a ZeRO cell on one rank."""
     r = recipes.of(cell)
-    tt = step_trace(cell)
+    tt, replicated = step_trace(cell)
     s = r.zero
     wb = BYTES[r.compute_dtype]
     prog = sharded_program()
@@ -168,7 +168,15 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
         host_init = sum(p.numel for p in tt.params) * 4 + max(p.numel for p in tt.params) * wb  # fp32 model, cast
     if tt.buffers_bytes:
         prog.malloc(tt.buffers_bytes, WEIGHTS)
-    host = (_stage3 if s.stage == 3 else _stage12)(prog, tt, keys, cell, s, wb, r.optimizer)
+    if replicated:
+        prog.malloc(replicated, WEIGHTS)  # QLoRA quantization state, whole on every rank
+    if s.stage == 3:
+        # under zero.Init a parameter keeps the dtype it was made in (LoRA adapters added after
+        # the build stay fp32); deepspeed.initialize casts a whole model to the half dtype
+        eb = (lambda p: p.nbytes // max(p.numel, 1)) if r.zero_init else (lambda p: wb)  # noqa: E731
+        host = _stage3(prog, tt, keys, cell, s, wb, r.optimizer, eb)
+    else:
+        host = _stage12(prog, tt, keys, cell, s, wb, r.optimizer)
     return prog.outcome(), overhead.HOST_BASE_BYTES + max(host_init, host), r.outside_allocator_bytes
 
 
@@ -260,21 +268,21 @@ def _stage12(prog, tt, keys, cell, s, wb, name) -> int:
     return max(host + _host_optimizer(name, ps, ps), 2 * moved)
 
 
-def _stage3(prog, tt, keys, cell, s, wb, name) -> int:
+def _stage3(prog, tt, keys, cell, s, wb, name, eb) -> int:
     ranks, off_o, off_p = cell.gpus, s.offload_optimizer, s.offload_param
     part = lambda n: -(-n // ranks)  # noqa: E731  _aligned_size // world size
     parts = []
     for p, key in zip(tt.params, keys):  # Init: partition, then free the full tensor
         if key is None:  # zero.Init: the whole parameter exists only while its module is built
-            key = prog.malloc(p.numel * wb, WEIGHTS)
-        parts += [] if off_p else [prog.malloc(part(p.numel) * wb, WEIGHTS)]
+            key = prog.malloc(p.numel * eb(p), WEIGHTS)
+        parts += [] if off_p else [prog.malloc(part(p.numel) * eb(p), WEIGHTS)]
         prog.free(key)
-    total = sum(part(p.numel) for p in tt.params)
+    total_bytes = sum(part(p.numel) * eb(p) for p in tt.params)
     if not off_p:  # defragment(): partitions to the host, empty_cache, one device buffer
         for key in parts:
             prog.free(key)
         empty_cache(prog)
-        prog.malloc(total * wb, WEIGHTS)
+        prog.malloc(total_bytes, WEIGHTS)
     sgs = [0]  # _create_fp16_sub_groups
     for p in tt.params:
         if p.trainable:
@@ -283,7 +291,7 @@ def _stage3(prog, tt, keys, cell, s, wb, name) -> int:
                 sgs.append(0)
     sgs = [n for n in sgs if n] or [0]
     ps = sum(sgs)
-    host = total * wb if off_p else 0  # pinned flat partitions (888-911)
+    host = total_bytes if off_p else 0  # pinned flat partitions (888-911)
     if off_o:  # master, pinned fp32 grads, grad partitions; gradient_buffer (1306)
         host += ps * 4 * 2 + ps * wb + max(sgs) * 4
     else:
@@ -296,7 +304,7 @@ def _stage3(prog, tt, keys, cell, s, wb, name) -> int:
         prog.malloc(ps * wb, GRADS)  # grad_partitions_flat_buffer (791)
     gathers = ranks > 1 or off_p  # else a gathered parameter is its partition (partition_parameters.py:61-106)
     if gathers:
-        malloc(prog, sum(p.numel for p in tt.params if p.numel <= s.param_persistence_threshold) * wb, WEIGHTS)
+        malloc(prog, sum(p.numel * eb(p) for p in tt.params if p.numel <= s.param_persistence_threshold), WEIGHTS)
         fwd, bwd = gathered_peaks(tt.params, s, cell.grad_ckpt)
     states: dict = {}
 

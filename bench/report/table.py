@@ -51,7 +51,8 @@ COLUMNS = {
         Column("tokens", "Tokens/s", True), Column("mfu", "MFU", True), Column("status", "Status"),
     ),
     "plan": _SHAPE + (
-        Column("predicted", "Predicted (GiB)", True), Column("share", "% of GPU", True), Column("fits", "Fits"),
+        Column("predicted", "Predicted per GPU (GiB)", True), Column("share", "% of GPU", True),
+        Column("fits", "Fits"), Column("host", "Host RAM per node (GiB)", True),
     ),
 }
 
@@ -126,6 +127,7 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
     if mode == "plan":
         peak = p.get("peak_bytes")
         v["share"] = labels.percent(peak / capacity if peak is not None and capacity else None)
+        v["host"] = labels.gib(p.get("host_node_bytes") or p.get("host_bytes"))
         return v
     peak = m.get("peak_nvml_process_bytes")
     v.update(
