@@ -96,6 +96,9 @@ class Cell:
     """Micro-batches per optimizer step."""
     grad_ckpt: bool = False
     """Activation (gradient) checkpointing of every transformer block."""
+    freeze: int = 0
+    """Full tuning: the embeddings and the first ``freeze`` transformer blocks do not train
+    (no gradients, optimizer states or saved activations for them) [0]."""
     use_cache: bool = False
     """Leave the model's KV cache on while training (transformers' default without
     checkpointing): the output then also holds every layer's keys and values,
@@ -155,6 +158,8 @@ class Cell:
             parts.append(f"ga{self.grad_accum}")
         if self.grad_ckpt:
             parts.append("ckpt")
+        if self.freeze:
+            parts.append(f"freeze{self.freeze}")
         if self.use_cache:
             parts.append("cache")
         if self.gpus > 1:
@@ -169,7 +174,7 @@ class Cell:
 FIELD_NAMES = tuple(f.name for f in fields(Cell))
 _DEFAULTS = {f.name: f.default for f in fields(Cell) if f.default is not dataclasses.MISSING}
 # Fields added after the first release: hashed only when they differ from the default.
-_LATE_FIELDS = {"quant", "use_cache", "zero_init"}
+_LATE_FIELDS = {"quant", "use_cache", "zero_init", "freeze"}
 _NOT_HASHED = {"label"}
 
 
@@ -281,6 +286,8 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
             _int(raw, key, problems, where)
     if "warmup" in raw:
         _int(raw, "warmup", problems, where, minimum=0)
+    if "freeze" in raw:
+        _int(raw, "freeze", problems, where, minimum=0)
     if raw.get("target_seq") is not None:
         _int(raw, "target_seq", problems, where)
     if "grad_ckpt" in raw:
@@ -344,6 +351,8 @@ def _consistency(c: Cell, where: str) -> list[str]:
         p.append(f"{where}precision: {c.precision!r} is not allowed for qlora; allowed: fp16, bf16 (the compute dtype)")
     if c.attn == "flash_attention_2" and c.precision == "fp32":
         p.append(f"{where}attn: 'flash_attention_2' needs fp16 or bf16, not precision 'fp32'")
+    if c.freeze and (c.task != "train" or c.tuning != "full"):
+        p.append(f"{where}freeze: {c.freeze} needs full tuning of a train cell; allowed: 0 (LoRA/QLoRA freeze the base already)")
     if c.zero_init is not None and c.strategy != "zero3":
         p.append(f"{where}zero_init: {c.zero_init!r} applies to strategy zero3 only, not {c.strategy!r}; allowed: leave zero_init out")
     if c.ds_config is not None and c.strategy not in ("zero1", "zero2", "zero3"):

@@ -262,6 +262,9 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
         p.append(f"{where}{what}: {total} exceeds {spec.name}'s {limit} positions; allowed: <= {limit}")
     if c.target_seq is not None and not spec.is_encoder_decoder:
         p.append(f"{where}target_seq: {c.target_seq} is only for encoder-decoder models; {spec.name} is decoder-only")
+    blocks = spec.layers
+    if c.freeze and blocks is not None and c.freeze > blocks:
+        p.append(f"{where}freeze: {c.freeze} exceeds {spec.name}'s {blocks} blocks; allowed: 0 to {blocks}")
     if recipe.uses_deepspeed(c) and c.ds_config is not None:
         try:
             dsconfig.settings(c, dsconfig.hidden_size_of(spec.config))

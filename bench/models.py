@@ -54,6 +54,15 @@ class ModelSpec:
         return bool(self.config.get("is_encoder_decoder")) or self.model_type in _ENCODER_DECODER_TYPES
 
     @property
+    def layers(self) -> int | None:
+        """Transformer blocks (the decoder's, or each stack's of an encoder-decoder); None if unknown."""
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            value = self.config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    @property
     def max_positions(self) -> int | None:
         """Hard limit of a fixed position table; None for rotary, ALiBi or relative positions."""
         limits = [_table_limit(c) for c in _sub_configs(self.config)]

@@ -103,6 +103,8 @@ class Recipe:
     """ZeRO-3: the model is built under ``deepspeed.zero.Init`` in ``compute_dtype``, each
     parameter partitioned as soon as its module is built (on the GPU, or on the host with
     parameter offload); no rank ever holds the whole model."""
+    freeze: int
+    """Full tuning: the embeddings and blocks ``0 .. freeze-1`` do not train (``is_frozen``)."""
     grad_ckpt: bool
     use_cache: bool
     """The model's KV cache stays on in training (transformers turns it off under checkpointing)."""
@@ -193,6 +195,7 @@ def of(cell) -> Recipe:
         holds_output=engine in ("plain", "ddp"),
         optimizer=_optimizer(cell.optimizer, engine),
         zero_init=zero_init,
+        freeze=cell.freeze,
         grad_ckpt=cell.grad_ckpt,
         use_cache=cell.use_cache and not cell.grad_ckpt,
         outside_allocator_bytes=overhead.outside_allocator_bytes(engine),
@@ -214,6 +217,21 @@ def block_of(name: str) -> str:
         if _BLOCK_INDEX.fullmatch(part):
             return ".".join(parts[: i + 1])
     return ""
+
+
+def block_index(name: str) -> int | None:
+    """The index of the block holding ``name`` in its stack, or None outside every block."""
+    block = block_of(name)
+    return int(block.rsplit(".", 1)[-1].split("c")[0]) if block else None
+
+
+def is_frozen(param_name: str, module_is_embedding: bool, freeze: int) -> bool:
+    """Layer freezing: a parameter of an embedding outside the blocks, or of one of the
+    first ``freeze`` blocks (of each stack), does not train."""
+    if not freeze:
+        return False
+    index = block_index(param_name)
+    return module_is_embedding if index is None else index < freeze
 
 
 def is_block(module_name: str) -> bool:

@@ -24,7 +24,7 @@ import torch
 from bench import dsconfig, models, recipe as recipes
 from bench.cell import Cell
 from bench.dtypes import torch_dtype
-from bench.methods import adapters, optimizers, parallel, ranks, storage
+from bench.methods import adapters, freezing, optimizers, parallel, ranks, storage
 from bench.recipe import Recipe
 from bench.worker import procmem
 
@@ -135,6 +135,7 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         before = _host_mark()
         model = models.build(spec, device=where, dtype=dtype, attn=cell.attn)
         build_rss = None if r.build_on_meta else _host_increase(before)
+    freezing.apply(model, r.freeze)
     if not r.quantized_base and r.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = r.use_cache

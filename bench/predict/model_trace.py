@@ -24,7 +24,7 @@ import warnings
 
 from bench import models, recipe as recipes
 from bench.dtypes import torch_dtype
-from bench.methods import adapters
+from bench.methods import adapters, freezing
 from bench.predict import blocks, trace_cache
 from bench.predict import trace as tr
 from bench.predict.trace import Param, TrainTrace
@@ -49,6 +49,8 @@ class ShapeKey:
     lora_targets: tuple[str, ...] | None
     use_cache: bool = False
     """The model's KV cache left on in training (transformers turns it off under checkpointing)."""
+    freeze: int = 0
+    """Blocks (and embeddings) frozen; traced at full depth, as frozen and trainable blocks differ."""
     layers: int | None = None
 
 
@@ -67,7 +69,7 @@ def shape_key(cell, layers: int | None = None) -> ShapeKey:
         model=cell.model, tuning=cell.tuning, weight_dtype=wdt, autocast=ac, batch=cell.batch, seq=cell.seq,
         target_seq=cell.decoder_seq, grad_ckpt=r.grad_ckpt, attn=attn,
         lora_r=cell.lora_r, lora_alpha=cell.lora_alpha, lora_dropout=cell.lora_dropout,
-        lora_targets=a.targets if a else None, use_cache=r.use_cache,
+        lora_targets=a.targets if a else None, use_cache=r.use_cache, freeze=r.freeze,
         layers=layers,
     )
 
@@ -110,6 +112,7 @@ def _build(key: ShapeKey):
             from peft import get_peft_model
 
             model = get_peft_model(model, adapters.lora_config(_adapters(key, spec), spec))
+    freezing.apply(model, key.freeze)
     if key.grad_ckpt:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": _recompute_context(key)})
@@ -198,7 +201,7 @@ def trace_train(key: ShapeKey) -> TrainTrace:
         trace = tr.Trace(events=events, grad_keys=t.trace.grad_keys, forward_end=t.trace.forward_end)
         return dataclasses.replace(t, trace=trace, input_bytes=_rescale(t.input_bytes, key))
     depth = layer_count(spec)
-    if key.layers is None and depth > blocks.TRACED and not spec.is_encoder_decoder:
+    if key.layers is None and depth > blocks.TRACED and not spec.is_encoder_decoder and not key.freeze:
         small = _trace_train(dataclasses.replace(key, layers=blocks.TRACED))
         full = blocks.replicate(small, depth)
         if full is not None:

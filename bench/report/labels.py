@@ -71,6 +71,8 @@ def method(cell: Mapping[str, Any]) -> str:
         parts.append(_OFFLOAD.get(offload, f"offload {offload}"))
     if cell.get("gpus", 1) > 1:
         parts.append(f"{cell['gpus']} GPUs")
+    if cell.get("freeze"):
+        parts.append(f"first {cell['freeze']} blocks frozen")
     extras = []
     if cell.get("optimizer", "adamw") != "adamw":
         extras.append(f"optimizer {cell['optimizer']}")

@@ -46,7 +46,7 @@ _SHAPE = (
 )
 COLUMNS = {
     "measured": _SHAPE + (
-        Column("peak", "Peak VRAM (GiB)", True), Column("share", "% of GPU", True),
+        Column("peak", "Peak VRAM per GPU (GiB)", True), Column("share", "% of GPU", True),
         Column("predicted", "Predicted (GiB)", True), Column("error", "Error", True),
         Column("tokens", "Tokens/s", True), Column("mfu", "MFU", True), Column("status", "Status"),
     ),

@@ -159,7 +159,8 @@ def combine_ranks(measured: dict[str, Any]) -> dict[str, Any]:
     for key in PEAK_KEYS:
         values = [m.get(key) for m in everyone if m and m.get(key) is not None]
         out[key] = max(values) if values else None
-    for key in ("peak_nvml_process_bytes", "peak_host_rss_bytes", "resident_bytes"):
+    for key in ("peak_nvml_process_bytes", "peak_torch_allocated_bytes", "peak_torch_reserved_bytes",
+                "peak_host_rss_bytes", "resident_bytes"):
         out[f"{key}_per_rank"] = [m.get(key) for m in everyone]
     return out
 

@@ -42,9 +42,9 @@ def flops_per_step(cell: Cell, parameters: int, trainable: int, encoder_decoder:
     if cell.task == "infer":
         return 2.0 * parameters * tokens
     tokens *= cell.grad_accum
-    if recipe.of(cell).adapters is None:  # every weight trains
-        per_token = 6.0 * parameters
-    else:  # a frozen base: forward and input gradients only
+    if recipe.of(cell).adapters is None:  # frozen bottom blocks (if any): forward only
+        per_token = 2.0 * (parameters - trainable) + 6.0 * trainable
+    else:  # a frozen base under adapters: forward and input gradients
         per_token = 4.0 * (parameters - trainable) + 6.0 * trainable
     return per_token * tokens
 
