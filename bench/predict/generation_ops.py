@@ -13,31 +13,44 @@ from __future__ import annotations
 
 import functools
 import inspect
+from types import SimpleNamespace
 
 import torch
 
 from bench import models
 from bench.predict import model_trace
 from bench.predict import trace as tr
-from bench.predict.op_cost import AttentionCount, OpCounts, OpLog
+from bench.predict.op_cost import AttentionCount, OpCounts, OpLog, rescaled
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@functools.lru_cache(maxsize=256)
 def generation(model: str, precision: str, attn: str | None, batch: int, seq: int,
                new_tokens: int) -> tuple[OpCounts, OpCounts] | None:
-    """(prefill, one decode step) kernels at full depth, or None for an encoder-decoder model."""
+    """(prefill, one decode step) kernels at full depth, or None for an encoder-decoder model.
+
+    Traced at the sentinel batch and length (``model_trace``) and rescaled:
+    the prefill to ``seq``, the decode step to a cache of ``seq + new_tokens // 2``."""
+    traced = _sentinel(model, precision, attn)
+    if traced is None:
+        return None
+    pre, dec = traced
+    cache_len = seq + new_tokens // 2
+    return (rescaled(pre, SimpleNamespace(batch=batch, seq=seq, target_seq=seq)),
+            rescaled(dec, SimpleNamespace(batch=batch, seq=cache_len, target_seq=cache_len)))
+
+
+@functools.lru_cache(maxsize=64)
+def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, OpCounts] | None:
     spec = models.resolve(model)
     if spec.is_encoder_decoder:
         return None
     depth = model_trace.layer_count(spec)
-    cache_len = seq + new_tokens // 2
+    b, s = model_trace.SENTINEL_BATCH, model_trace.SENTINEL_SEQ
     traces = {}
     for layers in (1, 2):
-        pre, _ = _trace(spec, precision, attn, layers, batch, seq)
-        _, dec = _trace(spec, precision, attn, layers, batch, cache_len)
-        traces[layers] = (pre, dec)
+        # the decode step after an ``s - 1`` prompt attends to ``s`` positions: sizes that rescale
+        traces[layers] = (_trace(spec, precision, attn, layers, b, s)[0], _trace(spec, precision, attn, layers, b, s - 1)[1])
     out = []
     for i in range(2):
         one, two = traces[1][i], traces[2][i]

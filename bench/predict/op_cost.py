@@ -50,8 +50,8 @@ _NO_KERNEL = {
     torch.ops.aten.lift_fresh, torch.ops.aten._local_scalar_dense, torch.ops.aten.set_,
 }
 
-Op = tuple[str, str, str, int, int]
-"""``(phase, kind, dtype, flops, bytes)``: one kernel (``phase``: forward, backward, or
+Op = tuple[str, str, str, int, tuple[int, ...]]
+"""``(phase, kind, dtype, flops, bytes of each tensor read or written)``: one kernel (``phase``: forward, backward, or
 recompute, a checkpointed block's forward re-run during the backward)."""
 
 
@@ -96,8 +96,8 @@ class OpLog(TorchDispatchMode):
         self.views: collections.Counter = collections.Counter()
         self.flops_seen = 0
 
-    def add(self, kind: str, dtype: str, flops: int, nbytes: int, phase: str | None = None) -> None:
-        self.kernels[(phase or self.phase, kind, dtype, int(flops), int(nbytes))] += 1
+    def add(self, kind: str, dtype: str, flops: int, sizes: tuple[int, ...], phase: str | None = None) -> None:
+        self.kernels[(phase or self.phase, kind, dtype, int(flops), tuple(sorted(sizes)))] += 1
         self.flops_seen += int(flops)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -119,11 +119,11 @@ class OpLog(TorchDispatchMode):
             return out
         packet = func.overloadpacket
         flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
-        nbytes = sum(_read_bytes(t) for t in inputs) + sum(_nbytes(t) for t in outs if not mutable)
+        sizes = (*(_read_bytes(t) for t in inputs), *(_nbytes(t) for t in outs if not mutable))
         dtype = str((inputs or outs)[0].dtype).replace("torch.", "")
         # the engine runs backward functions with grad mode off; a checkpoint's recomputation records a graph
         phase = "recompute" if self.phase == "backward" and torch.is_grad_enabled() else self.phase
-        self.add("matmul" if flops else "memory", dtype, flops, nbytes, phase)
+        self.add("matmul" if flops else "memory", dtype, flops, sizes, phase)
         return out
 
 
@@ -149,9 +149,9 @@ class AttentionCount(TorchFunctionMode):
         if kwargs.get("is_causal") or (len(args) > 5 and args[5]):
             flops //= 2
         dtype = str(out.dtype).replace("torch.", "")  # after autocast's cast
-        io = sum(_nbytes(t) for t in (q, k, v, out))
+        io = tuple(_nbytes(t) for t in (q, k, v, out))
         self.log.add("attention", dtype, flops, io, "forward")
-        self.log.add("attention", dtype, int(2.5 * flops), 2 * io, "backward")
+        self.log.add("attention", dtype, flops * 5 // 2, io + io, "backward")
         if self.recompute:
             self.log.add("attention", dtype, flops, io, "recompute")
         return out
@@ -159,8 +159,20 @@ class AttentionCount(TorchFunctionMode):
 
 @functools.lru_cache(maxsize=512)
 def micro_step(key: model_trace.ShapeKey) -> OpCounts:
-    """Kernels of one forward + loss + backward of ``key``'s model at full depth."""
+    """Kernels of one forward + loss + backward of ``key``'s model at full depth.
+
+    Traced once per model and method at the sentinel batch and lengths of
+    ``model_trace`` and rescaled (every FLOP and byte count is a product of the
+    batch, the lengths and fixed model dimensions), so cells that differ only
+    in batch or sequence length share one trace."""
     spec = models.resolve(key.model)
+    target = model_trace.SENTINEL_TARGET if spec.is_encoder_decoder else model_trace.SENTINEL_SEQ
+    base = dataclasses.replace(key, batch=model_trace.SENTINEL_BATCH, seq=model_trace.SENTINEL_SEQ,
+                               target_seq=target)
+    if key != base:
+        if not spec.is_encoder_decoder:
+            key = dataclasses.replace(key, target_seq=key.seq)
+        return rescaled(micro_step(base), key)
     depth = model_trace.layer_count(spec)
     if depth <= 2 or key.layers is not None:
         return _trace(key)
@@ -170,13 +182,23 @@ def micro_step(key: model_trace.ShapeKey) -> OpCounts:
     return one.combine(block, float(depth - 1))
 
 
+def rescaled(counts: OpCounts, shape) -> OpCounts:
+    """``counts`` traced at the sentinel shape, at ``shape``'s batch, seq and target_seq."""
+    out: collections.Counter = collections.Counter()
+    for (ph, kind, dtype, flops, sizes), n in counts.kernels.items():
+        out[(ph, kind, dtype, model_trace._rescale(flops, shape),
+             tuple(model_trace._rescale(b, shape) for b in sizes))] += n
+    return OpCounts(dict(out), counts.views, counts.params)
+
+
 def _trace(key: model_trace.ShapeKey) -> OpCounts:
     """``_trace_now``, through the on-disk trace cache (``trace_cache``)."""
     path = trace_cache._path(("ops", key))
     if path is not None and path.exists():
         try:
             d = json.loads(path.read_text())
-            return OpCounts({tuple(op): n for op, n in d["kernels"]}, d["views"], d["params"])
+            kernels = {(*op[:4], tuple(op[4])): n for op, n in d["kernels"]}
+            return OpCounts(kernels, d["views"], d["params"])
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable entry: trace again and overwrite it
     counts = _trace_now(key)

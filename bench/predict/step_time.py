@@ -50,10 +50,10 @@ def phase_seconds(counts: OpCounts, phase: str, f: Figures) -> tuple[float, floa
     """(GPU seconds, host seconds) of one phase of a micro-step."""
     gpu = 0.0
     kernels = 0.0
-    for (ph, kind, dtype, flops, nbytes), n in counts.kernels.items():
+    for (ph, kind, dtype, flops, sizes), n in counts.kernels.items():
         if ph != phase:
             continue
-        mem = nbytes / f.hbm_bytes_per_second
+        mem = sum(sizes) / f.hbm_bytes_per_second
         if kind == "matmul":
             rate = f.matmul_flops_per_second.get(dtype) or f.matmul_flops_per_second["float32"]
         elif kind == "attention":
