@@ -106,6 +106,9 @@ def main() -> None:
     block["fitted_on"] = (f"scripts/fit_speed.py on {len(rows)} H200 training rows: tests/data/h200-2026-11.jsonl "
                           "(= shared/measurements) and results/h200-2026-11-28")
     block["fitted"] = [".".join(p) for p, _, _ in FITTED]
+    block["source"] = ("fractions of each card's datasheet peaks (its own source field) and host costs, fitted as "
+                       "fitted_on says; link_fraction, comm_overlap, cpu_torch_adam_params_per_second and "
+                       "generate_token_seconds are unfitted estimates (no rows measure them)")
     print(f"fitted: objective {score:.4f}")
     print(json.dumps(block, indent=2))
     if a.write:
