@@ -167,3 +167,28 @@ def test_autotune_finds_settings_that_fit_and_orders_them():
     assert [c.step_time_seconds for c in fastest] == sorted(c.step_time_seconds for c in fastest)
     cheapest = search.best(found, lambda c: c.usd_per_million_tokens, 1)[0]
     assert cheapest.usd_per_million_tokens == min(c.usd_per_million_tokens for c in found)
+
+
+def test_calibrate_on_the_cpu_writes_a_profile_the_predictor_uses(tmp_path, capsys):
+    from bench import calibration
+    from bench.cli import main
+
+    out = tmp_path / "cal.json"
+    assert calibration.main(["--device", "cpu", "-o", str(out)]) == 0
+    assert "matmul TFLOP/s" in capsys.readouterr().out
+    profile = json.loads(out.read_text())
+    assert set(profile["matmul_flops_per_second"]) == {"float32", "float16", "bfloat16"}
+    assert all(v > 0 for v in profile["matmul_flops_per_second"].values())
+    assert profile["hbm_bytes_per_second"] > 0 and profile["kernel_seconds"] > 0
+    assert profile["host_link_bytes_per_second"] > 0
+    f = figures(gpus.resolve("h200"), profile)
+    assert f.hbm_bytes_per_second == profile["hbm_bytes_per_second"] and f.source.startswith("calibration")
+    slow = {**profile, "hbm_bytes_per_second": 1e9}
+    out.write_text(json.dumps(slow))
+    args = ["predict", "--model", "gpt2", "--gpu", "h200", "--seq", "128", "--json"]
+    assert main(args) == 0
+    base = json.loads(capsys.readouterr().out)["predicted"]["step_time_seconds"]
+    assert main([*args, "--calibration", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["predicted"]["step_time_seconds"] > 2 * base
+    h100 = {**slow, "gpu": "NVIDIA H100 80GB HBM3"}  # a profile of another card leaves the h200's figures alone
+    assert figures(gpus.resolve("h200"), h100).hbm_bytes_per_second == figures(gpus.resolve("h200")).hbm_bytes_per_second

@@ -200,9 +200,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from bench import calibration
     from bench.predict import search
 
     search.register(sub)
+    calibration.register(sub)
     p = sub.add_parser("predict", help="predict one cell's peak GPU memory, with a breakdown")
     p.add_argument("--model", required=True)
     p.add_argument("--method")

@@ -13,9 +13,10 @@ per-token bookkeeping). Those fractions and costs were fitted once, by
 gets the same fractions of its own peaks, which is an assumption, not a
 measurement.
 
-A calibration profile (``bench calibrate``'s output: a JSON object with any
-of the ``Figures`` field names) replaces the catalog's figures for the card it
-was measured on.
+A calibration profile (``bench calibrate``'s output, ``bench.calibration``: a
+JSON object with any of the ``Figures`` field names) replaces the catalog's
+figures for the card it was measured on (cells on other cards keep the
+catalog's).
 """
 
 from __future__ import annotations
@@ -92,9 +93,15 @@ def figures(gpu: gpus.GPU, calibration: dict | None = None, block: dict | None =
         generate_token_seconds=host["generate_token_seconds"],
         source=f"catalog ({s['fitted_on']})",
     )
-    if calibration:
+    if calibration and _measured_on(calibration, gpu):
         f = apply(f, calibration)
     return f
+
+
+def _measured_on(calibration: dict, gpu: gpus.GPU) -> bool:
+    """A profile applies to the card it was measured on (or to any card when its name is not one)."""
+    card = gpus.from_nvml_name(str(calibration.get("gpu", "")))
+    return card is None or card.name == gpu.name
 
 
 def apply(f: Figures, calibration: dict) -> Figures:
