@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -66,16 +67,16 @@ def measure(device: str = "cuda", sizes: tuple[int, ...] = (2048, 4096, 8192), c
     kernel = _timed(lambda: [tiny.add_(1) for _ in range(tiny_ops)], sync, 1) / tiny_ops
     host = torch.empty(n, pin_memory=device == "cuda")
     link = copy_bytes / _timed(lambda: dst.copy_(host, non_blocking=True), sync, repeats)
-    profile = {
+    environment: dict[str, Any] = {"torch": torch.__version__, "device": device, "sizes": list(sizes)}
+    if device == "cuda":
+        environment["context_bytes"] = _context_bytes(torch)
+    return {
         "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "matmul_flops_per_second": mm, "hbm_bytes_per_second": hbm, "kernel_seconds": kernel,
         "host_link_bytes_per_second": link,
-        "environment": {"torch": torch.__version__, "device": device, "sizes": list(sizes)},
+        "environment": environment,
     }
-    if device == "cuda":
-        profile["environment"]["context_bytes"] = _context_bytes(torch)
-    return profile
 
 
 def _context_bytes(torch) -> int | None:
@@ -102,7 +103,7 @@ def cmd_calibrate(a) -> int:
     cmd = [sys.executable, "-m", "bench.calibration", "--device", a.device, "-o", a.output]
     if a.quick:
         cmd.append("--quick")
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"calibrate: the measuring process failed on {a.device}: {tail}")
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     small = a.quick or a.device == "cpu"
-    kw = {"sizes": (256, 512), "copy_bytes": 2**24, "repeats": 3, "tiny_ops": 200} if small else {}
-    profile = measure(a.device, **kw)
+    profile = (measure(a.device, sizes=(256, 512), copy_bytes=2**24, repeats=3, tiny_ops=200) if small
+               else measure(a.device))
     Path(a.output).write_text(json.dumps(profile, indent=1) + "\n")
     mm = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in profile["matmul_flops_per_second"].items())
     print(f"{profile['gpu']}: matmul TFLOP/s {mm}; HBM {profile['hbm_bytes_per_second'] / 1e9:.0f} GB/s; "

@@ -62,7 +62,7 @@ def objective(block, rows) -> float:
     h200 = gpus.resolve("h200")
     f = figures(h200, block=block)
     logs = sorted(abs(math.log(step_time.train_step(r.cell, counts, f).seconds / r.measured)) for r, counts in rows)
-    return statistics.median(logs) + logs[int(round(0.9 * (len(logs) - 1)))] + 0.5 * logs[-1]
+    return statistics.median(logs) + logs[round(0.9 * (len(logs) - 1))] + 0.5 * logs[-1]
 
 
 def fit(block, rows, rounds: int = 8, trials: int = 600, seed: int = 0):

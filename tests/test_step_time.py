@@ -21,7 +21,7 @@ def cell(**kw):
     return cellmod.normalize({**raw, **kw}, "")
 
 
-def totals(counts: op_cost.OpCounts) -> tuple[int, int, float]:
+def totals(counts: op_cost.OpCounts) -> tuple[float, float, float]:
     flops = sum(op[3] * n for op, n in counts.kernels.items())
     nbytes = sum(sum(op[4]) * n for op, n in counts.kernels.items())
     return flops, nbytes, sum(counts.kernels.values())

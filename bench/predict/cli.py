@@ -128,7 +128,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
             if a.max_batch:
                 print(f"  largest micro-batch that fits: {out['max_batch']}")
         return 0
-    if tokens is not None or a.rank != "memory":
+    if tokens is not None or a.rank in ("cost", "time"):
         from bench.predict import ranking
 
         return ranking.rank_cards(_cell_from_args(a, "h200"), a, tokens, table, calibration)
@@ -182,8 +182,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
-    tokens, table, calibration = _run_args(a)
-    entries = plan_entries(m, a.max_batch, tokens, table, calibration)
+    tokens, price_table, calibration = _run_args(a)
+    entries = plan_entries(m, a.max_batch, tokens, price_table, calibration)
     if a.json:
         print(json.dumps(entries, indent=1))
     else:

@@ -39,11 +39,11 @@ def run_tokens(tokens: int | None, epochs: float | None, dataset_tokens: int | N
         if tokens <= 0:
             raise UserError(f"--tokens: {tokens!r} is not allowed; allowed: a positive token count")
         return tokens
-    if epochs is None:
+    if epochs is None or dataset_tokens is None:
         return None
     if epochs <= 0 or dataset_tokens <= 0:
         raise UserError(f"--epochs/--dataset-tokens: {epochs!r}/{dataset_tokens!r}; allowed: positive numbers")
-    return int(round(epochs * dataset_tokens))
+    return round(epochs * dataset_tokens)
 
 
 def prices(flags: list[str] | None = None, path: str | None = None) -> dict[str, float]:

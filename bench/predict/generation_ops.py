@@ -80,7 +80,7 @@ def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) 
             with log, tr.AttentionEmulation(), AttentionCount(log, False):
                 model(input_ids=ids if step == 0 else ids[:, :1], attention_mask=mask,
                       **{name: cache, "use_cache": True, **extra})
-            kernels = {op: n for op, n in log.kernels.items() if op[0] == "forward"}
+            kernels = {op: float(n) for op, n in log.kernels.items() if op[0] == "forward"}
             counts.append(OpCounts(kernels, {"forward": log.views.get("forward", 0.0)}, _params(model)))
     return counts[0], counts[1]
 

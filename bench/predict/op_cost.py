@@ -64,11 +64,11 @@ class OpCounts:
     params: dict[str, float]
     """``elements``, ``trainable`` (elements), ``tensors``, ``trainable_tensors``."""
 
-    def combine(self, other: "OpCounts", weight: float) -> "OpCounts":
+    def combine(self, other: OpCounts, weight: float) -> OpCounts:
         """``self + weight * other``, op by op (negative counts dropped)."""
-        k = collections.Counter(self.kernels)
+        k: dict[Op, float] = dict(self.kernels)
         for op, n in other.kernels.items():
-            k[op] = k.get(op, 0) + weight * n
+            k[op] = k.get(op, 0.0) + weight * n
         v = {p: self.views.get(p, 0) + weight * other.views.get(p, 0) for p in {*self.views, *other.views}}
         m = {p: self.params[p] + weight * other.params[p] for p in self.params}
         return OpCounts({op: n for op, n in k.items() if n > 1e-9}, {p: max(n, 0.0) for p, n in v.items()}, m)
@@ -184,10 +184,10 @@ def micro_step(key: model_trace.ShapeKey) -> OpCounts:
 
 def rescaled(counts: OpCounts, shape) -> OpCounts:
     """``counts`` traced at the sentinel shape, at ``shape``'s batch, seq and target_seq."""
-    out: collections.Counter = collections.Counter()
+    out: dict[Op, float] = {}
     for (ph, kind, dtype, flops, sizes), n in counts.kernels.items():
-        out[(ph, kind, dtype, model_trace._rescale(flops, shape),
-             tuple(model_trace._rescale(b, shape) for b in sizes))] += n
+        op = (ph, kind, dtype, model_trace._rescale(flops, shape), tuple(model_trace._rescale(b, shape) for b in sizes))
+        out[op] = out.get(op, 0.0) + n  # batch 1 can make two sentinel ops one
     return OpCounts(dict(out), counts.views, counts.params)
 
 

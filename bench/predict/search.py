@@ -96,7 +96,7 @@ def search(model: str, family: str, precision: str, seq: int, global_batch: int,
                     continue
                 on = cellmod.replace(c, gpu=name)
                 s = speed(on, calibration=calibration)
-                if not s.step_time_seconds:
+                if not s.step_time_seconds or not s.tokens_per_second:
                     continue
                 per_hour = price_table.get(name)
                 usd = per_hour * on.gpus / 3600 / s.tokens_per_second * 1e6 if per_hour is not None else None

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from bench import gpus, models
 from bench.predict import generation_ops, model_trace, op_cost, step_time
-from bench.predict.speed_figures import figures
 from bench.predict.sharded import HALF
+from bench.predict.speed_figures import figures
 
 
 @dataclass(frozen=True)

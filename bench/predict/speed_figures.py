@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from bench import gpus
 from bench.errors import UserError
@@ -110,7 +111,7 @@ def apply(f: Figures, calibration: dict) -> Figures:
     unknown = sorted(set(calibration) - names - {"gpu", "measured_at", "environment"})
     if unknown:
         raise UserError(f"calibration: unknown figure {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
-    changes = {}
+    changes: dict[str, Any] = {}
     for k, v in calibration.items():
         if k not in names:
             continue

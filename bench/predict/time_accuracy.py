@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import reference
-from bench.cell import normalize, replace
+from bench.cell import Cell, normalize, replace
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "data" / "h200-2026-11.jsonl"
@@ -35,7 +35,7 @@ RUNS = ROOT / "results" / "h200-2026-11-28"
 @dataclass(frozen=True)
 class Row:
     name: str
-    cell: object
+    cell: Cell
     measured: float
     """Seconds per optimizer step; for generation, the measured quantity named by ``what``."""
     what: str = "step_time_seconds"
@@ -91,7 +91,7 @@ def summary(errors: list[float]) -> dict[str, float]:
     """Median, p90 and worst absolute relative error, and the worst ratio either way."""
     a = sorted(abs(e) for e in errors)
     ratio = max(max(1 + e, 1 / (1 + e)) for e in errors)
-    p90 = a[min(len(a) - 1, int(round(0.9 * (len(a) - 1))))]
+    p90 = a[min(len(a) - 1, round(0.9 * (len(a) - 1)))]
     return {"rows": len(a), "median": statistics.median(a), "p90": p90, "worst": a[-1], "worst_ratio": ratio}
 
 

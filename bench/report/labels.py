@@ -112,7 +112,7 @@ def duration(seconds: float | None) -> str:
         return MISSING
     if seconds < 60:
         return f"{seconds:.1f} s"
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     h, m = divmod(m, 60)
     d, h = divmod(h, 24)
     if d:
