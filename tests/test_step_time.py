@@ -59,7 +59,7 @@ def test_parts_add_up_and_follow_the_work():
     assert speed.speed(cell(method="zero2-offload")).parts["offload"] > 0
     assert speed.speed(cell(model="gpt2-xl", gpu="a10g")).step_time_seconds > \
         speed.speed(cell(model="gpt2-xl", gpu="h100-80gb")).step_time_seconds
-    fused = step_time.optimizer_seconds("adamw", 1e9, 100, 4, 4, 4, f)
+    fused = step_time.optimizer_seconds("adamw-fused", 1e9, 100, 4, 4, 4, f)
     assert step_time.optimizer_seconds("adamw-foreach", 1e9, 100, 4, 4, 4, f) > 2 * fused
     assert step_time.optimizer_seconds("sgd", 1e9, 100, 4, 4, 4, f) < fused
 

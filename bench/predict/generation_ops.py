@@ -18,12 +18,10 @@ from types import SimpleNamespace
 import torch
 
 from bench import models
+from bench.dtypes import torch_dtype
 from bench.predict import model_trace
 from bench.predict import trace as tr
 from bench.predict.op_cost import AttentionCount, OpCounts, OpLog, rescaled
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def generation(model: str, precision: str, attn: str | None, batch: int, seq: int,
                new_tokens: int) -> tuple[OpCounts, OpCounts] | None:
@@ -62,7 +60,7 @@ def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) 
     from transformers import DynamicCache
 
     attn = attn or models.default_attn(spec)
-    model = models.build(spec, device="meta", dtype=DTYPES[precision],
+    model = models.build(spec, device="meta", dtype=torch_dtype(precision),
                          attn="sdpa" if attn == "flash_attention_2" else attn,
                          **model_trace._layer_overrides(spec, layers))
     model.eval()

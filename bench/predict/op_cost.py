@@ -42,6 +42,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
 from bench import models
+from bench.dtypes import torch_dtype
 from bench.predict import model_trace, trace_cache
 from bench.predict import trace as tr
 
@@ -216,7 +217,7 @@ def _trace_now(key: model_trace.ShapeKey) -> OpCounts:
         with contextlib.ExitStack() as stack:
             stack.enter_context(tr.AttentionEmulation())
             if key.autocast:
-                stack.enter_context(tr.AutocastEmulation(model_trace.DTYPES[key.autocast]))
+                stack.enter_context(tr.AutocastEmulation(torch_dtype(key.autocast)))
             stack.enter_context(AttentionCount(log, key.grad_ckpt))
             loss = model(**inputs).loss
         log.phase = "backward"

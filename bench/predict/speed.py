@@ -2,7 +2,7 @@
 
 Training: the time of one optimizer step (``step_time``: all ``grad_accum``
 micro-steps and the step after them), tokens and samples per second over all
-``gpus`` ranks, and MFU (model FLOPs, ``bench.run.flops``, over the dense peak
+``gpus`` ranks, and MFU (model FLOPs, ``bench.worker.flops``, over the dense peak
 of the precision). Generation: prefill seconds (time to the first token) and
 decode tokens per second, each forward timed as a training phase is
 (``generation_ops``), plus ``generate()``'s host work per token.
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from bench import gpus, models
 from bench.predict import generation_ops, model_trace, op_cost, step_time
-from bench.predict.sharded import HALF
 from bench.predict.speed_figures import figures
 
 
@@ -38,11 +37,9 @@ class Speed:
 
 
 def shape_key(cell) -> model_trace.ShapeKey:
-    """The micro-step the cell's GPU runs: ZeRO and FSDP compute on half weights without autocast."""
-    key = model_trace.shape_key(cell)
-    if cell.strategy.startswith("zero") or cell.strategy == "fsdp":
-        key = dataclasses.replace(key, weight_dtype=HALF[cell.precision], autocast=None)
-    return key
+    """The micro-step the cell's GPU runs (the recipe's dtypes: ZeRO and FSDP compute on
+    half weights without autocast)."""
+    return model_trace.shape_key(cell)
 
 
 def speed(cell, gpu: str | None = None, calibration: dict | None = None) -> Speed:
@@ -51,7 +48,7 @@ def speed(cell, gpu: str | None = None, calibration: dict | None = None) -> Spee
     f = figures(card, calibration)
     if cell.task == "infer":
         return _generation(cell, card, f)
-    from bench.run import flops
+    from bench.worker import flops
 
     counts = op_cost.micro_step(shape_key(cell))
     st = step_time.train_step(cell, counts, f)

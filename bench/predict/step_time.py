@@ -31,12 +31,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench import recipe as recipes
+from bench.dtypes import BYTES
 from bench.predict.op_cost import OpCounts
 from bench.predict.speed_figures import Figures
 
 PARTS = ("forward", "backward", "host_overhead", "optimizer", "communication", "offload")
-
-_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "pure-bf16": 2}
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,11 @@ def host_exposed(gpu: float, host: float, f: Figures) -> float:
     return max(gpu, host) + (1 - f.async_overlap) * min(gpu, host) - gpu
 
 
-def _elements(cell) -> tuple[int, int, int]:
-    """Bytes per trainable element: (parameter, gradient, optimizer state)."""
-    if cell.tuning in ("lora", "qlora") or cell.precision in ("fp32", "fp16", "bf16"):
-        return 4, 4, 4  # fp32 masters (mixed precision) or fp32 adapters
-    return 2, 2, 2  # pure-bf16
+def _elements(r: recipes.Recipe) -> tuple[int, int, int]:
+    """Bytes per trainable element in a plain loop: (parameter, gradient, optimizer state),
+    all in the trained weights' dtype (the adapters', or the build dtype of full tuning)."""
+    n = BYTES[r.adapters.dtype if r.adapters else r.build_dtype]
+    return n, n, n
 
 
 def optimizer_seconds(name: str, elements: float, tensors: float, p: int, g: int, s: int, f: Figures,
@@ -88,9 +88,9 @@ def optimizer_seconds(name: str, elements: float, tensors: float, p: int, g: int
     """
     hbm = f.hbm_bytes_per_second
     fused = 2 * p + g + 4 * s
-    if name == "adamw":
+    if name == "adamw-fused":
         return elements * fused / hbm + f.kernel_seconds * max(1.0, tensors / 8) + f.forward_op_seconds
-    if name in ("adamw-foreach", "adamw-client"):
+    if name == "adamw-foreach":
         list_ops = 12
         launches = list_ops * max(1.0, tensors / 24)
         host = list_ops * (f.forward_op_seconds + tensors * sharded_dispatch)
@@ -113,9 +113,10 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
     gpu_b, host_b = gpu_b + gpu_r, host_b + host_r
     ga, n_gpus = cell.grad_accum, max(1, cell.gpus)
     elements, tensors = counts.params["trainable"], counts.params["trainable_tensors"]
-    p, g, s = _elements(cell)
+    r = recipes.of(cell)
+    p, g, s = _elements(r)
     hbm, pcie, link = f.hbm_bytes_per_second, f.host_link_bytes_per_second, f.gpu_link_bytes_per_second
-    half = 2 if cell.precision != "fp32" else 4
+    half = BYTES[r.compute_dtype]
     parts = dict.fromkeys(PARTS, 0.0)
     parts["forward"] = ga * gpu_f
     parts["backward"] = ga * gpu_b + (ga - 1) * elements * 3 * g / hbm  # accumulation adds
@@ -123,9 +124,9 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
     shard = elements / n_gpus
     ring = (n_gpus - 1) / n_gpus
     comm = 0.0  # per step, over the link
-    strategy, offload = cell.strategy, cell.offload
-    if strategy.startswith("zero"):
-        stage = int(strategy[-1])
+    offload = r.offload
+    if r.deepspeed:
+        stage = int(cell.strategy[-1])
         gathers = 2 + (1 if cell.grad_ckpt else 0)  # ZeRO-3 fetches each module per use
         per_micro = tensors * f.deepspeed_param_seconds * (3 if stage == 3 else 1)
         copies = elements * half * 2  # gradients into the buckets, out to the partition
@@ -138,13 +139,13 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
         # step: upcast the gradient partition, fp64 norms, master -> half copy
         parts["optimizer"] += shard * (half + 4 + half + 8 + 4 + half) / hbm
         if offload == "none":
-            parts["optimizer"] += optimizer_seconds(_client(cell.optimizer), shard, 1, 4, 4, 4, f)
+            parts["optimizer"] += optimizer_seconds(r.optimizer, shard, 1, 4, 4, 4, f)
         else:
             parts["offload"] += ga * shard * half / pcie  # gradients to the pinned host buffer
             parts["offload"] += shard / f.cpu_adam_params_per_second + shard * half / pcie
             if offload == "all" and stage == 3:
                 parts["offload"] += ga * elements * half * gathers / pcie
-    elif strategy == "fsdp":
+    elif r.fsdp:
         gathers = 2  # forward, and again for the backward (reshard after forward)
         parts["communication"] += ga * elements * (4 + 2) * (gathers + 1) / hbm  # cast-gather, reduce-scatter
         comm += ga * elements * (half * gathers + 4) * ring
@@ -152,20 +153,15 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
             parts["offload"] += ga * elements * 4 * (gathers + 1) / pcie
             parts["offload"] += shard / f.cpu_torch_adam_params_per_second
         else:
-            parts["optimizer"] += optimizer_seconds(_client(cell.optimizer), shard, tensors, 4, 4, 4, f,
+            parts["optimizer"] += optimizer_seconds(r.optimizer, shard, tensors, 4, 4, 4, f,
                                                     sharded_dispatch=f.dtensor_op_seconds)
     else:
-        if strategy == "ddp":
+        if r.engine == "ddp":
             comm += ga * 2 * elements * g * ring
-        name = cell.optimizer
-        parts["optimizer"] += optimizer_seconds(name, elements, tensors, p, g, s, f)
-        if cell.precision == "fp16" and cell.tuning == "full":  # GradScaler: unscale + inf check
+        parts["optimizer"] += optimizer_seconds(r.optimizer, elements, tensors, p, g, s, f)
+        if r.loss_scaling:  # GradScaler: unscale + inf check
             parts["optimizer"] += elements * 3 * g / hbm + 2 * f.forward_op_seconds
     if comm and n_gpus > 1:
         parts["communication"] += max(0.0, comm / link - f.comm_overlap * parts["backward"])
     return StepTime(sum(parts.values()), parts)
 
-
-def _client(name: str) -> str:
-    """DeepSpeed's and FSDP2's client ``torch.optim.AdamW()`` runs foreach (``sharded.client_optimizer``)."""
-    return "adamw-foreach" if name == "adamw" else name
