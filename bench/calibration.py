@@ -42,8 +42,13 @@ def _timed(fn, sync, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def measure(device: str = "cuda", sizes: tuple[int, ...] = (2048, 4096, 8192), copy_bytes: int = 2**30,
-            repeats: int = 10, tiny_ops: int = 2000) -> dict:
+def measure(
+    device: str = "cuda",
+    sizes: tuple[int, ...] = (2048, 4096, 8192),
+    copy_bytes: int = 2**30,
+    repeats: int = 10,
+    tiny_ops: int = 2000,
+) -> dict:
     """The profile of ``device`` (``cuda`` or ``cpu``)."""
     import torch
 
@@ -73,7 +78,9 @@ def measure(device: str = "cuda", sizes: tuple[int, ...] = (2048, 4096, 8192), c
     return {
         "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "matmul_flops_per_second": mm, "hbm_bytes_per_second": hbm, "kernel_seconds": kernel,
+        "matmul_flops_per_second": mm,
+        "hbm_bytes_per_second": hbm,
+        "kernel_seconds": kernel,
         "host_link_bytes_per_second": link,
         "environment": environment,
     }
@@ -112,8 +119,10 @@ def cmd_calibrate(a) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("calibrate", help="measure this card's matmul, bandwidth, kernel and PCIe figures "
-                                         "into a profile for --calibration")
+    p = sub.add_parser(
+        "calibrate",
+        help="measure this card's matmul, bandwidth, kernel and PCIe figures into a profile for --calibration",
+    )
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("-o", "--output", default="calibration.json")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds, less accurate)")
@@ -127,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     small = a.quick or a.device == "cpu"
-    profile = (measure(a.device, sizes=(256, 512), copy_bytes=2**24, repeats=3, tiny_ops=200) if small
-               else measure(a.device))
+    profile = (
+        measure(a.device, sizes=(256, 512), copy_bytes=2**24, repeats=3, tiny_ops=200) if small else measure(a.device)
+    )
     Path(a.output).write_text(json.dumps(profile, indent=1) + "\n")
     mm = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in profile["matmul_flops_per_second"].items())
-    print(f"{profile['gpu']}: matmul TFLOP/s {mm}; HBM {profile['hbm_bytes_per_second'] / 1e9:.0f} GB/s; "
-          f"kernel {profile['kernel_seconds'] * 1e6:.1f} us; host link "
-          f"{profile['host_link_bytes_per_second'] / 1e9:.1f} GB/s -> {a.output}")
+    print(
+        f"{profile['gpu']}: matmul TFLOP/s {mm}; HBM {profile['hbm_bytes_per_second'] / 1e9:.0f} GB/s; "
+        f"kernel {profile['kernel_seconds'] * 1e6:.1f} us; host link "
+        f"{profile['host_link_bytes_per_second'] / 1e9:.1f} GB/s -> {a.output}"
+    )
     return 0
 
 

@@ -42,4 +42,6 @@ def test_speed_prediction_share_of_a_plan(benchmark):
     r = benchmark.pedantic(_run, rounds=1, iterations=1)
     share = r["speed_seconds"] / r["memory_seconds"]
     benchmark.extra_info.update(r, speed_share=share)
-    print(f"\n{r['cells']} cells: memory {r['memory_seconds']:.1f} s, speed {r['speed_seconds']:.1f} s ({100 * share:.1f} %)")
+    print(
+        f"\n{r['cells']} cells: memory {r['memory_seconds']:.1f} s, speed {r['speed_seconds']:.1f} s ({100 * share:.1f} %)"
+    )

@@ -33,13 +33,19 @@ from bench.predict import op_cost, speed, step_time, time_accuracy
 from bench.predict.speed_figures import figures
 
 FITTED = [  # (path in the block, lower bound, upper bound)
-    (("matmul_fraction", "bf16"), 0.2, 0.85), (("matmul_fraction", "fp32"), 0.2, 0.9),
-    (("attention_fraction",), 0.1, 0.6), (("hbm_fraction",), 0.3, 0.92), (("pcie_fraction",), 0.2, 0.9),
+    (("matmul_fraction", "bf16"), 0.2, 0.85),
+    (("matmul_fraction", "fp32"), 0.2, 0.9),
+    (("attention_fraction",), 0.1, 0.6),
+    (("hbm_fraction",), 0.3, 0.92),
+    (("pcie_fraction",), 0.2, 0.9),
     (("async_overlap",), 0.0, 1.0),
     (("kernel_seconds",), 1e-7, 2e-5),
-    (("host", "forward_op_seconds"), 1e-6, 1e-4), (("host", "backward_op_seconds"), 1e-6, 1e-4),
-    (("host", "recompute_op_seconds"), 1e-6, 2e-4), (("host", "view_op_seconds"), 1e-7, 2e-5),
-    (("host", "deepspeed_param_seconds"), 1e-6, 2e-3), (("host", "dtensor_op_seconds"), 1e-6, 5e-4),
+    (("host", "forward_op_seconds"), 1e-6, 1e-4),
+    (("host", "backward_op_seconds"), 1e-6, 1e-4),
+    (("host", "recompute_op_seconds"), 1e-6, 2e-4),
+    (("host", "view_op_seconds"), 1e-7, 2e-5),
+    (("host", "deepspeed_param_seconds"), 1e-6, 2e-3),
+    (("host", "dtensor_op_seconds"), 1e-6, 5e-4),
     (("host", "cpu_adam_params_per_second"), 1e7, 1e10),
 ]
 
@@ -103,12 +109,16 @@ def main() -> None:
     block = copy.deepcopy(gpus.speed_figures())
     print(f"start: objective {objective(block, rows):.4f} on {len(rows)} rows")
     block, score = fit(block, rows)
-    block["fitted_on"] = (f"scripts/fit_speed.py on {len(rows)} H200 training rows: tests/data/h200-2026-11.jsonl "
-                          "(= shared/measurements) and results/h200-2026-11-28")
+    block["fitted_on"] = (
+        f"scripts/fit_speed.py on {len(rows)} H200 training rows: tests/data/h200-2026-11.jsonl "
+        "(= shared/measurements) and results/h200-2026-11-28"
+    )
     block["fitted"] = [".".join(p) for p, _, _ in FITTED]
-    block["source"] = ("fractions of each card's datasheet peaks (its own source field) and host costs, fitted as "
-                       "fitted_on says; link_fraction, comm_overlap, cpu_torch_adam_params_per_second and "
-                       "generate_token_seconds are unfitted estimates (no rows measure them)")
+    block["source"] = (
+        "fractions of each card's datasheet peaks (its own source field) and host costs, fitted as "
+        "fitted_on says; link_fraction, comm_overlap, cpu_torch_adam_params_per_second and "
+        "generate_token_seconds are unfitted estimates (no rows measure them)"
+    )
     print(f"fitted: objective {score:.4f}")
     print(json.dumps(block, indent=2))
     if a.write:

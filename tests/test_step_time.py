@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import cell as cellmod
-from bench import gpus, models
+from bench import cell as cellmod, gpus, models
 from bench.errors import UserError
 from bench.predict import model_trace, op_cost, speed, step_time, time_accuracy
 from bench.predict.speed_figures import apply, figures
@@ -41,8 +40,7 @@ def test_matmul_flops_match_torch_flop_counter_on_a_real_cpu_step():
     key = dataclasses.replace(speed.shape_key(c), layers=2)
     ours = sum(op[3] * n for op, n in op_cost._trace_now(key).kernels.items())
     spec = models.resolve("gpt2")
-    model = models.build(spec, device="cpu", dtype=torch.float32, attn="eager",
-                         **model_trace._layer_overrides(spec, 2))
+    model = models.build(spec, device="cpu", dtype=torch.float32, attn="eager", **model_trace._layer_overrides(spec, 2))
     ids = torch.randint(0, 100, (2, 64))
     with FlopCounterMode(display=False) as counter:
         model(input_ids=ids, labels=ids).loss.backward()
@@ -57,16 +55,30 @@ def test_parts_add_up_and_follow_the_work():
     assert ga4 > speed.speed(cell(batch=1)).step_time_seconds * 3
     assert speed.speed(cell(grad_ckpt=True)).step_time_seconds > base.step_time_seconds
     assert speed.speed(cell(method="zero2-offload")).parts["offload"] > 0
-    assert speed.speed(cell(model="gpt2-xl", gpu="a10g")).step_time_seconds > \
-        speed.speed(cell(model="gpt2-xl", gpu="h100-80gb")).step_time_seconds
+    assert (
+        speed.speed(cell(model="gpt2-xl", gpu="a10g")).step_time_seconds
+        > speed.speed(cell(model="gpt2-xl", gpu="h100-80gb")).step_time_seconds
+    )
     fused = step_time.optimizer_seconds("adamw-fused", 1e9, 100, 4, 4, 4, f)
     assert step_time.optimizer_seconds("adamw-foreach", 1e9, 100, 4, 4, 4, f) > 2 * fused
     assert step_time.optimizer_seconds("sgd", 1e9, 100, 4, 4, 4, f) < fused
 
 
 def test_generation_predicts_prefill_and_decode():
-    s = speed.speed(cellmod.normalize({"model": "gpt2-medium", "gpu": "h200", "task": "infer", "precision": "bf16",
-                                       "batch": 1, "seq": 512, "new_tokens": 128}, ""))
+    s = speed.speed(
+        cellmod.normalize(
+            {
+                "model": "gpt2-medium",
+                "gpu": "h200",
+                "task": "infer",
+                "precision": "bf16",
+                "batch": 1,
+                "seq": 512,
+                "new_tokens": 128,
+            },
+            "",
+        )
+    )
     assert s.prefill_seconds > 0 and s.decode_tokens_per_second > 0
     assert s.step_time_seconds == pytest.approx(s.prefill_seconds + 127 / s.decode_tokens_per_second)
 
@@ -117,8 +129,10 @@ def test_plan_json_has_speed_fields(tmp_path, capsys):
     from bench.cli import main
 
     m = tmp_path / "m.yaml"
-    m.write_text("name: m\ngpu: h200\ndefaults: {precision: bf16, batch: 2, seq: 256}\n"
-                 "sweep:\n  model: [gpt2]\n  method: [lora]\n")
+    m.write_text(
+        "name: m\ngpu: h200\ndefaults: {precision: bf16, batch: 2, seq: 256}\n"
+        "sweep:\n  model: [gpt2]\n  method: [lora]\n"
+    )
     assert main(["plan", str(m), "--json", "--tokens", "1000000", "--price", "h200=2"]) == 0
     e = json.loads(capsys.readouterr().out)[0]["predicted"]
     assert e["step_time_seconds"] > 0 and e["tokens_per_second"] > 0 and 0 < e["mfu"] < 1
@@ -130,13 +144,16 @@ def test_plan_json_has_speed_fields(tmp_path, capsys):
     assert any("Step (s)" in line and "Tokens/s" in line and "Cost (USD)" in line for line in header)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--price", "h200"], "--price: 'h200'"),
-    (["--price", "h200=-1"], "--price h200"),
-    (["--price", "nope=1"], "gpu: 'nope'"),
-    (["--epochs", "1"], "--epochs: needs --dataset-tokens"),
-    (["--tokens", "0"], "--tokens: 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--price", "h200"], "--price: 'h200'"),
+        (["--price", "h200=-1"], "--price h200"),
+        (["--price", "nope=1"], "gpu: 'nope'"),
+        (["--epochs", "1"], "--epochs: needs --dataset-tokens"),
+        (["--tokens", "0"], "--tokens: 0"),
+    ],
+)
 def test_bad_run_flags_are_one_line_and_exit_2(args, message, capsys):
     from bench.cli import main
 
@@ -148,8 +165,29 @@ def test_bad_run_flags_are_one_line_and_exit_2(args, message, capsys):
 def test_gpu_all_with_tokens_ranks_the_cards_that_fit_by_cost(capsys):
     from bench.cli import main
 
-    assert main(["predict", "--model", "gpt2", "--method", "lora", "--precision", "fp16", "--batch", "2",
-                 "--seq", "256", "--gpu", "all", "--tokens", "1000000", "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                "gpt2",
+                "--method",
+                "lora",
+                "--precision",
+                "fp16",
+                "--batch",
+                "2",
+                "--seq",
+                "256",
+                "--gpu",
+                "all",
+                "--tokens",
+                "1000000",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     fitting = [r for r in rows if r["fits"]]
     usd = [r["predicted"]["run"]["usd"] for r in fitting]
@@ -160,8 +198,9 @@ def test_gpu_all_with_tokens_ranks_the_cards_that_fit_by_cost(capsys):
 def test_autotune_finds_settings_that_fit_and_orders_them():
     from bench.predict import search
 
-    found = search.search("gpt2", "lora", "bf16", 256, 8, ["rtx4090", "h100-80gb"], None, {"rtx4090": 0.4,
-                                                                                         "h100-80gb": 3.0}, None)
+    found = search.search(
+        "gpt2", "lora", "bf16", 256, 8, ["rtx4090", "h100-80gb"], None, {"rtx4090": 0.4, "h100-80gb": 3.0}, None
+    )
     assert found and all(c.cell.batch * c.cell.grad_accum * c.cell.gpus == 8 for c in found)
     fastest = search.best(found, lambda c: c.step_time_seconds, 3)
     assert [c.step_time_seconds for c in fastest] == sorted(c.step_time_seconds for c in fastest)
@@ -191,4 +230,6 @@ def test_calibrate_on_the_cpu_writes_a_profile_the_predictor_uses(tmp_path, caps
     assert main([*args, "--calibration", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["predicted"]["step_time_seconds"] > 2 * base
     h100 = {**slow, "gpu": "NVIDIA H100 80GB HBM3"}  # a profile of another card leaves the h200's figures alone
-    assert figures(gpus.resolve("h200"), h100).hbm_bytes_per_second == figures(gpus.resolve("h200")).hbm_bytes_per_second
+    assert (
+        figures(gpus.resolve("h200"), h100).hbm_bytes_per_second == figures(gpus.resolve("h200")).hbm_bytes_per_second
+    )

@@ -25,8 +25,13 @@ class RunCost:
     """For all the cell's GPUs together."""
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "seconds": self.seconds, "hours": self.seconds / 3600,
-                "usd": self.usd, "usd_per_hour": self.usd_per_hour}
+        return {
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "hours": self.seconds / 3600,
+            "usd": self.usd,
+            "usd_per_hour": self.usd_per_hour,
+        }
 
 
 def run_tokens(tokens: int | None, epochs: float | None, dataset_tokens: int | None) -> int | None:
@@ -94,4 +99,3 @@ def run_cost(cell, tokens_per_second: float | None, tokens: int, table: dict[str
     per_hour = per_gpu * max(1, cell.gpus) if per_gpu is not None else None
     usd = per_hour * seconds / 3600 if per_hour is not None else None
     return RunCost(tokens=tokens, seconds=seconds, usd=usd, usd_per_hour=per_hour)
-

@@ -19,12 +19,13 @@ import torch
 
 from bench import models
 from bench.dtypes import torch_dtype
-from bench.predict import model_trace
-from bench.predict import trace as tr
+from bench.predict import model_trace, trace as tr
 from bench.predict.op_cost import AttentionCount, OpCounts, OpLog, rescaled
 
-def generation(model: str, precision: str, attn: str | None, batch: int, seq: int,
-               new_tokens: int) -> tuple[OpCounts, OpCounts] | None:
+
+def generation(
+    model: str, precision: str, attn: str | None, batch: int, seq: int, new_tokens: int
+) -> tuple[OpCounts, OpCounts] | None:
     """(prefill, one decode step) kernels at full depth, or None for an encoder-decoder model.
 
     Traced at the sentinel batch and length (``model_trace``) and rescaled:
@@ -34,8 +35,10 @@ def generation(model: str, precision: str, attn: str | None, batch: int, seq: in
         return None
     pre, dec = traced
     cache_len = seq + new_tokens // 2
-    return (rescaled(pre, SimpleNamespace(batch=batch, seq=seq, target_seq=seq)),
-            rescaled(dec, SimpleNamespace(batch=batch, seq=cache_len, target_seq=cache_len)))
+    return (
+        rescaled(pre, SimpleNamespace(batch=batch, seq=seq, target_seq=seq)),
+        rescaled(dec, SimpleNamespace(batch=batch, seq=cache_len, target_seq=cache_len)),
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -48,7 +51,10 @@ def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, O
     traces = {}
     for layers in (1, 2):
         # the decode step after an ``s - 1`` prompt attends to ``s`` positions: sizes that rescale
-        traces[layers] = (_trace(spec, precision, attn, layers, b, s)[0], _trace(spec, precision, attn, layers, b, s - 1)[1])
+        traces[layers] = (
+            _trace(spec, precision, attn, layers, b, s)[0],
+            _trace(spec, precision, attn, layers, b, s - 1)[1],
+        )
     out = []
     for i in range(2):
         one, two = traces[1][i], traces[2][i]
@@ -60,9 +66,13 @@ def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) 
     from transformers import DynamicCache
 
     attn = attn or models.default_attn(spec)
-    model = models.build(spec, device="meta", dtype=torch_dtype(precision),
-                         attn="sdpa" if attn == "flash_attention_2" else attn,
-                         **model_trace._layer_overrides(spec, layers))
+    model = models.build(
+        spec,
+        device="meta",
+        dtype=torch_dtype(precision),
+        attn="sdpa" if attn == "flash_attention_2" else attn,
+        **model_trace._layer_overrides(spec, layers),
+    )
     model.eval()
     sig = inspect.signature(model.forward).parameters
     name = "cache" if "cache" in sig else "past_key_values"
@@ -76,8 +86,11 @@ def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) 
             log = OpLog()
             mask = torch.empty((b, s + step), dtype=torch.long, device="meta")
             with log, tr.AttentionEmulation(), AttentionCount(log, False):
-                model(input_ids=ids if step == 0 else ids[:, :1], attention_mask=mask,
-                      **{name: cache, "use_cache": True, **extra})
+                model(
+                    input_ids=ids if step == 0 else ids[:, :1],
+                    attention_mask=mask,
+                    **{name: cache, "use_cache": True, **extra},
+                )
             kernels = {op: float(n) for op, n in log.kernels.items() if op[0] == "forward"}
             counts.append(OpCounts(kernels, {"forward": log.views.get("forward", 0.0)}, _params(model)))
     return counts[0], counts[1]
@@ -85,5 +98,9 @@ def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) 
 
 def _params(model) -> dict[str, float]:
     params = list(model.parameters())
-    return {"elements": float(sum(p.numel() for p in params)), "trainable": 0.0,
-            "tensors": float(len(params)), "trainable_tensors": 0.0}
+    return {
+        "elements": float(sum(p.numel() for p in params)),
+        "trainable": 0.0,
+        "tensors": float(len(params)),
+        "trainable_tensors": 0.0,
+    }

@@ -43,12 +43,16 @@ from torch.utils.flop_counter import flop_registry
 
 from bench import models
 from bench.dtypes import torch_dtype
-from bench.predict import model_trace, trace_cache
-from bench.predict import trace as tr
+from bench.predict import model_trace, trace as tr, trace_cache
 
 _NO_KERNEL = {
-    torch.ops.aten.empty, torch.ops.aten.empty_strided, torch.ops.aten.empty_like, torch.ops.aten.detach,
-    torch.ops.aten.lift_fresh, torch.ops.aten._local_scalar_dense, torch.ops.aten.set_,
+    torch.ops.aten.empty,
+    torch.ops.aten.empty_strided,
+    torch.ops.aten.empty_like,
+    torch.ops.aten.detach,
+    torch.ops.aten.lift_fresh,
+    torch.ops.aten._local_scalar_dense,
+    torch.ops.aten.set_,
 }
 
 Op = tuple[str, str, str, int, tuple[int, ...]]
@@ -168,8 +172,7 @@ def micro_step(key: model_trace.ShapeKey) -> OpCounts:
     in batch or sequence length share one trace."""
     spec = models.resolve(key.model)
     target = model_trace.SENTINEL_TARGET if spec.is_encoder_decoder else model_trace.SENTINEL_SEQ
-    base = dataclasses.replace(key, batch=model_trace.SENTINEL_BATCH, seq=model_trace.SENTINEL_SEQ,
-                               target_seq=target)
+    base = dataclasses.replace(key, batch=model_trace.SENTINEL_BATCH, seq=model_trace.SENTINEL_SEQ, target_seq=target)
     if key != base:
         if not spec.is_encoder_decoder:
             key = dataclasses.replace(key, target_seq=key.seq)
@@ -204,8 +207,14 @@ def _trace(key: model_trace.ShapeKey) -> OpCounts:
             pass  # unreadable entry: trace again and overwrite it
     counts = _trace_now(key)
     if path is not None:
-        trace_cache.store(path, {"kernels": [[list(op), n] for op, n in counts.kernels.items()],
-                                 "views": counts.views, "params": counts.params})
+        trace_cache.store(
+            path,
+            {
+                "kernels": [[list(op), n] for op, n in counts.kernels.items()],
+                "views": counts.views,
+                "params": counts.params,
+            },
+        )
     return counts
 
 
@@ -224,6 +233,10 @@ def _trace_now(key: model_trace.ShapeKey) -> OpCounts:
         loss.backward()
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    counts = {"elements": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in trainable),
-              "tensors": len(params), "trainable_tensors": len(trainable)}
+    counts = {
+        "elements": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in trainable),
+        "tensors": len(params),
+        "trainable_tensors": len(trainable),
+    }
     return OpCounts(dict(log.kernels), dict(log.views), {k: float(v) for k, v in counts.items()})

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 
-from bench import cell as cellmod
-from bench import gpus
+from bench import cell as cellmod, gpus
 from bench.report.labels import duration
 
 GiB = 2**30
@@ -30,6 +29,7 @@ def _order(rank: str):
             return (0, 0, run["usd"])
         seconds = run.get("seconds") or sp.get("step_time_seconds") or float("inf")
         return (0, 1 if rank == "cost" else 0, seconds)
+
     return key
 
 
@@ -64,18 +64,25 @@ def rank_cards(base, a, tokens: int | None, table: dict, calibration: dict | Non
         return 0
     what = f"{tokens:,} tokens" if tokens is not None else "one optimizer step"
     print(f"{base.slug}: cards that fit, by {rank} for {what}")
-    print(f"  {'gpu':<12} {'memory':>9} {'peak':>9} {'host RAM':>9} {'step (s)':>9} {'tokens/s':>9}"
-          f" {'time':>10} {'USD':>9}{'  max batch' if a.max_batch else ''}")
+    print(
+        f"  {'gpu':<12} {'memory':>9} {'peak':>9} {'host RAM':>9} {'step (s)':>9} {'tokens/s':>9}"
+        f" {'time':>10} {'USD':>9}{'  max batch' if a.max_batch else ''}"
+    )
     for r in ranked:
         p = r.get("predicted") or {}
         if "error" in r:
             print(f"  {r['gpu']:<12} {r['capacity_bytes'] / GiB:7.1f} G  -- {r['error']}")
             continue
         run = p.get("run") or {}
-        speed = (f"{p['step_time_seconds']:9.3f} {p['tokens_per_second']:9.0f}" if r["fits"] and p.get("step_time_seconds")
-                 else f"{'OOM':>9} {'':>9}")
+        speed = (
+            f"{p['step_time_seconds']:9.3f} {p['tokens_per_second']:9.0f}"
+            if r["fits"] and p.get("step_time_seconds")
+            else f"{'OOM':>9} {'':>9}"
+        )
         usd = f"{run['usd']:9.2f}" if run.get("usd") is not None else f"{'-':>9}"
         mb = f"  {r['max_batch']:>9}" if a.max_batch else ""
-        print(f"  {r['gpu']:<12} {r['capacity_bytes'] / GiB:7.1f} G {p['peak_bytes'] / GiB:7.2f} G"
-              f" {p['host_bytes'] / GiB:7.1f} G {speed} {duration(run.get('seconds')) if run else '-':>10} {usd}{mb}")
+        print(
+            f"  {r['gpu']:<12} {r['capacity_bytes'] / GiB:7.1f} G {p['peak_bytes'] / GiB:7.2f} G"
+            f" {p['host_bytes'] / GiB:7.1f} G {speed} {duration(run.get('seconds')) if run else '-':>10} {usd}{mb}"
+        )
     return 0

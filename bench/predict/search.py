@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from bench import cell as cellmod
-from bench import gpus, matrix, models
+from bench import cell as cellmod, gpus, matrix, models
 from bench.errors import UserError, allowed
 
 FAMILIES = {
@@ -45,10 +44,19 @@ class Candidate:
 
     def to_dict(self) -> dict:
         c = self.cell
-        return {"gpu": c.gpu, "gpus": c.gpus, "method": _method(c), "batch": c.batch, "grad_accum": c.grad_accum,
-                "grad_ckpt": c.grad_ckpt, "peak_bytes": self.peak_bytes, "step_time_seconds": self.step_time_seconds,
-                "tokens_per_second": self.tokens_per_second, "usd_per_million_tokens": self.usd_per_million_tokens,
-                "cell": c.to_dict()}
+        return {
+            "gpu": c.gpu,
+            "gpus": c.gpus,
+            "method": _method(c),
+            "batch": c.batch,
+            "grad_accum": c.grad_accum,
+            "grad_ckpt": c.grad_ckpt,
+            "peak_bytes": self.peak_bytes,
+            "step_time_seconds": self.step_time_seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "usd_per_million_tokens": self.usd_per_million_tokens,
+            "cell": c.to_dict(),
+        }
 
 
 def _method(c) -> str:
@@ -69,8 +77,17 @@ def settings(model: str, family: str, precision: str, seq: int, global_batch: in
             mb = 1
             while mb <= min(max_batch, global_batch):
                 if global_batch % (mb * n) == 0:
-                    raw = {"model": model, "gpu": "h200", "method": method, "precision": precision, "seq": seq,
-                           "batch": mb, "grad_accum": global_batch // (mb * n), "grad_ckpt": ckpt, "gpus": n}
+                    raw = {
+                        "model": model,
+                        "gpu": "h200",
+                        "method": method,
+                        "precision": precision,
+                        "seq": seq,
+                        "batch": mb,
+                        "grad_accum": global_batch // (mb * n),
+                        "grad_ckpt": ckpt,
+                        "gpus": n,
+                    }
                     c = cellmod.normalize(raw, "")
                     if not matrix.validate_cell(c):
                         row.append(c)
@@ -78,8 +95,17 @@ def settings(model: str, family: str, precision: str, seq: int, global_batch: in
             yield row
 
 
-def search(model: str, family: str, precision: str, seq: int, global_batch: int, cards: list[str],
-           tokens: int | None, price_table: dict, calibration: dict | None) -> list[Candidate]:
+def search(
+    model: str,
+    family: str,
+    precision: str,
+    seq: int,
+    global_batch: int,
+    cards: list[str],
+    tokens: int | None,
+    price_table: dict,
+    calibration: dict | None,
+) -> list[Candidate]:
     from bench.predict import predict
     from bench.predict.speed import speed
 
@@ -122,11 +148,16 @@ def _line(c: Candidate, tokens: int | None) -> str:
 
     cell = c.cell
     time = duration(tokens / c.tokens_per_second) if tokens else "-"
-    usd = f"{c.usd_per_million_tokens * tokens / 1e6:9.2f}" if tokens and c.usd_per_million_tokens is not None else (
-        f"{c.usd_per_million_tokens:9.3f}/M" if c.usd_per_million_tokens is not None else f"{'-':>9}")
-    return (f"  {cell.gpu:<10} x{cell.gpus} {_method(cell):<14} mb {cell.batch:<3} ga {cell.grad_accum:<3}"
-            f" {'ckpt' if cell.grad_ckpt else '    '} {c.peak_bytes / GiB:7.2f} GiB {c.step_time_seconds:8.3f} s"
-            f" {c.tokens_per_second:9.0f} tok/s {time:>10} {usd}")
+    usd = (
+        f"{c.usd_per_million_tokens * tokens / 1e6:9.2f}"
+        if tokens and c.usd_per_million_tokens is not None
+        else (f"{c.usd_per_million_tokens:9.3f}/M" if c.usd_per_million_tokens is not None else f"{'-':>9}")
+    )
+    return (
+        f"  {cell.gpu:<10} x{cell.gpus} {_method(cell):<14} mb {cell.batch:<3} ga {cell.grad_accum:<3}"
+        f" {'ckpt' if cell.grad_ckpt else '    '} {c.peak_bytes / GiB:7.2f} GiB {c.step_time_seconds:8.3f} s"
+        f" {c.tokens_per_second:9.0f} tok/s {time:>10} {usd}"
+    )
 
 
 def cmd_autotune(a) -> int:
@@ -136,20 +167,34 @@ def cmd_autotune(a) -> int:
     tokens = cost.run_tokens(a.tokens, a.epochs, a.dataset_tokens)
     table = cost.prices(a.price, a.prices)
     cards = gpus.names() if a.gpu in (None, "all") else [gpus.resolve(g).name for g in a.gpu.split(",")]
-    found = search(a.model, a.family, a.precision, a.seq, a.global_batch, cards, tokens, table,
-                   load_calibration(a.calibration))
+    found = search(
+        a.model, a.family, a.precision, a.seq, a.global_batch, cards, tokens, table, load_calibration(a.calibration)
+    )
     if not found:
-        raise UserError(f"--model {a.model}: no {a.family} setting of global batch {a.global_batch} fits any of "
-                        f"{', '.join(cards)}; try a smaller --seq or --global-batch")
+        raise UserError(
+            f"--model {a.model}: no {a.family} setting of global batch {a.global_batch} fits any of "
+            f"{', '.join(cards)}; try a smaller --seq or --global-batch"
+        )
     fastest = best(found, lambda c: c.step_time_seconds, a.top)
     cheapest = best(found, lambda c: (c.usd_per_million_tokens is None, c.usd_per_million_tokens or 0.0), a.top)
     if a.json:
-        print(json.dumps({"fastest": [c.to_dict() for c in fastest], "cheapest": [c.to_dict() for c in cheapest],
-                          "settings_that_fit": len(found), "tokens": tokens}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "fastest": [c.to_dict() for c in fastest],
+                    "cheapest": [c.to_dict() for c in cheapest],
+                    "settings_that_fit": len(found),
+                    "tokens": tokens,
+                },
+                indent=1,
+            )
+        )
         return 0
     what = f"{tokens:,} tokens" if tokens else "per million tokens"
-    print(f"{a.model} {a.family} {a.precision}, seq {a.seq}, global batch {a.global_batch}: "
-          f"{len(found)} settings fit; time and USD for {what}")
+    print(
+        f"{a.model} {a.family} {a.precision}, seq {a.seq}, global batch {a.global_batch}: "
+        f"{len(found)} settings fit; time and USD for {what}"
+    )
     for title, group in (("fastest", fastest), ("cheapest", cheapest)):
         print(f"{title}:")
         for c in group:
@@ -160,8 +205,11 @@ def cmd_autotune(a) -> int:
 def register(sub) -> None:
     from bench.predict.cli import add_run_flags
 
-    p = sub.add_parser("autotune", help="search batch x accumulation x checkpointing x method x GPU for the "
-                                        "fastest and cheapest settings that fit (predicted, no GPU needed)")
+    p = sub.add_parser(
+        "autotune",
+        help="search batch x accumulation x checkpointing x method x GPU for the "
+        "fastest and cheapest settings that fit (predicted, no GPU needed)",
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--family", default="lora", help=f"method family: {', '.join(FAMILIES)}")
     p.add_argument("--precision", default="bf16")

@@ -55,11 +55,18 @@ def speed(cell, gpu: str | None = None, calibration: dict | None = None) -> Spee
     spec = models.resolve(cell.model)
     samples = cell.batch * cell.grad_accum * max(1, cell.gpus)
     tokens = samples * flops.tokens_per_sample(cell, spec.is_encoder_decoder)
-    model_flops = flops.flops_per_step(cell, int(counts.params["elements"]), int(counts.params["trainable"]),
-                                       spec.is_encoder_decoder)
+    model_flops = flops.flops_per_step(
+        cell, int(counts.params["elements"]), int(counts.params["trainable"]), spec.is_encoder_decoder
+    )
     mfu = model_flops / st.seconds / (1e12 * card.peak_tflops(cell.precision))
-    return Speed(step_time_seconds=st.seconds, tokens_per_second=tokens / st.seconds,
-                 samples_per_second=samples / st.seconds, mfu=mfu, parts=st.parts, figures=f.source)
+    return Speed(
+        step_time_seconds=st.seconds,
+        tokens_per_second=tokens / st.seconds,
+        samples_per_second=samples / st.seconds,
+        mfu=mfu,
+        parts=st.parts,
+        figures=f.source,
+    )
 
 
 def _generation(cell, card, f) -> Speed:
@@ -72,10 +79,16 @@ def _generation(cell, card, f) -> Speed:
     total = pre + per_token * (cell.new_tokens - 1)
     n = prefill.params["elements"]
     mfu = 2 * n * cell.batch * (cell.seq + cell.new_tokens) / total / (1e12 * card.peak_tflops(cell.precision))
-    return Speed(step_time_seconds=total, tokens_per_second=cell.batch * cell.new_tokens / total,
-                 samples_per_second=cell.batch / total, mfu=mfu, prefill_seconds=pre,
-                 decode_tokens_per_second=cell.batch / per_token,
-                 parts={"prefill": pre, "decode": per_token * (cell.new_tokens - 1)}, figures=f.source)
+    return Speed(
+        step_time_seconds=total,
+        tokens_per_second=cell.batch * cell.new_tokens / total,
+        samples_per_second=cell.batch / total,
+        mfu=mfu,
+        prefill_seconds=pre,
+        decode_tokens_per_second=cell.batch / per_token,
+        parts={"prefill": pre, "decode": per_token * (cell.new_tokens - 1)},
+        figures=f.source,
+    )
 
 
 def _forward_seconds(counts, f) -> float:

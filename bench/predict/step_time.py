@@ -80,8 +80,9 @@ def _elements(r: recipes.Recipe) -> tuple[int, int, int]:
     return n, n, n
 
 
-def optimizer_seconds(name: str, elements: float, tensors: float, p: int, g: int, s: int, f: Figures,
-                      sharded_dispatch: float = 0.0) -> float:
+def optimizer_seconds(
+    name: str, elements: float, tensors: float, p: int, g: int, s: int, f: Figures, sharded_dispatch: float = 0.0
+) -> float:
     """One optimizer step over ``elements`` trainable elements in ``tensors`` tensors on the GPU.
 
     ``sharded_dispatch``: host seconds per tensor per list op (DTensor shards under FSDP2).
@@ -96,8 +97,10 @@ def optimizer_seconds(name: str, elements: float, tensors: float, p: int, g: int
         host = list_ops * (f.forward_op_seconds + tensors * sharded_dispatch)
         return max(3 * elements * fused / hbm + launches * f.kernel_seconds, host)
     if name == "sgd":
-        return max(elements * (2 * p + g) / hbm + f.kernel_seconds * max(1.0, tensors / 24),
-                   f.forward_op_seconds * (1 + tensors * sharded_dispatch / f.forward_op_seconds))
+        return max(
+            elements * (2 * p + g) / hbm + f.kernel_seconds * max(1.0, tensors / 24),
+            f.forward_op_seconds * (1 + tensors * sharded_dispatch / f.forward_op_seconds),
+        )
     if name == "adamw-8bit":
         return max(elements * (2 * p + g + 4) / hbm + tensors * f.kernel_seconds, tensors * f.forward_op_seconds)
     if name == "adafactor":  # per-tensor Python loop, factored second moment
@@ -153,8 +156,9 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
             parts["offload"] += ga * elements * 4 * (gathers + 1) / pcie
             parts["offload"] += shard / f.cpu_torch_adam_params_per_second
         else:
-            parts["optimizer"] += optimizer_seconds(r.optimizer, shard, tensors, 4, 4, 4, f,
-                                                    sharded_dispatch=f.dtensor_op_seconds)
+            parts["optimizer"] += optimizer_seconds(
+                r.optimizer, shard, tensors, 4, 4, 4, f, sharded_dispatch=f.dtensor_op_seconds
+            )
     else:
         if r.engine == "ddp":
             comm += ga * 2 * elements * g * ring
@@ -164,4 +168,3 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
     if comm and n_gpus > 1:
         parts["communication"] += max(0.0, comm / link - f.comm_overlap * parts["backward"])
     return StepTime(sum(parts.values()), parts)
-

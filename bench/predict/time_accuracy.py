@@ -110,13 +110,17 @@ def main() -> None:
     print()
     for name, errs in [*sorted(by_method.items()), ("all", everything)]:
         s = summary(errs)
-        print(f"{name:<16} rows {s['rows']:>3}  median {100 * s['median']:5.1f}%  p90 {100 * s['p90']:5.1f}%"
-              f"  worst {100 * s['worst']:5.1f}% ({s['worst_ratio']:.2f}x)")
+        print(
+            f"{name:<16} rows {s['rows']:>3}  median {100 * s['median']:5.1f}%  p90 {100 * s['p90']:5.1f}%"
+            f"  worst {100 * s['worst']:5.1f}% ({s['worst_ratio']:.2f}x)"
+        )
     print()
     for row in generation_rows():
         p = speed(row.cell).to_dict()
-        print(f"{row.name:<28} {row.what:<26} measured {row.measured:9.4f} predicted {p[row.what]:9.4f}"
-              f" {100 * error(row, p):+6.1f}%")
+        print(
+            f"{row.name:<28} {row.what:<26} measured {row.measured:9.4f} predicted {p[row.what]:9.4f}"
+            f" {100 * error(row, p):+6.1f}%"
+        )
 
 
 if __name__ == "__main__":
