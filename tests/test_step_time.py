@@ -233,3 +233,19 @@ def test_calibrate_on_the_cpu_writes_a_profile_the_predictor_uses(tmp_path, caps
     assert (
         figures(gpus.resolve("h200"), h100).hbm_bytes_per_second == figures(gpus.resolve("h200")).hbm_bytes_per_second
     )
+
+
+def test_report_shows_predicted_beside_measured_throughput():
+    from bench.report import render
+
+    records = []
+    for f in sorted(time_accuracy.RUNS.glob("*/gpu-check/*.json")):
+        r = json.loads(f.read_text())
+        if r["status"] == "ok" and r["cell"]["task"] == "train":
+            c = cellmod.normalize({k: v for k, v in r["cell"].items() if v is not None})
+            r["predicted"].update(speed.speed(cellmod.replace(c, gpu="h200")).to_dict())
+            records.append(r)
+    page = render(records, "html")
+    assert page.count("<svg") == 4 and "Predicted against measured training throughput" in page
+    header = render(records, "md").splitlines()
+    assert any("Predicted tokens/s" in line and "Tokens/s" in line for line in header)
