@@ -60,9 +60,7 @@ class Candidate:
 
 
 def _method(c) -> str:
-    if c.strategy != "none":
-        return c.strategy + ("-offload" if c.offload != "none" else "")
-    return c.tuning
+    return c.method
 
 
 def settings(model: str, family: str, precision: str, seq: int, global_batch: int, max_batch: int = 64):

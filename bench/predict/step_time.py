@@ -129,7 +129,7 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
     comm = 0.0  # per step, over the link
     offload = r.offload
     if r.deepspeed:
-        stage = int(cell.strategy[-1])
+        stage = r.zero.stage if r.zero else 2
         gathers = 2 + (1 if cell.grad_ckpt else 0)  # ZeRO-3 fetches each module per use
         per_micro = tensors * f.deepspeed_param_seconds * (3 if stage == 3 else 1)
         copies = elements * half * 2  # gradients into the buckets, out to the partition

@@ -42,10 +42,8 @@ class Row:
 
 
 def method(cell) -> str:
-    """The method family a row reports under."""
-    if cell.strategy != "none":
-        return cell.strategy + ("-offload" if cell.offload != "none" else "")
-    return cell.tuning
+    """The method family a row reports under (the cell's own method name)."""
+    return cell.method
 
 
 def training_rows() -> list[Row]:
