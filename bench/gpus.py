@@ -31,6 +31,15 @@ class GPU:
     bandwidth_gbps: float
     source: str
     note: str | None = None
+    pcie_gbps: float = 16.0
+    """Host link, GB/s each way (PCIe generation x16 as specified): offload transfers."""
+    nvlink_gbps: float | None = None
+    """GPU-to-GPU NVLink, GB/s total; ``None``: GPUs talk over PCIe."""
+    link_note: str | None = None
+    usd_per_hour: float | None = None
+    """Indicative on-demand price of one GPU-hour (``price_source``, ``price_date``)."""
+    price_source: str | None = None
+    price_date: str | None = None
 
     def peak_tflops(self, precision: str) -> float:
         """Peak for a training precision; mixed fp16/bf16 runs at the half-precision tensor peak."""
@@ -55,8 +64,18 @@ class GPU:
 
 
 @functools.lru_cache(maxsize=None)
+def _document() -> dict:
+    return json.loads((resources.files("bench") / "data" / "gpus.json").read_text(encoding="utf-8"))
+
+
+def speed_figures() -> dict:
+    """The catalog's ``speed`` block: efficiency figures shared by every card (``bench.predict.step_time``)."""
+    return dict(_document()["speed"])
+
+
+@functools.lru_cache(maxsize=None)
 def _catalog() -> dict[str, GPU]:
-    doc = json.loads((resources.files("bench") / "data" / "gpus.json").read_text(encoding="utf-8"))
+    doc = _document()
     gpus = {}
     for raw in doc["gpus"]:
         gpu = GPU(**{**raw, "nvml_names": tuple(raw["nvml_names"])})

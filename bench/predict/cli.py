@@ -7,6 +7,12 @@ verdict on every catalog card, smallest fitting card first).
 ``--json`` for exactly one JSON array on stdout, ``-o FILE`` to also write the
 table as Markdown. A cell that cannot be predicted carries ``"error"`` and
 makes the exit code 2.
+
+Both give the predicted speed beside the memory (``bench.predict.speed``:
+step time, tokens/s, MFU; prefill and decode for generation), and with
+``--tokens N`` (or ``--epochs E --dataset-tokens N``) the run's wall time and
+price (``bench.predict.cost``; ``--price gpu=usd``, ``--prices FILE``).
+``--gpu all`` then ranks the cards that fit by cost (``--rank``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,56 @@ def _host_verdict(p, host_memory: int | None) -> str:
     return f"  {100 * need / host_memory:.0f}% of {host_memory / GiB:.0f} GiB: {'fits' if need <= host_memory else 'does NOT fit'}"
 
 
+def speed_fields(c, calibration: dict | None = None, tokens: int | None = None,
+                 price_table: dict | None = None) -> dict:
+    """The predicted-speed keys of a cell's ``predicted`` object (and ``run`` for ``tokens``)."""
+    from bench.predict import cost
+    from bench.predict.speed import speed
+
+    s = speed(c, calibration=calibration).to_dict()
+    out = {k: s[k] for k in ("step_time_seconds", "tokens_per_second", "samples_per_second", "mfu")}
+    if c.task == "infer":
+        out.update(prefill_seconds=s["prefill_seconds"], decode_tokens_per_second=s["decode_tokens_per_second"])
+    out["step_time_parts"] = s["parts"]
+    out["time_figures"] = s["time_figures"]
+    if tokens is not None:
+        run = cost.run_cost(c, s["tokens_per_second"], tokens, price_table or cost.prices())
+        out["run"] = run.to_dict() if run else None
+    return out
+
+
+def _speed_text(c, sp: dict) -> str:
+    from bench.report.labels import duration
+
+    if sp.get("step_time_seconds") is None:
+        return "  speed: not modelled for this cell\n"
+    lines = []
+    if c.task == "infer":
+        lines.append(f"  {'prefill (time to first token)':<32} {sp['prefill_seconds']:8.4f} s")
+        lines.append(f"  {'decode':<32} {sp['decode_tokens_per_second']:8.1f} tokens/s")
+        lines.append(f"  {'whole generate()':<32} {sp['step_time_seconds']:8.3f} s  MFU {100 * sp['mfu']:.1f}%")
+    else:
+        parts = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in sp["step_time_parts"].items() if v > 0)
+        lines.append(f"  {'step time (optimizer step)':<32} {sp['step_time_seconds']:8.3f} s  ({parts})")
+        lines.append(f"  {'throughput':<32} {sp['tokens_per_second']:8.0f} tokens/s"
+                     f"  {sp['samples_per_second']:.2f} samples/s  MFU {100 * sp['mfu']:.1f}%")
+    run = sp.get("run")
+    if run:
+        usd = f"  ${run['usd']:,.2f} at ${run['usd_per_hour']:.2f}/h" if run["usd"] is not None else "  (no price)"
+        label = f"run of {run['tokens']:,} tokens"
+        lines.append(f"  {label:<32} {duration(run['seconds']):>10}{usd}")
+    return "\n".join(lines) + "\n"
+
+
+def _run_args(a: argparse.Namespace) -> tuple[int | None, dict, dict | None]:
+    """(tokens, price table, calibration) from the flags."""
+    from bench.predict import cost
+    from bench.predict.speed_figures import load_calibration
+
+    tokens = cost.run_tokens(a.tokens, a.epochs, a.dataset_tokens)
+    return tokens, cost.prices(a.price, a.prices), load_calibration(a.calibration)
+
+
 def _breakdown_text(c, p, host_memory: int | None = None) -> str:
     per = f", per GPU of {p.ranks}" if p.ranks > 1 else ""
     lines = [f"{c.slug} on {p.gpu} ({p.capacity_bytes / GiB:.1f} GiB{per})"]
@@ -76,10 +132,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from bench import gpus
     from bench.predict import max_batch, predict
 
+    tokens, table, calibration = _run_args(a)
     if a.gpu != "all":
         c = _cell_from_args(a, gpus.resolve(a.gpu).name)
         p = predict(c)
-        out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": p.to_dict()}
+        sp = speed_fields(c, calibration, tokens, table)
+        out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": {**p.to_dict(), **sp}}
         host = _host_memory(a)
         if host is not None:
             out["predicted"]["host_fits"] = (p.host_node_bytes or p.host_bytes) <= host
@@ -89,9 +147,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(json.dumps(out, indent=1))
         else:
             sys.stdout.write(_breakdown_text(c, p, _host_memory(a)))
+            sys.stdout.write(_speed_text(c, sp))
             if a.max_batch:
                 print(f"  largest micro-batch that fits: {out['max_batch']}")
         return 0
+    if tokens is not None or a.rank in ("cost", "time"):
+        from bench.predict import ranking
+
+        return ranking.rank_cards(_cell_from_args(a, "h200"), a, tokens, table, calibration)
     base = _cell_from_args(a, "h200")
     rows = []
     for name in gpus.names():
@@ -117,7 +180,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
-def plan_entries(m, want_max_batch: bool) -> list[dict]:
+def plan_entries(m, want_max_batch: bool, tokens: int | None = None, price_table: dict | None = None,
+                 calibration: dict | None = None) -> list[dict]:
     """One JSON-ready entry per cell of a loaded matrix, in matrix order."""
     from bench.predict import max_batch, predict
 
@@ -126,6 +190,7 @@ def plan_entries(m, want_max_batch: bool) -> list[dict]:
         e = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict()}
         try:
             e["predicted"] = predict(c).to_dict()
+            e["predicted"].update(speed_fields(c, calibration, tokens, price_table))
             if want_max_batch:
                 e["predicted"]["max_batch"] = max_batch(c)
         except UserError as err:
@@ -142,7 +207,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
-    entries = plan_entries(m, a.max_batch)
+    tokens, price_table, calibration = _run_args(a)
+    entries = plan_entries(m, a.max_batch, tokens, price_table, calibration)
     if a.json:
         print(json.dumps(entries, indent=1))
     else:
@@ -159,6 +225,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from bench import calibration
+    from bench.predict import search
+
+    search.register(sub)
+    calibration.register(sub)
     p = sub.add_parser("predict", help="predict one cell's peak GPU memory, with a breakdown")
     p.add_argument("--model", required=True)
     p.add_argument("--method")
@@ -185,6 +256,9 @@ def register(sub) -> None:
                    help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first")
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--rank", choices=("cost", "time", "memory"), default=None,
+                   help="--gpu all: order the cards that fit (default: cost with --tokens, else memory)")
+    add_run_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plan", help="predict every cell of a matrix (no GPU needed)")
@@ -194,4 +268,15 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON array on stdout")
     p.add_argument("--max-batch", action="store_true", help="add the largest micro-batch that fits")
     p.add_argument("-o", "--output", help="also write the table as Markdown to this file")
+    add_run_flags(p)
     p.set_defaults(func=cmd_plan)
+
+
+def add_run_flags(p) -> None:
+    """The flags that turn a speed into a run's time and price."""
+    p.add_argument("--tokens", type=int, help="tokens the run trains on: adds wall time and cost")
+    p.add_argument("--epochs", type=float, help="with --dataset-tokens: tokens = epochs x dataset tokens")
+    p.add_argument("--dataset-tokens", type=int)
+    p.add_argument("--price", action="append", metavar="GPU=USD", help="USD per GPU-hour (repeatable)")
+    p.add_argument("--prices", metavar="FILE", help="YAML/JSON mapping gpu: USD per GPU-hour")
+    p.add_argument("--calibration", metavar="FILE", help="a bench calibrate profile for the card's figures")

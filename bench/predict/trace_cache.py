@@ -70,16 +70,20 @@ def load(key, make):
             pass  # unreadable entry: trace again and overwrite it
     tt = make(key)
     if path is not None:
-        d = {"params": [[p.name, p.numel, p.nbytes, p.trainable, list(p.shape)] for p in tt.params],
-             "buffers_bytes": tt.buffers_bytes, "input_bytes": tt.input_bytes, "layers": tt.layers,
-             "events": tt.trace.events, "grad_keys": sorted(tt.trace.grad_keys),
-             "forward_end": tt.trace.forward_end,
-             "marks": dataclasses.asdict(tt.marks) if tt.marks else None}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(d, separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home: the cache is an optimisation only
+        store(path, {"params": [[p.name, p.numel, p.nbytes, p.trainable, list(p.shape)] for p in tt.params],
+                     "buffers_bytes": tt.buffers_bytes, "input_bytes": tt.input_bytes, "layers": tt.layers,
+                     "events": tt.trace.events, "grad_keys": sorted(tt.trace.grad_keys),
+                     "forward_end": tt.trace.forward_end,
+                     "marks": dataclasses.asdict(tt.marks) if tt.marks else None})
     return tt
+
+
+def store(path: Path, d: dict) -> None:
+    """Write one entry atomically; a read-only home only costs the cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(d, separators=(",", ":")))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the cache is an optimisation only

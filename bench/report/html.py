@@ -9,7 +9,7 @@ file, offline, and can be mailed or attached as is.
 from __future__ import annotations
 
 from html import escape
-from bench.report import plots
+from bench.report import plots, speed_plot
 from bench.report.catalog import DEFAULT, Catalog
 from bench.report.table import Table
 
@@ -71,7 +71,11 @@ def render(table: Table, title: str = "bench report", catalog: Catalog = DEFAULT
         ordered = [row.record for row in table.rows]
         figures = (plots.peak_vs_batch(ordered, catalog), plots.predicted_vs_measured(ordered),
                    plots.throughput_vs_memory(ordered))
-        for i, (figure, caption) in enumerate(zip(figures, CAPTIONS), 1):
+        captions = CAPTIONS
+        if speed_plot.pairs(ordered):  # records that carry a step-time prediction
+            figures += (speed_plot.predicted_vs_measured_throughput(ordered),)
+            captions += (speed_plot.CAPTION,)
+        for i, (figure, caption) in enumerate(zip(figures, captions), 1):
             out.append(f"<figure>{figure}<figcaption>Figure {i}. {escape(caption)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -106,3 +106,17 @@ def yes_no(flag: bool | None) -> str:
 def status(value: str | None) -> str:
     """``ok`` stays quiet; failures are spelled so they stand out (``OOM``)."""
     return {"oom": "OOM", None: MISSING}.get(value, value)  # type: ignore[arg-type]
+
+
+def duration(seconds: float | None) -> str:
+    """``3 d 4 h``, ``2 h 05 m``, ``4 m 10 s``, ``12.3 s``."""
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    if d:
+        return f"{d} d {h} h"
+    return f"{h} h {m:02d} m" if h else f"{m} m {s:02d} s"

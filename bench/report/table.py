@@ -12,6 +12,11 @@ Modes:
 - ``plan`` (``bench plan``): predicted columns only (Predicted GiB, % of GPU,
   Fits); records need only ``cell`` and ``predicted``.
 
+Speed columns join where some record has them: ``Step (s)`` and ``Tokens/s``
+when predictions carry ``step_time_seconds`` (``bench.predict.speed``),
+``Time`` and ``Cost`` when they carry a ``run`` (``bench.predict.cost``), and
+in ``measured`` mode ``Predicted tokens/s`` beside the measured tokens/s.
+
 Rows are grouped by model (smallest published size first, then name) and
 within a model ordered by GPU, task, tuning, strategy, offload, rank count,
 precision, context length, batch, accumulation, checkpointing, then cell id.
@@ -55,6 +60,33 @@ COLUMNS = {
         Column("fits", "Fits"), Column("host", "Host RAM per node (GiB)", True),
     ),
 }
+
+
+SPEED = {
+    "plan": (Column("step", "Step (s)", True), Column("ptokens", "Tokens/s", True)),
+    "measured": (Column("ptokens", "Predicted tokens/s", True),),
+}
+RUN = (Column("time", "Time", True), Column("cost", "Cost (USD)", True))
+
+
+def columns_for(records: list[Mapping[str, Any]], mode: str) -> tuple[Column, ...]:
+    """The mode's columns, with the speed and run columns where some record has them."""
+    preds = [r.get("predicted") or {} for r in records]
+    cols = COLUMNS[mode]
+    if any(p.get("step_time_seconds") is not None for p in preds):
+        cols = cols[:-1] + SPEED[mode] + cols[-1:] if mode == "measured" else cols + SPEED[mode]
+    if mode == "plan" and any(p.get("run") for p in preds):
+        cols = cols + RUN
+    return cols
+
+
+def _speed_values(p: Mapping[str, Any]) -> dict[str, str]:
+    step, run = p.get("step_time_seconds"), p.get("run") or {}
+    usd = run.get("usd")
+    return {"step": f"{step:.3f}" if step is not None else labels.MISSING,
+            "ptokens": labels.count(p.get("tokens_per_second")),
+            "time": labels.duration(run.get("seconds")) if run else labels.MISSING,
+            "cost": f"{usd:,.2f}" if usd is not None else labels.MISSING}
 
 
 @dataclass(frozen=True)
@@ -123,6 +155,7 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
         "grad_ckpt": labels.MISSING if infer else labels.yes_no(c.get("grad_ckpt")),
         "predicted": labels.gib(p.get("peak_bytes")),
         "fits": labels.yes_no(p.get("fits")),
+        **_speed_values(p),
     }
     if mode == "plan":
         peak = p.get("peak_bytes")
@@ -146,7 +179,7 @@ def build(records: Iterable[Mapping[str, Any]], mode: str = "measured", catalog:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} not in {MODES}")
     records = ordered(records, catalog)
-    columns = COLUMNS[mode]
+    columns = columns_for(records, mode)
     rows = []
     for r in records:
         values = _values(r, mode, catalog)

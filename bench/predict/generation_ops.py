@@ -1,0 +1,106 @@
+"""The kernels of ``generate()``'s prefill and of one decode forward, for the time model.
+
+As ``op_cost`` does for training: the real model runs on meta tensors under
+``op_cost.OpLog`` in inference mode, with a ``DynamicCache``; the prefill
+forward sees the ``batch x seq`` prompt, and the decode forward one new token
+per sequence against a cache of ``seq + new_tokens // 2`` positions (the mean
+length over the generation: its attention and cache reads grow linearly).
+One- and two-block models are traced and the second block replicated to the
+real depth. Encoder-decoder models are not modelled (``None``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from types import SimpleNamespace
+
+import torch
+
+from bench import models
+from bench.dtypes import torch_dtype
+from bench.predict import model_trace, trace as tr
+from bench.predict.op_cost import AttentionCount, OpCounts, OpLog, rescaled
+
+
+def generation(
+    model: str, precision: str, attn: str | None, batch: int, seq: int, new_tokens: int
+) -> tuple[OpCounts, OpCounts] | None:
+    """(prefill, one decode step) kernels at full depth, or None for an encoder-decoder model.
+
+    Traced at the sentinel batch and length (``model_trace``) and rescaled:
+    the prefill to ``seq``, the decode step to a cache of ``seq + new_tokens // 2``."""
+    traced = _sentinel(model, precision, attn)
+    if traced is None:
+        return None
+    pre, dec = traced
+    cache_len = seq + new_tokens // 2
+    return (
+        rescaled(pre, SimpleNamespace(batch=batch, seq=seq, target_seq=seq)),
+        rescaled(dec, SimpleNamespace(batch=batch, seq=cache_len, target_seq=cache_len)),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, OpCounts] | None:
+    spec = models.resolve(model)
+    if spec.is_encoder_decoder:
+        return None
+    depth = model_trace.layer_count(spec)
+    b, s = model_trace.SENTINEL_BATCH, model_trace.SENTINEL_SEQ
+    traces = {}
+    for layers in (1, 2):
+        # the decode step after an ``s - 1`` prompt attends to ``s`` positions: sizes that rescale
+        traces[layers] = (
+            _trace(spec, precision, attn, layers, b, s)[0],
+            _trace(spec, precision, attn, layers, b, s - 1)[1],
+        )
+    out = []
+    for i in range(2):
+        one, two = traces[1][i], traces[2][i]
+        out.append(one.combine(two.combine(one, -1.0), float(depth - 1)))
+    return out[0], out[1]
+
+
+def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) -> tuple[OpCounts, OpCounts]:
+    from transformers import DynamicCache
+
+    attn = attn or models.default_attn(spec)
+    model = models.build(
+        spec,
+        device="meta",
+        dtype=torch_dtype(precision),
+        attn="sdpa" if attn == "flash_attention_2" else attn,
+        **model_trace._layer_overrides(spec, layers),
+    )
+    model.eval()
+    sig = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in sig else "past_key_values"
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in sig else {}
+    cfg = model.config.get_text_config(decoder=True)
+    counts = []
+    with torch.inference_mode():
+        ids = torch.empty((b, s), dtype=torch.long, device="meta")
+        cache = DynamicCache(config=cfg)
+        for step in range(2):
+            log = OpLog()
+            mask = torch.empty((b, s + step), dtype=torch.long, device="meta")
+            with log, tr.AttentionEmulation(), AttentionCount(log, False):
+                model(
+                    input_ids=ids if step == 0 else ids[:, :1],
+                    attention_mask=mask,
+                    **{name: cache, "use_cache": True, **extra},
+                )
+            kernels = {op: float(n) for op, n in log.kernels.items() if op[0] == "forward"}
+            counts.append(OpCounts(kernels, {"forward": log.views.get("forward", 0.0)}, _params(model)))
+    return counts[0], counts[1]
+
+
+def _params(model) -> dict[str, float]:
+    params = list(model.parameters())
+    return {
+        "elements": float(sum(p.numel() for p in params)),
+        "trainable": 0.0,
+        "tensors": float(len(params)),
+        "trainable_tensors": 0.0,
+    }

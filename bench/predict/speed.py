@@ -1,0 +1,96 @@
+"""``speed(cell)``: how fast a cell runs on its GPU, before renting it.
+
+Training: the time of one optimizer step (``step_time``: all ``grad_accum``
+micro-steps and the step after them), tokens and samples per second over all
+``gpus`` ranks, and MFU (model FLOPs, ``bench.worker.flops``, over the dense peak
+of the precision). Generation: prefill seconds (time to the first token) and
+decode tokens per second, each forward timed as a training phase is
+(``generation_ops``), plus ``generate()``'s host work per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from bench import gpus, models
+from bench.predict import generation_ops, model_trace, op_cost, step_time
+from bench.predict.speed_figures import figures
+
+
+@dataclass(frozen=True)
+class Speed:
+    step_time_seconds: float | None = None
+    """One optimizer step (all micro-steps), or one whole ``generate()`` call."""
+    tokens_per_second: float | None = None
+    samples_per_second: float | None = None
+    mfu: float | None = None
+    prefill_seconds: float | None = None
+    decode_tokens_per_second: float | None = None
+    parts: dict[str, float] = field(default_factory=dict)
+    figures: str = ""
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "figures"}
+        out["time_figures"] = self.figures
+        return out
+
+
+def shape_key(cell) -> model_trace.ShapeKey:
+    """The micro-step the cell's GPU runs (the recipe's dtypes: ZeRO and FSDP compute on
+    half weights without autocast)."""
+    return model_trace.shape_key(cell)
+
+
+def speed(cell, gpu: str | None = None, calibration: dict | None = None) -> Speed:
+    """Predicted speed of ``cell`` on ``gpu`` (default: the cell's)."""
+    card = gpus.resolve(gpu or cell.gpu)
+    f = figures(card, calibration)
+    if cell.task == "infer":
+        return _generation(cell, card, f)
+    from bench.worker import flops
+
+    counts = op_cost.micro_step(shape_key(cell))
+    st = step_time.train_step(cell, counts, f)
+    spec = models.resolve(cell.model)
+    samples = cell.batch * cell.grad_accum * max(1, cell.gpus)
+    tokens = samples * flops.tokens_per_sample(cell, spec.is_encoder_decoder)
+    model_flops = flops.flops_per_step(
+        cell, int(counts.params["elements"]), int(counts.params["trainable"]), spec.is_encoder_decoder
+    )
+    mfu = model_flops / st.seconds / (1e12 * card.peak_tflops(cell.precision))
+    return Speed(
+        step_time_seconds=st.seconds,
+        tokens_per_second=tokens / st.seconds,
+        samples_per_second=samples / st.seconds,
+        mfu=mfu,
+        parts=st.parts,
+        figures=f.source,
+    )
+
+
+def _generation(cell, card, f) -> Speed:
+    ops = generation_ops.generation(cell.model, cell.precision, cell.attn, cell.batch, cell.seq, cell.new_tokens)
+    if ops is None:
+        return Speed(figures=f.source)
+    prefill, decode = ops
+    pre = _forward_seconds(prefill, f) + f.generate_token_seconds
+    per_token = _forward_seconds(decode, f) + f.generate_token_seconds
+    total = pre + per_token * (cell.new_tokens - 1)
+    n = prefill.params["elements"]
+    mfu = 2 * n * cell.batch * (cell.seq + cell.new_tokens) / total / (1e12 * card.peak_tflops(cell.precision))
+    return Speed(
+        step_time_seconds=total,
+        tokens_per_second=cell.batch * cell.new_tokens / total,
+        samples_per_second=cell.batch / total,
+        mfu=mfu,
+        prefill_seconds=pre,
+        decode_tokens_per_second=cell.batch / per_token,
+        parts={"prefill": pre, "decode": per_token * (cell.new_tokens - 1)},
+        figures=f.source,
+    )
+
+
+def _forward_seconds(counts, f) -> float:
+    gpu, host = step_time.phase_seconds(counts, "forward", f)
+    return gpu + step_time.host_exposed(gpu, host, f)
