@@ -7,6 +7,7 @@ reports for the card (not the marketing GB); ``tflops`` are dense peaks
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import re
@@ -31,6 +32,8 @@ class GPU:
     bandwidth_gbps: float
     source: str
     note: str | None = None
+    fp8: bool = False
+    """FP8 tensor cores (compute capability 8.9 and newer)."""
     pcie_gbps: float = 16.0
     """Host link, GB/s each way (PCIe generation x16 as specified): offload transfers."""
     nvlink_gbps: float | None = None
@@ -96,12 +99,34 @@ def _keys() -> dict[str, str]:
     return keys
 
 
+def _squash(text: str) -> str:
+    """A spelling without vendor words, case, spaces or punctuation: ``RTX 4090`` -> ``rtx4090``."""
+    text = re.sub(r"\b(nvidia|geforce|tesla)\b", "", str(text).lower())
+    return re.sub(r"[^a-z0-9]", "", text)
+
+
 def resolve(name: str) -> GPU:
-    """A catalog name, marketing name or NVML name, in any case."""
+    """A catalog name, marketing name or NVML name in any case, or a common spelling
+    (``4090``, ``RTX 4090``, ``rtx-4090``, ``a6000``); an ambiguous one (``a100``) names
+    the cards it could be, an unknown one the closest names."""
     found = _keys().get(str(name).strip().lower())
-    if found is None:
-        raise UserError(f"gpu: {name!r} is not in the catalog; allowed: {', '.join(names())}")
-    return _catalog()[found]
+    if found is not None:
+        return _catalog()[found]
+    q = _squash(name)
+    exact = {v for k, v in _keys().items() if q and _squash(k) == q}
+    partial = exact or {g.name for g in _catalog().values()
+                        if q and len(q) >= 3 and (_squash(g.name).startswith(q) or
+                                                  (q[0].isdigit() or q[0] == "a") and q in _squash(g.name))}
+    if len(partial) > 1:  # "3080" is the RTX 3080, not the 3080 Ti
+        tight = {n for n in partial if _squash(n) in (q, "rtx" + q) or _squash(n).endswith(q)}
+        partial = tight if len(tight) == 1 else partial
+    if len(partial) == 1:
+        return _catalog()[partial.pop()]
+    if partial:
+        raise UserError(f"gpu: {name!r} is ambiguous; allowed: {' or '.join(sorted(partial))}")
+    close = difflib.get_close_matches(str(name).lower(), names(), n=3, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise UserError(f"gpu: {name!r} is not in the catalog{hint}; allowed: {', '.join(names())}")
 
 
 def _family_pattern(family: str) -> re.Pattern:
