@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bench import optimizer_names
 from bench.errors import UserError, allowed
 
 TASKS = ("train", "infer")
@@ -30,7 +31,7 @@ OFFLOADS = ("none", "optimizer", "all")
 PRECISIONS = ("fp32", "fp16", "bf16", "pure-bf16")
 INFER_PRECISIONS = ("fp32", "fp16", "bf16")
 ATTNS = ("sdpa", "eager", "flash_attention_2")
-OPTIMIZERS = ("adamw", "adamw-foreach", "sgd", "adafactor", "adamw-8bit")
+OPTIMIZERS = optimizer_names.BENCH_NAMES
 QUANTS = ("none", "int8", "nf4")
 
 # method shorthand -> (tuning, strategy, offload)
@@ -106,7 +107,8 @@ class Cell:
     attn: str | None = None
     """``sdpa`` | ``eager`` | ``flash_attention_2`` [the model's transformers default]."""
     optimizer: str = "adamw"
-    """``adamw`` (fused) | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``."""
+    """``adamw`` (fused) | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``; the HF
+    Trainer's ``optim`` names are accepted and stored as these (``bench.optimizer_names``)."""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -275,10 +277,14 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         if not isinstance(raw.get(k), str) or not raw.get(k):
             problems.append(f"{where}{k}: {raw.get(k)!r} is not allowed; allowed: a non-empty name")
     for key, choices in (("task", TASKS), ("tuning", TUNINGS), ("strategy", STRATEGIES),
-                         ("offload", OFFLOADS), ("precision", PRECISIONS),
-                         ("optimizer", OPTIMIZERS), ("quant", QUANTS)):
+                         ("offload", OFFLOADS), ("precision", PRECISIONS), ("quant", QUANTS)):
         if key in raw and raw[key] not in choices:
             problems.append(f"{where}" + allowed(key, raw[key], choices))
+    if "optimizer" in raw:  # bench's names or the HF Trainer's ``optim`` spellings
+        try:
+            raw["optimizer"] = optimizer_names.canonical(raw["optimizer"])
+        except UserError as e:
+            problems += [f"{where}{m}" for m in e.problems]
     if raw.get("attn") is not None and raw["attn"] not in ATTNS:
         problems.append(f"{where}" + allowed("attn", raw["attn"], ATTNS))
     for key in ("batch", "seq", "new_tokens", "grad_accum", "gpus", "lora_r", "lora_alpha", "steps"):

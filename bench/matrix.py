@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from bench import cell as cellmod
-from bench import dsconfig, gpus, models, recipe
+from bench import architectures, dsconfig, gpus, models, optimizer_names, recipe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
 
@@ -43,7 +43,8 @@ CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TRIPLE = ("tuning", "strategy", "offload")
 _CHOICES = {"task": cellmod.TASKS, "tuning": cellmod.TUNINGS, "strategy": cellmod.STRATEGIES,
-            "offload": cellmod.OFFLOADS, "precision": cellmod.PRECISIONS, "optimizer": cellmod.OPTIMIZERS,
+            "offload": cellmod.OFFLOADS, "precision": cellmod.PRECISIONS,
+            "optimizer": optimizer_names.allowed_names(),
             "quant": cellmod.QUANTS, "attn": cellmod.ATTNS, "method": tuple(cellmod.METHODS)}
 
 
@@ -216,6 +217,8 @@ def _rules(doc: dict[str, Any], problems: _Problems) -> list[dict[str, list[Any]
             elif k in _CHOICES:
                 bad += [f"exclude[{j}].{allowed(k, o, _CHOICES[k])}"
                         for o in options if not isinstance(o, str) or o not in _CHOICES[k]]
+                if k == "optimizer" and not bad:
+                    options = [optimizer_names.canonical(o) for o in options]
             checked[k] = options
         for m in bad:
             problems.add(m)
@@ -236,6 +239,8 @@ def _excluded(raw: dict[str, Any], rule: dict[str, list[Any]]) -> bool:
         else:
             default = cellmod.Cell.__dataclass_fields__[k].default
             value = raw.get(k, None if default is dataclasses.MISSING else default)
+            if k == "optimizer" and value in optimizer_names.HF_NAMES:
+                value = optimizer_names.HF_NAMES[value]
             if not any(value == o and type(value) is type(o) or _same_number(value, o) for o in options):
                 return False
     return True
@@ -251,6 +256,7 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
     p: list[str] = []
     spec = models.resolve(c.model)
     gpu = gpus.resolve(c.gpu)
+    p += architectures.problems(spec, c.tuning, where)
     if c.precision in ("bf16", "pure-bf16") and not gpu.bf16:
         p.append(f"{where}precision: {c.precision!r} is not supported on {gpu.name} (no bf16); allowed: fp32, fp16")
     if c.attn == "flash_attention_2" and not gpu.supports_flash_attention:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from bench import architectures
 from bench.errors import UserError
 
 # model_type -> (config key, default) of a fixed-size position table: learned
@@ -30,6 +31,8 @@ _POSITION_TABLES = {
     "gptj": ("n_positions", 2048),
     "codegen": ("n_positions", 2048),
 }
+ALL_LINEAR = "all-linear"
+"""PEFT's shortcut for every linear layer but the output head."""
 _ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "encoder-decoder"}
 
 
@@ -190,6 +193,9 @@ def build(spec: ModelSpec, *, device="meta", dtype=None, attn: str | None = None
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if attn is not None:
         kwargs["attn_implementation"] = attn
+    experts = architectures.experts_implementation(spec, kwargs.get("dtype"))
+    if experts is not None:
+        kwargs["experts_implementation"] = experts
     with torch.device(device):
         model = auto.from_config(cfg, **kwargs)
     if spec.config.get("tie_word_embeddings") is False:
@@ -240,7 +246,13 @@ def lora_target_modules(spec: ModelSpec, targets=None):
     architecture, else every linear layer (``"all-linear"``) where PEFT has no
     default (e.g. phi3). The predictor and the runner both ask here."""
     if targets:
-        return list(targets)
+        targets = list(targets)
+        return ALL_LINEAR if targets == [ALL_LINEAR] else targets  # PEFT takes its shortcut as a string only
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
-    return None if spec.config.get("model_type") in defaults else "all-linear"
+    default = defaults.get(spec.config.get("model_type"))
+    if default is None:
+        return ALL_LINEAR
+    # PEFT's own table, spelled out: PEFT skips its table for some architectures
+    # (Mixtral in peft 0.21 raises NoMatchingPeftModuleError without explicit targets).
+    return default if isinstance(default, str) else sorted(default)
