@@ -70,7 +70,8 @@ class Cell:
     """One normalized benchmark cell. Field docs give the default in brackets."""
 
     model: str
-    """Catalog name, Hugging Face id or path to a config.json (never downloaded)."""
+    """Catalog name, Hugging Face id or path to a config.json; a hub id outside the catalog
+    has its config.json fetched (``bench.hub``), weights never."""
     gpu: str
     """Target GPU (catalog name): the card the verdicts and OOM boundary refer to."""
     task: str = "train"
@@ -154,7 +155,7 @@ class Cell:
     @property
     def slug(self) -> str:
         """Readable name: model, method, precision and shape."""
-        model = self.model.rstrip("/").split("/")[-1]
+        model = model_label(self.model)
         parts = [model, self.task, self.method, self.precision, f"b{self.batch}", f"s{self.seq}"]
         if self.grad_accum > 1:
             parts.append(f"ga{self.grad_accum}")
@@ -171,6 +172,16 @@ class Cell:
         if self.task == "infer":
             parts = [model, "infer", self.precision, f"b{self.batch}", f"s{self.seq}", f"n{self.new_tokens}"]
         return "-".join(parts)
+
+
+def model_label(model: str) -> str:
+    """The short name of a model in slugs: a hub id's repository name, a config file's folder
+    (``.../Qwen3-8B/config.json`` -> ``Qwen3-8B``) or file stem, else the catalog name."""
+    parts = model.replace("\\", "/").rstrip("/").split("/")
+    last = parts[-1]
+    if last == "config.json" and len(parts) > 1:
+        return parts[-2]
+    return last[:-5] if last.endswith(".json") else last
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Cell))

@@ -349,14 +349,12 @@ def _ds_path(value: Any, matrix_path: Path) -> Any:
 
 
 def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
-    """A catalog name or hub id, else a config path (relative to the matrix file, then the working directory)."""
-    try:
-        return models.resolve(value)
-    except UserError:
-        beside = matrix_path.parent / value
-        if Path(value).is_absolute() or not beside.exists():
-            raise
+    """A catalog name or hub id, else a config path (relative to the matrix file, then the working
+    directory), else a hub repository id not in the catalog (its config.json fetched)."""
+    beside = matrix_path.parent / value
+    if not models.is_catalogued(value) and not Path(value).is_absolute() and beside.exists() and not Path(value).exists():
         return models.resolve(str(beside))
+    return models.resolve(value)
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:

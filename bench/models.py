@@ -5,8 +5,9 @@ Every catalog entry is ``bench/data/models/<name>.json``::
     {"name", "hub_id", "aliases", "published_params", "params_source", ["note"], "config"}
 
 ``resolve`` accepts a short name, a Hugging Face id or alias (any case), a path
-to a ``config.json`` or a folder holding one. ``build`` makes a randomly
-initialized model from the config; nothing is ever downloaded.
+to a ``config.json`` or a folder holding one, or the id of any other hub
+repository, whose ``config.json`` alone is fetched (``bench.hub``). ``build``
+makes a randomly initialized model from the config; weights are never downloaded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from bench import architectures
+from bench import architectures, hub
 from bench.errors import UserError
 
 # model_type -> (config key, default) of a fixed-size position table: learned
@@ -115,6 +116,11 @@ def _catalog() -> tuple[dict[str, ModelSpec], dict[str, str]]:
     return specs, keys
 
 
+def is_catalogued(model: str) -> bool:
+    """Whether ``model`` is a catalog name, hub id or alias (any case)."""
+    return str(model).strip().lower() in _catalog()[1]
+
+
 def names() -> list[str]:
     """Catalog short names, sorted."""
     return sorted(_catalog()[0])
@@ -137,10 +143,13 @@ def resolve(model) -> ModelSpec:
         return _load_user_config(model, path.resolve())
     if model.endswith(".json") or model.startswith(("/", "./", "../", "~")):
         raise UserError(f"model: {model!r} does not exist; give a catalog name or a path to a config.json")
+    if hub.looks_like_repo_id(model.strip()):  # not catalogued: its config.json from the hub (never weights)
+        repo_id = model.strip()
+        return ModelSpec(name=repo_id, hub_id=repo_id, config=hub.config(repo_id))
     close = difflib.get_close_matches(model.strip().lower(), sorted(keys), n=12, cutoff=0.5)
     close = list(dict.fromkeys(keys[c] for c in close))[:3]
     hint = f"closest: {', '.join(close)}; " if close else ""
-    raise UserError(f"model: {model!r} is not in the catalog; {hint}or give a path to a config.json")
+    raise UserError(f"model: {model!r} is not in the catalog; {hint}or give a hub id (owner/name) or a path to a config.json")
 
 
 def _load_user_config(model: str, path: Path) -> ModelSpec:
