@@ -149,7 +149,7 @@ def resolve(model) -> ModelSpec:
     close = difflib.get_close_matches(model.strip().lower(), sorted(keys), n=12, cutoff=0.5)
     close = list(dict.fromkeys(keys[c] for c in close))[:3]
     hint = f"closest: {', '.join(close)}; " if close else ""
-    raise UserError(f"model: {model!r} is not in the catalog; {hint}or give a hub id (owner/name) or a path to a config.json")
+    raise UserError(f"model: {model!r} is not in the catalog; {hint}or give a path to a config.json")
 
 
 def _load_user_config(model: str, path: Path) -> ModelSpec:

@@ -84,6 +84,7 @@ def test_hf_token_is_sent(hub, monkeypatch):
     assert ("Bearer hf_secret") in [auth for _, _, auth in hub.requests]
 
 
+@pytest.mark.slow  # the client retries a refused connection for about 20 s
 def test_an_unreachable_hub_says_so(hub, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", _closed_port())
     with pytest.raises(UserError, match=r"cannot be reached and its config.json is not in the hub cache"):
@@ -101,6 +102,7 @@ def _bench(args, env):
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_predict_and_plan_by_hub_id_from_the_command_line(hub, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     r = _bench(["predict", "--model", "test-org/tiny-qwen3", "--method", "lora", "--precision", "bf16",
@@ -117,6 +119,7 @@ def test_predict_and_plan_by_hub_id_from_the_command_line(hub, tmp_path):
     assert r.returncode == 0 and "1 cells" in r.stdout, r.stderr
 
 
+@pytest.mark.slow
 def test_a_gated_repo_on_the_command_line_is_one_error_line(hub):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     r = _bench(["predict", "--model", "test-org/gated", "--gpu", "h100-80gb"], env)
