@@ -127,3 +127,35 @@ def test_predict_from_training_arguments_needs_a_model(repo, capsys):
     notes = out["predicted"]["notes"]
     assert any(n.startswith("trainer file gives no sequence length") for n in notes)
     assert any(n.startswith("the file does not say how many GPUs") for n in notes)
+
+
+def test_matrix_include_from_a_job_file(repo, tmp_path, capsys):
+    import shutil
+
+    from bench import matrix
+
+    for name in ("llamafactory_qlora_ds3.yaml", "ds_zero3_offload.json"):
+        shutil.copy(repo / JOBS / name, tmp_path / name)
+    path = tmp_path / "m.yaml"
+    path.write_text("gpu: h100-80gb\ninclude:\n  - {from: llamafactory_qlora_ds3.yaml, gpus: 2, model: tiny-llama}\n"
+                    "  - {from: llamafactory_qlora_ds3.yaml, model: tiny-llama, method: lora, batch: 1}\n")
+    m = matrix.load(path)
+    first, second = m.cells
+    assert (first.tuning, first.strategy, first.offload, first.gpus, first.batch) == ("qlora", "zero3", "all", 2, 2)
+    assert (second.tuning, second.strategy, second.batch) == ("lora", "zero3", 1)
+    assert any(n.startswith("packing") for n in m.notes[first.cell_id])
+    assert main(["plan", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    entries = json.loads(captured.out)
+    assert any(n.startswith("packing") for n in entries[0]["notes"])
+    assert f"note: cell {first.cell_id} (tiny-llama): packing" in captured.err
+
+
+def test_matrix_include_from_a_bad_file_is_reported(tmp_path):
+    from bench import matrix
+
+    (tmp_path / "args.json").write_text(json.dumps({"per_device_train_batch_size": 1, "optim": "lion"}))
+    path = tmp_path / "m.yaml"
+    path.write_text("gpu: h100-80gb\ninclude: [{from: args.json, model: gpt2}]\n")
+    with pytest.raises(UserError, match=r"include\[0\].from: trainer args.json: optim: 'lion' is not allowed"):
+        matrix.load(path)

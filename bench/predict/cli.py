@@ -160,6 +160,8 @@ def plan_entries(m, want_max_batch: bool) -> list[dict]:
     entries = []
     for c in m.cells:
         e = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict()}
+        if getattr(m, "notes", {}).get(c.cell_id):
+            e["notes"] = list(m.notes[c.cell_id])
         try:
             e["predicted"] = predict(c).to_dict()
             if want_max_batch:
@@ -188,6 +190,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
         if a.output:
             Path(a.output).parent.mkdir(parents=True, exist_ok=True)
             Path(a.output).write_text(table)
+    for e in entries:
+        for n in e.get("notes", []):
+            print(f"note: cell {e['cell_id']} ({e['cell']['model']}): {n}", file=sys.stderr)
     errors = [e for e in entries if "error" in e]
     for e in errors:
         print(f"error: cell {e['cell_id']} ({e['cell']['model']}): {e['error']}", file=sys.stderr)
