@@ -116,10 +116,12 @@ def test_encoder_only_on_the_command_line_is_one_error_line(configs, capsys):
 
 
 def test_all_linear_is_peft_shortcut_in_plan_and_run(configs):
-    from bench.run import adapters
+    from bench import recipe
+    from bench.methods import adapters
 
     default = predict(_cell("tiny-llama", method="lora", precision="bf16"))
     every = _cell("tiny-llama", method="lora", precision="bf16", lora_targets="all-linear")
     assert every.lora_targets == ("all-linear",)
     assert predict(every).breakdown["optimizer_states"] > default.breakdown["optimizer_states"]
-    assert adapters.lora_config(every, models.resolve("tiny-llama")).target_modules == "all-linear"
+    config = adapters.lora_config(recipe.of(every).adapters, models.resolve("tiny-llama"))
+    assert config.target_modules == "all-linear"
