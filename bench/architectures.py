@@ -34,11 +34,35 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from bench.models import ModelSpec
 
-ENCODER_ONLY = frozenset({
-    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "deberta", "deberta-v2", "distilbert", "albert",
-    "electra", "camembert", "modernbert", "mpnet", "ernie", "roformer", "megatron-bert", "nomic_bert",
-    "esm", "luke", "xlm", "flaubert", "squeezebert", "mobilebert", "funnel", "convbert", "ibert",
-})
+ENCODER_ONLY = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "albert",
+        "electra",
+        "camembert",
+        "modernbert",
+        "mpnet",
+        "ernie",
+        "roformer",
+        "megatron-bert",
+        "nomic_bert",
+        "esm",
+        "luke",
+        "xlm",
+        "flaubert",
+        "squeezebert",
+        "mobilebert",
+        "funnel",
+        "convbert",
+        "ibert",
+    }
+)
 """``model_type`` values of encoder-only models (transformers' masked-LM families)."""
 
 _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
@@ -78,28 +102,36 @@ def problems(spec: ModelSpec, tuning: str = "full", where: str = "") -> list[str
     found = []
     model_type = spec.model_type
     if model_type in ENCODER_ONLY:
-        found.append(f"{where}model: {spec.name}: model_type {model_type!r} is an encoder-only model, which bench "
-                     f"does not build (no task heads); supported: {SUPPORTED}")
+        found.append(
+            f"{where}model: {spec.name}: model_type {model_type!r} is an encoder-only model, which bench "
+            f"does not build (no task heads); supported: {SUPPORTED}"
+        )
     elif tuning == "qlora" and is_moe(spec):
-        found.append(f"{where}tuning: 'qlora' is not supported for the Mixture-of-Experts model_type {model_type!r}: "
-                     f"bitsandbytes 4-bit leaves transformers' fused expert tensors unquantized (then upcast to "
-                     f"fp32), so the experts would not be in 4 bits; allowed: lora, full")
+        found.append(
+            f"{where}tuning: 'qlora' is not supported for the Mixture-of-Experts model_type {model_type!r}: "
+            f"bitsandbytes 4-bit leaves transformers' fused expert tensors unquantized (then upcast to "
+            f"fp32), so the experts would not be in 4 bits; allowed: lora, full"
+        )
     return found
 
 
 def moe_dtype_problem(spec: ModelSpec, weight_dtype: str) -> str:
     """Why an MoE whose weights are traced in ``weight_dtype`` (not bf16) cannot be predicted."""
-    return (f"model: {spec.name}: the Mixture-of-Experts model_type {spec.model_type!r} is predicted with bf16 "
-            f"weights only (with {weight_dtype} weights transformers loops over the experts, and how many tokens "
-            f"each gets depends on the data); allowed: precision pure-bf16, lora with precision bf16, or "
-            f"zero1-3 with precision bf16")
+    return (
+        f"model: {spec.name}: the Mixture-of-Experts model_type {spec.model_type!r} is predicted with bf16 "
+        f"weights only (with {weight_dtype} weights transformers loops over the experts, and how many tokens "
+        f"each gets depends on the data); allowed: precision pure-bf16, lora with precision bf16, or "
+        f"zero1-3 with precision bf16"
+    )
 
 
 def expert_lora_problem(spec: ModelSpec) -> str:
     """Why LoRA on the fused experts' tensors (PEFT ``target_parameters``) is refused."""
-    return (f"lora_targets: LoRA on the fused expert tensors of the Mixture-of-Experts model_type "
-            f"{spec.model_type!r} is not supported; allowed: attention or other nn.Linear modules, "
-            f"e.g. lora_targets: [q_proj, k_proj, v_proj, o_proj]")
+    return (
+        f"lora_targets: LoRA on the fused expert tensors of the Mixture-of-Experts model_type "
+        f"{spec.model_type!r} is not supported; allowed: attention or other nn.Linear modules, "
+        f"e.g. lora_targets: [q_proj, k_proj, v_proj, o_proj]"
+    )
 
 
 def wraps_experts(model) -> bool:

@@ -52,38 +52,53 @@ def _what_to_do(repo_id: str) -> str:
 
 def config(repo_id: str, revision: str | None = None) -> dict:
     """The ``config.json`` of hub repository ``repo_id``, downloaded (or read from the cache)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub import errors as hf
+    from huggingface_hub import errors as hf, hf_hub_download
 
     where = f"model: {repo_id!r}"
     endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
     try:
-        path = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=_cache_dir(),
-                               endpoint=endpoint.rstrip("/"), token=os.environ.get("HF_TOKEN") or None,
-                               local_files_only=_offline())
+        path = hf_hub_download(
+            repo_id,
+            "config.json",
+            revision=revision,
+            cache_dir=_cache_dir(),
+            endpoint=endpoint.rstrip("/"),
+            token=os.environ.get("HF_TOKEN") or None,
+            local_files_only=_offline(),
+        )
     except hf.GatedRepoError:
-        raise UserError(f"{where} is a gated repository on {endpoint}: accept its licence on the model page and "
-                        f"log in (huggingface-cli login, or set HF_TOKEN), or {_what_to_do(repo_id)}") from None
+        raise UserError(
+            f"{where} is a gated repository on {endpoint}: accept its licence on the model page and "
+            f"log in (huggingface-cli login, or set HF_TOKEN), or {_what_to_do(repo_id)}"
+        ) from None
     except hf.RepositoryNotFoundError:
-        raise UserError(f"{where} was not found on {endpoint} (or is private: log in with huggingface-cli login "
-                        f"or set HF_TOKEN); check the id, or {_what_to_do(repo_id)}") from None
+        raise UserError(
+            f"{where} was not found on {endpoint} (or is private: log in with huggingface-cli login "
+            f"or set HF_TOKEN); check the id, or {_what_to_do(repo_id)}"
+        ) from None
     except hf.RevisionNotFoundError:
         raise UserError(f"{where}: revision {revision!r} does not exist on {endpoint}") from None
     except hf.RemoteEntryNotFoundError:
-        raise UserError(f"{where} has no config.json on {endpoint} (not a transformers model?); "
-                        f"{_what_to_do(repo_id)}") from None
+        raise UserError(
+            f"{where} has no config.json on {endpoint} (not a transformers model?); {_what_to_do(repo_id)}"
+        ) from None
     except hf.LocalEntryNotFoundError:
         why = "offline mode is on (HF_HUB_OFFLINE)" if _offline() else f"{endpoint} cannot be reached"
-        raise UserError(f"{where}: {why} and its config.json is not in the hub cache; connect once "
-                        f"(the config is then cached), or {_what_to_do(repo_id)}") from None
+        raise UserError(
+            f"{where}: {why} and its config.json is not in the hub cache; connect once "
+            f"(the config is then cached), or {_what_to_do(repo_id)}"
+        ) from None
     except hf.HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
-        raise UserError(f"{where}: {endpoint} answered HTTP {status} for its config.json; "
-                        f"{_what_to_do(repo_id)}") from None
+        raise UserError(
+            f"{where}: {endpoint} answered HTTP {status} for its config.json; {_what_to_do(repo_id)}"
+        ) from None
     except (OSError, ValueError) as e:  # connection errors the client did not wrap, a bad id
-        raise UserError(f"{where}: its config.json could not be fetched from {endpoint} "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        f"{_what_to_do(repo_id)}") from None
+        raise UserError(
+            f"{where}: its config.json could not be fetched from {endpoint} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"{_what_to_do(repo_id)}"
+        ) from None
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

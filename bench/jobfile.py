@@ -18,9 +18,10 @@ value and what is allowed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -106,8 +107,10 @@ def read_document(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"from: {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                        f"({str(e).splitlines()[0]})") from None
+        raise UserError(
+            f"from: {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
+            f"({str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(doc, dict):
         raise UserError(f"from: {str(path)!r} must hold a mapping of settings")
     return doc
@@ -133,10 +136,16 @@ def load(path: str | Path) -> Job:
     path = Path(path).expanduser()
     doc = read_document(path)
     kind = kind_of(doc)
-    readers = {"deepspeed": deepspeed.read, "trainer": trainer.read, "axolotl": axolotl.read,
-               "llamafactory": llamafactory.read}
+    readers = {
+        "deepspeed": deepspeed.read,
+        "trainer": trainer.read,
+        "axolotl": axolotl.read,
+        "llamafactory": llamafactory.read,
+    }
     if kind is None:
-        raise UserError(f"from: {str(path)!r} is none of the files bench reads; allowed: a DeepSpeed JSON "
-                        f"(zero_optimization), HF TrainingArguments (per_device_train_batch_size ...), an axolotl "
-                        f"YAML (base_model, micro_batch_size) or a LLaMA-Factory YAML (model_name_or_path, stage)")
+        raise UserError(
+            f"from: {str(path)!r} is none of the files bench reads; allowed: a DeepSpeed JSON "
+            f"(zero_optimization), HF TrainingArguments (per_device_train_batch_size ...), an axolotl "
+            f"YAML (base_model, micro_batch_size) or a LLaMA-Factory YAML (model_name_or_path, stage)"
+        )
     return readers[kind](path, doc)

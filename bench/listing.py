@@ -46,8 +46,9 @@ def rows(pattern: str | None = None) -> list[dict]:
         aliases = [k for k, v in models._catalog()[1].items() if v == name]
         if pattern and not _matches(spec, aliases, pattern):
             continue
-        out.append({"name": name, "hub_id": spec.hub_id, "params": spec.published_params,
-                    "architecture": _architecture(spec)})
+        out.append(
+            {"name": name, "hub_id": spec.hub_id, "params": spec.published_params, "architecture": _architecture(spec)}
+        )
     return out
 
 

@@ -259,7 +259,7 @@ def lora_target_modules(spec: ModelSpec, targets=None):
         return ALL_LINEAR if targets == [ALL_LINEAR] else targets  # PEFT takes its shortcut as a string only
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
-    default = defaults.get(spec.config.get("model_type"))
+    default = defaults.get(spec.model_type)
     if default is None:
         return ALL_LINEAR
     # PEFT's own table, spelled out: PEFT skips its table for some architectures

@@ -38,7 +38,7 @@ HF_NAMES = {
 
 NOTES = {
     "paged_adamw_8bit": "optim paged_adamw_8bit: predicted as adamw-8bit on the GPU; paging states to the host "
-                        "under memory pressure is not modelled",
+    "under memory pressure is not modelled",
 }
 
 

@@ -32,7 +32,7 @@ class Hub:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "Hub":
+    def __enter__(self) -> Hub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):

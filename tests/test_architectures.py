@@ -6,19 +6,37 @@ import json
 
 import pytest
 
-from bench import cell as cellmod
-from bench import architectures, matrix, models
+from bench import architectures, cell as cellmod, matrix, models
 from bench.errors import UserError
 from bench.predict import predict
 
-_BASE = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-         "num_hidden_layers": 2, "vocab_size": 512, "max_position_embeddings": 4096}
+_BASE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 4096,
+}
 CONFIGS = {
     "mixtral": {**_BASE, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2},
-    "qwen2_moe": {**_BASE, "model_type": "qwen2_moe", "num_experts": 4, "num_experts_per_tok": 2,
-                  "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64},
-    "qwen3_moe": {**_BASE, "model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 2,
-                  "moe_intermediate_size": 32, "head_dim": 16},
+    "qwen2_moe": {
+        **_BASE,
+        "model_type": "qwen2_moe",
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 64,
+    },
+    "qwen3_moe": {
+        **_BASE,
+        "model_type": "qwen3_moe",
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "head_dim": 16,
+    },
     "olmoe": {**_BASE, "model_type": "olmoe", "num_experts": 4, "num_experts_per_tok": 2},
     "mistral": {**_BASE, "model_type": "mistral", "sliding_window": 64},
     "gemma2": {**_BASE, "model_type": "gemma2", "head_dim": 16, "sliding_window": 64},
@@ -27,9 +45,18 @@ CONFIGS = {
     "phi3": {**_BASE, "model_type": "phi3", "pad_token_id": 0},
     "bert": {**_BASE, "model_type": "bert"},
     "roberta": {**_BASE, "model_type": "roberta"},
-    "bart": {"model_type": "bart", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-             "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
-             "decoder_ffn_dim": 128, "vocab_size": 512, "max_position_embeddings": 1024},
+    "bart": {
+        "model_type": "bart",
+        "d_model": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 128,
+        "decoder_ffn_dim": 128,
+        "vocab_size": 512,
+        "max_position_embeddings": 1024,
+    },
 }
 
 
@@ -75,7 +102,9 @@ def test_mixtral_lora_with_peft_default_targets_is_predicted(configs):
 
 @pytest.mark.parametrize("name", ["mixtral", "qwen3_moe", "olmoe"])
 def test_qlora_on_moe_is_refused_at_validation(configs, name):
-    with pytest.raises(UserError, match=rf"tuning: 'qlora' is not supported for the Mixture-of-Experts model_type '{name}'"):
+    with pytest.raises(
+        UserError, match=rf"tuning: 'qlora' is not supported for the Mixture-of-Experts model_type '{name}'"
+    ):
         _cell(configs[name], method="qlora", precision="bf16")
 
 

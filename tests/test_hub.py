@@ -14,12 +14,31 @@ from hubserver import Hub
 from bench import models
 from bench.errors import UserError
 
-QWEN3 = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 2,
-         "vocab_size": 512, "max_position_embeddings": 2048, "tie_word_embeddings": True}
-MIXTRAL = {"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "num_hidden_layers": 2, "num_local_experts": 4, "num_experts_per_tok": 2,
-           "vocab_size": 512, "max_position_embeddings": 2048}
+QWEN3 = {
+    "model_type": "qwen3",
+    "architectures": ["Qwen3ForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_hidden_layers": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+}
+MIXTRAL = {
+    "model_type": "mixtral",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 2048,
+}
 REPOS = {"test-org/tiny-qwen3": QWEN3, "test-org/tiny-mixtral": MIXTRAL, "test-org/private-qwen3": QWEN3}
 
 
@@ -67,11 +86,14 @@ def test_offline_without_a_cached_config_says_so(hub, monkeypatch):
     assert not [path for _, path, _ in hub.requests if "/resolve/" in path]
 
 
-@pytest.mark.parametrize("repo, message", [
-    ("test-org/gated", r"is a gated repository .* log in \(huggingface-cli login, or set HF_TOKEN\)"),
-    ("test-org/nope", r"was not found on .* or a catalog name"),
-    ("test-org/private-qwen3", r"was not found on .*or is private: log in"),
-])
+@pytest.mark.parametrize(
+    "repo, message",
+    [
+        ("test-org/gated", r"is a gated repository .* log in \(huggingface-cli login, or set HF_TOKEN\)"),
+        ("test-org/nope", r"was not found on .* or a catalog name"),
+        ("test-org/private-qwen3", r"was not found on .*or is private: log in"),
+    ],
+)
 def test_gated_missing_and_private_repos_are_one_line_each(hub, repo, message):
     with pytest.raises(UserError, match=message) as e:
         models.resolve(repo)
@@ -105,13 +127,28 @@ def _bench(args, env):
 @pytest.mark.slow
 def test_predict_and_plan_by_hub_id_from_the_command_line(hub, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    r = _bench(["predict", "--model", "test-org/tiny-qwen3", "--method", "lora", "--precision", "bf16",
-                "--gpu", "h100-80gb", "--json"], env)
+    r = _bench(
+        [
+            "predict",
+            "--model",
+            "test-org/tiny-qwen3",
+            "--method",
+            "lora",
+            "--precision",
+            "bf16",
+            "--gpu",
+            "h100-80gb",
+            "--json",
+        ],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["cell"]["model"] == "test-org/tiny-qwen3" and out["predicted"]["peak_bytes"] > 0
-    r = _bench(["predict", "--model", "test-org/tiny-qwen3", "--method", "lora", "--precision", "bf16",
-                "--gpu", "h100-80gb"], env)
+    r = _bench(
+        ["predict", "--model", "test-org/tiny-qwen3", "--method", "lora", "--precision", "bf16", "--gpu", "h100-80gb"],
+        env,
+    )
     assert r.stdout.startswith("tiny-qwen3-train-lora-bf16-b1-s512 on h100-80gb")  # the repository's name
     matrix = tmp_path / "m.yaml"
     matrix.write_text("gpu: h100-80gb\nsweep: {model: [test-org/tiny-qwen3], method: [lora], precision: [bf16]}\n")

@@ -24,16 +24,32 @@ def test_deepspeed_json_states_the_method(repo):
     assert "precision" not in z2.fields and "batch" not in z2.fields  # "auto": left to the cell
     z3 = _load(repo, "ds_zero3_offload.json")
     assert {k: z3.fields[k] for k in ("strategy", "offload", "precision", "batch", "grad_accum")} == {
-        "strategy": "zero3", "offload": "all", "precision": "bf16", "batch": 2, "grad_accum": 4}
+        "strategy": "zero3",
+        "offload": "all",
+        "precision": "bf16",
+        "batch": 2,
+        "grad_accum": 4,
+    }
     assert z3.fields["ds_config"].endswith("ds_zero3_offload.json")
     assert any(n.startswith("optimizer:") and "DeepSpeed builds this optimizer itself" in n for n in z3.notes)
 
 
-@pytest.mark.parametrize("doc, message", [
-    ({"zero_optimization": {"stage": 0}}, r"zero_optimization.stage: 0 is not allowed; allowed: 1, 2, 3"),
-    ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}}},
-     r"offload_param needs stage 3"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"zero_optimization": {"stage": 0}}, r"zero_optimization.stage: 0 is not allowed; allowed: 1, 2, 3"),
+        (
+            {
+                "zero_optimization": {
+                    "stage": 2,
+                    "offload_param": {"device": "cpu"},
+                    "offload_optimizer": {"device": "cpu"},
+                }
+            },
+            r"offload_param needs stage 3",
+        ),
+    ],
+)
 def test_deepspeed_settings_bench_cannot_represent_are_refused(tmp_path, doc, message):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(doc))
@@ -45,7 +61,13 @@ def test_training_arguments_json_with_its_deepspeed_file(repo):
     job = _load(repo, "training_args.json")
     assert job.kind == "trainer"
     assert {k: job.fields[k] for k in ("batch", "grad_accum", "grad_ckpt", "precision", "optimizer", "strategy")} == {
-        "batch": 4, "grad_accum": 8, "grad_ckpt": True, "precision": "bf16", "optimizer": "adamw", "strategy": "zero2"}
+        "batch": 4,
+        "grad_accum": 8,
+        "grad_ckpt": True,
+        "precision": "bf16",
+        "optimizer": "adamw",
+        "strategy": "zero2",
+    }
     assert job.fields["ds_config"].endswith("ds_zero2.json")
     noted = {n.split(":")[0] for n in job.notes}
     assert {"torch_compile", "neftune_noise_alpha"} <= noted
@@ -62,22 +84,70 @@ def test_sft_config_yaml_notes_packing_and_liger(repo):
 def test_axolotl_qlora_yaml(repo):
     job = _load(repo, "axolotl_qlora.yml")
     assert job.kind == "axolotl"
-    assert {k: job.fields[k] for k in ("model", "tuning", "lora_r", "lora_alpha", "lora_targets", "seq", "batch",
-                                        "grad_accum", "grad_ckpt", "precision", "optimizer", "attn")} == {
-        "model": "meta-llama/Llama-3.2-1B", "tuning": "qlora", "lora_r": 32, "lora_alpha": 16,
-        "lora_targets": "all-linear", "seq": 2048, "batch": 2, "grad_accum": 4, "grad_ckpt": True,
-        "precision": "bf16", "optimizer": "adamw-8bit", "attn": "flash_attention_2"}
+    assert {
+        k: job.fields[k]
+        for k in (
+            "model",
+            "tuning",
+            "lora_r",
+            "lora_alpha",
+            "lora_targets",
+            "seq",
+            "batch",
+            "grad_accum",
+            "grad_ckpt",
+            "precision",
+            "optimizer",
+            "attn",
+        )
+    } == {
+        "model": "meta-llama/Llama-3.2-1B",
+        "tuning": "qlora",
+        "lora_r": 32,
+        "lora_alpha": 16,
+        "lora_targets": "all-linear",
+        "seq": 2048,
+        "batch": 2,
+        "grad_accum": 4,
+        "grad_ckpt": True,
+        "precision": "bf16",
+        "optimizer": "adamw-8bit",
+        "attn": "flash_attention_2",
+    }
     assert [n.split(":")[0] for n in job.notes] == ["sample_packing"]
 
 
 def test_llamafactory_yaml_with_its_defaults(repo):
     job = _load(repo, "llamafactory_lora_sft.yaml")
     assert job.kind == "llamafactory"
-    assert {k: job.fields[k] for k in ("model", "tuning", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                                        "seq", "batch", "grad_accum", "precision", "grad_ckpt")} == {
-        "model": "meta-llama/Llama-3.1-8B-Instruct", "tuning": "lora", "lora_r": 8, "lora_alpha": 16,
-        "lora_dropout": 0.0, "lora_targets": "all-linear", "seq": 2048, "batch": 1, "grad_accum": 8,
-        "precision": "bf16", "grad_ckpt": True}
+    assert {
+        k: job.fields[k]
+        for k in (
+            "model",
+            "tuning",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_targets",
+            "seq",
+            "batch",
+            "grad_accum",
+            "precision",
+            "grad_ckpt",
+        )
+    } == {
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "tuning": "lora",
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "lora_targets": "all-linear",
+        "seq": 2048,
+        "batch": 1,
+        "grad_accum": 8,
+        "precision": "bf16",
+        "grad_ckpt": True,
+    }
     assert [n.split(":")[0] for n in job.notes] == ["enable_liger_kernel"]
     ds = _load(repo, "llamafactory_qlora_ds3.yaml")
     assert (ds.fields["tuning"], ds.fields["strategy"], ds.fields["offload"]) == ("qlora", "zero3", "all")
@@ -102,8 +172,22 @@ def test_unknown_optimizer_and_file_kind_are_one_line(tmp_path):
 
 
 def test_predict_from_a_deepspeed_json_without_method(repo, capsys):
-    code = main(["predict", "--from", str(repo / JOBS / "ds_zero3_offload.json"), "--model", "tiny-llama",
-                 "--gpus", "2", "--seq", "256", "--gpu", "h100-80gb", "--json"])
+    code = main(
+        [
+            "predict",
+            "--from",
+            str(repo / JOBS / "ds_zero3_offload.json"),
+            "--model",
+            "tiny-llama",
+            "--gpus",
+            "2",
+            "--seq",
+            "256",
+            "--gpu",
+            "h100-80gb",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["cell"]["strategy"] == "zero3" and out["cell"]["offload"] == "all"
     assert out["cell"]["batch"] == 2 and out["cell"]["precision"] == "bf16"
@@ -120,8 +204,20 @@ def test_predict_from_axolotl_prints_its_notes(repo, capsys):
 def test_predict_from_training_arguments_needs_a_model(repo, capsys):
     assert main(["predict", "--from", str(repo / JOBS / "training_args.json"), "--gpu", "h100-80gb"]) == 2
     assert "model: missing; give --model" in capsys.readouterr().err
-    code = main(["predict", "--from", str(repo / JOBS / "training_args.json"), "--model", "tiny-llama",
-                 "--method", "lora", "--gpu", "h100-80gb", "--json"])
+    code = main(
+        [
+            "predict",
+            "--from",
+            str(repo / JOBS / "training_args.json"),
+            "--model",
+            "tiny-llama",
+            "--method",
+            "lora",
+            "--gpu",
+            "h100-80gb",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and (out["cell"]["tuning"], out["cell"]["strategy"]) == ("lora", "zero2")
     notes = out["predicted"]["notes"]
@@ -137,8 +233,10 @@ def test_matrix_include_from_a_job_file(repo, tmp_path, capsys):
     for name in ("llamafactory_qlora_ds3.yaml", "ds_zero3_offload.json"):
         shutil.copy(repo / JOBS / name, tmp_path / name)
     path = tmp_path / "m.yaml"
-    path.write_text("gpu: h100-80gb\ninclude:\n  - {from: llamafactory_qlora_ds3.yaml, gpus: 2, model: tiny-llama}\n"
-                    "  - {from: llamafactory_qlora_ds3.yaml, model: tiny-llama, method: lora, batch: 1}\n")
+    path.write_text(
+        "gpu: h100-80gb\ninclude:\n  - {from: llamafactory_qlora_ds3.yaml, gpus: 2, model: tiny-llama}\n"
+        "  - {from: llamafactory_qlora_ds3.yaml, model: tiny-llama, method: lora, batch: 1}\n"
+    )
     m = matrix.load(path)
     first, second = m.cells
     assert (first.tuning, first.strategy, first.offload, first.gpus, first.batch) == ("qlora", "zero3", "all", 2, 2)

@@ -7,11 +7,31 @@ import json
 from bench import models
 from bench.cli import main
 
-TODAY = ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b", "qwen3-30b-a3b",
-         "llama-3.3-70b", "gemma-3-1b", "mistral-nemo-12b", "mixtral-8x7b", "phi-4", "olmo-2-7b", "olmo-2-13b",
-         "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "deepseek-r1-distill-qwen-1.5b",
-         "deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-14b", "deepseek-r1-distill-qwen-32b",
-         "deepseek-r1-distill-llama-8b", "deepseek-r1-distill-llama-70b"]
+TODAY = [
+    "qwen3-0.6b",
+    "qwen3-1.7b",
+    "qwen3-4b",
+    "qwen3-8b",
+    "qwen3-14b",
+    "qwen3-32b",
+    "qwen3-30b-a3b",
+    "llama-3.3-70b",
+    "gemma-3-1b",
+    "mistral-nemo-12b",
+    "mixtral-8x7b",
+    "phi-4",
+    "olmo-2-7b",
+    "olmo-2-13b",
+    "smollm2-135m",
+    "smollm2-360m",
+    "smollm2-1.7b",
+    "deepseek-r1-distill-qwen-1.5b",
+    "deepseek-r1-distill-qwen-7b",
+    "deepseek-r1-distill-qwen-14b",
+    "deepseek-r1-distill-qwen-32b",
+    "deepseek-r1-distill-llama-8b",
+    "deepseek-r1-distill-llama-70b",
+]
 
 
 def test_todays_models_are_catalogued_by_name_and_hub_id():

@@ -25,25 +25,36 @@ UNMODELLED = {
     "lora_modules_to_save": "fully trained embedding/head copies beside the adapters",
     "peft_use_dora": "DoRA's magnitude vectors and their extra activations",
     "xformers_attention": "xformers attention kernels; predicted with SDPA",
-    "flex_attention": "flex attention kernels", "s2_attention": "shifted sparse attention",
+    "flex_attention": "flex attention kernels",
+    "s2_attention": "shifted sparse attention",
     "torch_compile": "compiled graphs keep other activations and run at another speed",
     "neftune_noise_alpha": "NEFTune adds a noise tensor per embedding output",
-    "liger_rope": "Liger kernels", "liger_rms_norm": "Liger kernels", "liger_glu_activation": "Liger kernels",
-    "liger_layer_norm": "Liger kernels", "liger_fused_linear_cross_entropy": "Liger's chunked loss keeps no full logits",
+    "liger_rope": "Liger kernels",
+    "liger_rms_norm": "Liger kernels",
+    "liger_glu_activation": "Liger kernels",
+    "liger_layer_norm": "Liger kernels",
+    "liger_fused_linear_cross_entropy": "Liger's chunked loss keeps no full logits",
     "cut_cross_entropy": "Cut Cross-Entropy keeps no full logits",
     "chunked_cross_entropy": "a chunked loss keeps no full logits",
     "plugins": "plugins change the model's kernels or loss",
-    "unsloth_lora_mlp": "Unsloth kernels", "unsloth_lora_qkv": "Unsloth kernels", "unsloth_lora_o": "Unsloth kernels",
-    "unsloth_cross_entropy_loss": "Unsloth kernels", "unsloth_rms_norm": "Unsloth kernels", "unsloth_rope": "Unsloth kernels",
-    "lora_mlp_kernel": "axolotl's fused LoRA kernels", "lora_qkv_kernel": "axolotl's fused LoRA kernels",
+    "unsloth_lora_mlp": "Unsloth kernels",
+    "unsloth_lora_qkv": "Unsloth kernels",
+    "unsloth_lora_o": "Unsloth kernels",
+    "unsloth_cross_entropy_loss": "Unsloth kernels",
+    "unsloth_rms_norm": "Unsloth kernels",
+    "unsloth_rope": "Unsloth kernels",
+    "lora_mlp_kernel": "axolotl's fused LoRA kernels",
+    "lora_qkv_kernel": "axolotl's fused LoRA kernels",
     "lora_o_kernel": "axolotl's fused LoRA kernels",
     "activation_offloading": "activations offloaded to the host",
     "group_by_length": "length-grouped batches change the time per step, not the peak at full length",
-    "relora_steps": "ReLoRA restarts", "lisa_n_layers": "LISA layer sampling",
+    "relora_steps": "ReLoRA restarts",
+    "lisa_n_layers": "LISA layer sampling",
     "gradient_checkpointing_kwargs": "checkpointing options other than use_reentrant=False",
     "eval_sample_packing": "packed evaluation batches",
 }
-IGNORED = tuple("""base_model_config model_type tokenizer_type tokenizer_config is_llama_derived_model
+IGNORED = tuple(
+    """base_model_config model_type tokenizer_type tokenizer_config is_llama_derived_model
 is_mistral_derived_model is_qwen_derived_model trust_remote_code strict datasets test_datasets dataset_prepared_path
 val_set_size output_dir chat_template chat_template_jinja default_system_message train_on_inputs special_tokens tokens
 pad_to_sequence_len lora_model_dir lora_fan_in_fan_out peft_use_rslora loraplus_lr_ratio loraplus_lr_embedding
@@ -56,7 +67,8 @@ bnb_4bit_compute_dtype bnb_4bit_use_double_quant lora_bias lora_task_type traine
 dataset_processes dataloader_num_workers dataloader_pin_memory dataloader_prefetch_factor
 load_best_model_at_end save_safetensors flash_attn_cross_entropy flash_attn_rms_norm flash_attn_fuse_qkv
 flash_attn_fuse_mlp sample_packing_eff_est total_num_tokens eval_causal_lm_metrics do_bench_eval
-""".split())
+""".split()
+)
 
 
 def _precision(value: Any) -> bool:

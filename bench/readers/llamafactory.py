@@ -22,24 +22,35 @@ UNMODELLED = {
     "packing": "packed samples: attention over the packed length, no padding",
     "neat_packing": "packing without cross-attention between samples",
     "enable_liger_kernel": "Liger's fused kernels (chunked loss, fused RMSNorm/RoPE/SwiGLU) keep fewer activations",
-    "use_unsloth": "Unsloth kernels", "use_unsloth_gc": "Unsloth's offloaded checkpointing",
-    "use_galore": "GaLore projections of the optimizer states", "use_apollo": "APOLLO optimizer states",
-    "use_badam": "BAdam block-wise updates", "use_dora": "DoRA's magnitude vectors and extra activations",
-    "use_rslora": None, "pissa_init": None,
+    "use_unsloth": "Unsloth kernels",
+    "use_unsloth_gc": "Unsloth's offloaded checkpointing",
+    "use_galore": "GaLore projections of the optimizer states",
+    "use_apollo": "APOLLO optimizer states",
+    "use_badam": "BAdam block-wise updates",
+    "use_dora": "DoRA's magnitude vectors and extra activations",
+    "use_rslora": None,
+    "pissa_init": None,
     "additional_target": "fully trained extra modules beside the adapters",
-    "upcast_layernorm": "layer norms upcast to fp32", "upcast_lmhead_output": "lm_head output upcast to fp32",
-    "disable_gradient_checkpointing": None, "shift_attn": "shifted sparse attention",
-    "rope_scaling": "a RoPE scaling other than the config's", "moe_aux_loss_coef": "MoE auxiliary loss",
-    "quantization_method": None, "double_quantization": None, "freeze_vision_tower": None,
+    "upcast_layernorm": "layer norms upcast to fp32",
+    "upcast_lmhead_output": "lm_head output upcast to fp32",
+    "disable_gradient_checkpointing": None,
+    "shift_attn": "shifted sparse attention",
+    "rope_scaling": "a RoPE scaling other than the config's",
+    "moe_aux_loss_coef": "MoE auxiliary loss",
+    "quantization_method": None,
+    "double_quantization": None,
+    "freeze_vision_tower": None,
 }
-IGNORED = tuple("""stage do_train do_eval do_predict dataset eval_dataset dataset_dir template max_samples
+IGNORED = tuple(
+    """stage do_train do_eval do_predict dataset eval_dataset dataset_dir template max_samples
 overwrite_cache preprocessing_num_workers dataloader_num_workers plot_loss trust_remote_code ddp_timeout
 val_size tokenized_path mix_strategy streaming buffer_size interleave_probs train_on_prompt mask_history
 adapter_name_or_path export_dir infer_backend ref_model pref_beta pref_loss lora_rank lora_alpha lora_dropout
 lora_target finetuning_type quantization_bit model_name_or_path cutoff_len flash_attn pure_bf16 image_max_pixels
 video_max_pixels resume_lora_training create_new_adapter hf_hub_token ms_hub_token om_hub_token print_param_status
 include_effective_tokens_per_second default_system enable_thinking
-""".split())
+""".split()
+)
 
 
 def read(path: Path, doc: dict[str, Any]) -> Job:
@@ -51,7 +62,9 @@ def read(path: Path, doc: dict[str, Any]) -> Job:
     bits = r.get("quantization_bit")
     method = r.get("quantization_method", "bnb")
     if bits not in (None, 4) or (bits == 4 and method not in ("bnb", "bitsandbytes")):
-        r.problems.append(f"{r.where}quantization_bit: {bits!r} ({method}) is not modelled; allowed: 4 with bitsandbytes, or unset")
+        r.problems.append(
+            f"{r.where}quantization_bit: {bits!r} ({method}) is not modelled; allowed: 4 with bitsandbytes, or unset"
+        )
     r.fields["tuning"] = "qlora" if kind == "lora" and bits == 4 else kind
     if kind == "lora":
         rank = r.get("lora_rank", 8)

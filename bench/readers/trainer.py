@@ -24,7 +24,8 @@ from bench.readers import deepspeed
 
 UNMODELLED = {
     "torch_compile": "compiled graphs keep other activations and run at another speed",
-    "torch_compile_backend": "compiled graphs", "torch_compile_mode": "compiled graphs",
+    "torch_compile_backend": "compiled graphs",
+    "torch_compile_mode": "compiled graphs",
     "use_liger_kernel": "Liger's fused kernels (chunked loss, fused RMSNorm/RoPE/SwiGLU) keep fewer activations",
     "liger_kernel_config": "Liger's fused kernels",
     "neftune_noise_alpha": "NEFTune adds a noise tensor per embedding output",
@@ -36,14 +37,29 @@ UNMODELLED = {
     "packing": "packed samples (TRL): attention across the packed length, no padding",
     "padding_free": "padding-free batches (TRL)",
     "activation_offloading": "activations offloaded to the host (TRL)",
-    "tp_size": "tensor parallelism", "parallelism_config": "context/tensor parallelism",
+    "tp_size": "tensor parallelism",
+    "parallelism_config": "context/tensor parallelism",
     "gradient_checkpointing_kwargs": "checkpointing options other than use_reentrant=False",
     "use_cpu": "training on the CPU",
 }
-MAPPED = ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "bf16", "fp16",
-          "optim", "deepspeed", "fsdp", "fsdp_config", "max_length", "max_seq_length", "eval_strategy",
-          "evaluation_strategy", "per_device_eval_batch_size")
-IGNORED = tuple("""output_dir overwrite_output_dir do_train do_eval do_predict prediction_loss_only eval_accumulation_steps
+MAPPED = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+    "bf16",
+    "fp16",
+    "optim",
+    "deepspeed",
+    "fsdp",
+    "fsdp_config",
+    "max_length",
+    "max_seq_length",
+    "eval_strategy",
+    "evaluation_strategy",
+    "per_device_eval_batch_size",
+)
+IGNORED = tuple(
+    """output_dir overwrite_output_dir do_train do_eval do_predict prediction_loss_only eval_accumulation_steps
 eval_delay learning_rate weight_decay adam_beta1 adam_beta2 adam_epsilon max_grad_norm num_train_epochs max_steps
 lr_scheduler_type lr_scheduler_kwargs warmup_ratio warmup_steps log_level log_level_replica log_on_each_node
 logging_dir logging_strategy logging_first_step logging_steps logging_nan_inf_filter save_strategy save_steps
@@ -61,7 +77,8 @@ include_num_input_tokens_seen batch_eval_metrics eval_on_start use_liger eval_us
 average_tokens_across_devices fp16_opt_level optim_args save_steps trust_remote_code dataset_text_field
 dataset_num_proc dataset_kwargs completion_only_loss assistant_only_loss model_init_kwargs chat_template_path
 dataset_batch_size eos_token pad_token train_sampling_strategy project trackio_space_id hub_private
-""".split())
+""".split()
+)
 
 
 def fsdp_of(r: Reading) -> tuple[str, str] | None:
@@ -72,8 +89,10 @@ def fsdp_of(r: Reading) -> tuple[str, str] | None:
     options = set(value if isinstance(value, list) else str(value).split()) if value is not True else {"full_shard"}
     bad = options - {"full_shard", "hybrid_shard", "offload", "auto_wrap"}
     if bad:
-        raise UserError(f"{r.where}fsdp: {value!r} is not modelled ({', '.join(sorted(bad))}); allowed: "
-                        f"full_shard, optionally with offload and auto_wrap (bench predicts FSDP2 full sharding)")
+        raise UserError(
+            f"{r.where}fsdp: {value!r} is not modelled ({', '.join(sorted(bad))}); allowed: "
+            f"full_shard, optionally with offload and auto_wrap (bench predicts FSDP2 full sharding)"
+        )
     config = r.get("fsdp_config") or {}
     if isinstance(config, str):
         config = read_document((r.path.parent / config) if not Path(config).is_absolute() else Path(config))
@@ -117,8 +136,9 @@ def read_training_arguments(r: Reading) -> None:
         r.fields["precision"] = "fp16"
     if r.has("optim"):
         r.take("optim", "optimizer", lambda v: optimizer_names.canonical(v, key=r.where + "optim"))
-        if optimizer_names.note(r.doc["optim"]):
-            r.notes.append(optimizer_names.note(r.doc["optim"]))
+        note = optimizer_names.note(r.doc["optim"])
+        if note:
+            r.notes.append(note)
     for key in ("max_length", "max_seq_length"):  # TRL's SFTConfig (max_seq_length before TRL 0.20)
         r.take(key, "seq")
     try:
@@ -133,8 +153,10 @@ def read_training_arguments(r: Reading) -> None:
         r.fields["strategy"], r.fields["offload"] = fsdp
     evaluation = r.get("eval_strategy", r.get("evaluation_strategy", "no"))
     if evaluation not in ("no", None):
-        r.notes.append(f"eval_strategy: {evaluation!r}: evaluation steps are not predicted "
-                       f"(per_device_eval_batch_size {r.get('per_device_eval_batch_size', 8)})")
+        r.notes.append(
+            f"eval_strategy: {evaluation!r}: evaluation steps are not predicted "
+            f"(per_device_eval_batch_size {r.get('per_device_eval_batch_size', 8)})"
+        )
     r.unmodelled(UNMODELLED)
     r.ignore(MAPPED + IGNORED)
 
