@@ -162,3 +162,32 @@ def test_a_gated_repo_on_the_command_line_is_one_error_line(hub):
     r = _bench(["predict", "--model", "test-org/gated", "--gpu", "h100-80gb"], env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("error:") == 1 and "gated repository" in r.stderr
+
+
+@pytest.mark.slow
+def test_run_measures_hub_models_on_the_cpu(hub, tmp_path):
+    """The child resolves the hub id again (from HF_HOME's cache); MoE in bf16 (grouped_mm) and fp32 (eager loop)."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(
+        "name: hub\ngpu: a100-80gb\ndefaults: {batch: 1, seq: 32, steps: 2, warmup: 0}\n"
+        "include:\n"
+        "  - {model: test-org/tiny-qwen3, method: lora, precision: bf16}\n"
+        "  - {model: test-org/tiny-mixtral, method: full, precision: pure-bf16}\n"
+        "  - {model: test-org/tiny-mixtral, method: full, precision: fp32}\n"
+    )
+    r = _bench(["run", str(matrix), "--device", "cpu", "--results", str(tmp_path / "results")], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    records = [json.loads(f.read_text()) for f in sorted((tmp_path / "results" / "a100-80gb" / "hub").glob("*.json"))]
+    assert {x["status"] for x in records} == {"ok"}, [(x["slug"], x.get("error")) for x in records]
+    assert {x["slug"].split("-train-")[0] for x in records} == {"tiny-qwen3", "tiny-mixtral"}
+
+
+def test_reports_never_ask_the_hub(monkeypatch):
+    from bench.report.catalog import DEFAULT
+
+    monkeypatch.setenv("HF_ENDPOINT", _closed_port())
+    models.resolve.cache_clear()
+    record = {"cell": {"model": "test-org/tiny-qwen3", "gpu": "h200"}, "measured": {"n_params": 1234}}
+    assert DEFAULT.params_of(record) == 1234
+    assert DEFAULT.params_of({"cell": {"model": "Qwen/Qwen3-8B", "gpu": "h200"}}) == 8_200_000_000
