@@ -154,3 +154,14 @@ def test_all_linear_is_peft_shortcut_in_plan_and_run(configs):
     assert predict(every).breakdown["optimizer_states"] > default.breakdown["optimizer_states"]
     config = adapters.lora_config(recipe.of(every).adapters, models.resolve("tiny-llama"))
     assert config.target_modules == "all-linear"
+
+
+def test_tables_and_slugs_name_a_config_file_by_its_folder(tmp_path):
+    from bench.report import labels
+
+    folder = tmp_path / "Qwen3-tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(CONFIGS["qwen3"]))
+    c = _cell(folder / "config.json", method="lora", precision="bf16")
+    assert c.slug.startswith("Qwen3-tiny-train-lora-bf16")
+    assert labels.model(c.model) == "Qwen3-tiny" and labels.model("Qwen/Qwen3-8B") == "Qwen/Qwen3-8B"
