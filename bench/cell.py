@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bench import optimizer_names
 from bench.errors import UserError, allowed
 
 TASKS = ("train", "infer")
@@ -30,7 +31,7 @@ OFFLOADS = ("none", "optimizer", "all")
 PRECISIONS = ("fp32", "fp16", "bf16", "pure-bf16")
 INFER_PRECISIONS = ("fp32", "fp16", "bf16")
 ATTNS = ("sdpa", "eager", "flash_attention_2")
-OPTIMIZERS = ("adamw", "adamw-foreach", "sgd", "adafactor", "adamw-8bit")
+OPTIMIZERS = optimizer_names.BENCH_NAMES
 QUANTS = ("none", "int8", "nf4")
 
 # method shorthand -> (tuning, strategy, offload)
@@ -69,7 +70,8 @@ class Cell:
     """One normalized benchmark cell. Field docs give the default in brackets."""
 
     model: str
-    """Catalog name, Hugging Face id or path to a config.json (never downloaded)."""
+    """Catalog name, Hugging Face id or path to a config.json; a hub id outside the catalog
+    has its config.json fetched (``bench.hub``), weights never."""
     gpu: str
     """Target GPU (catalog name): the card the verdicts and OOM boundary refer to."""
     task: str = "train"
@@ -106,7 +108,8 @@ class Cell:
     attn: str | None = None
     """``sdpa`` | ``eager`` | ``flash_attention_2`` [the model's transformers default]."""
     optimizer: str = "adamw"
-    """``adamw`` (fused) | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``."""
+    """``adamw`` (fused) | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``; the HF
+    Trainer's ``optim`` names are accepted and stored as these (``bench.optimizer_names``)."""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -152,7 +155,7 @@ class Cell:
     @property
     def slug(self) -> str:
         """Readable name: model, method, precision and shape."""
-        model = self.model.rstrip("/").split("/")[-1]
+        model = model_label(self.model)
         parts = [model, self.task, self.method, self.precision, f"b{self.batch}", f"s{self.seq}"]
         if self.grad_accum > 1:
             parts.append(f"ga{self.grad_accum}")
@@ -169,6 +172,16 @@ class Cell:
         if self.task == "infer":
             parts = [model, "infer", self.precision, f"b{self.batch}", f"s{self.seq}", f"n{self.new_tokens}"]
         return "-".join(parts)
+
+
+def model_label(model: str) -> str:
+    """The short name of a model in slugs: a hub id's repository name, a config file's folder
+    (``.../Qwen3-8B/config.json`` -> ``Qwen3-8B``) or file stem, else the catalog name."""
+    parts = model.replace("\\", "/").rstrip("/").split("/")
+    last = parts[-1]
+    if last == "config.json" and len(parts) > 1:
+        return parts[-2]
+    return last[:-5] if last.endswith(".json") else last
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Cell))
@@ -275,10 +288,14 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         if not isinstance(raw.get(k), str) or not raw.get(k):
             problems.append(f"{where}{k}: {raw.get(k)!r} is not allowed; allowed: a non-empty name")
     for key, choices in (("task", TASKS), ("tuning", TUNINGS), ("strategy", STRATEGIES),
-                         ("offload", OFFLOADS), ("precision", PRECISIONS),
-                         ("optimizer", OPTIMIZERS), ("quant", QUANTS)):
+                         ("offload", OFFLOADS), ("precision", PRECISIONS), ("quant", QUANTS)):
         if key in raw and raw[key] not in choices:
             problems.append(f"{where}" + allowed(key, raw[key], choices))
+    if "optimizer" in raw:  # bench's names or the HF Trainer's ``optim`` spellings
+        try:
+            raw["optimizer"] = optimizer_names.canonical(raw["optimizer"])
+        except UserError as e:
+            problems += [f"{where}{m}" for m in e.problems]
     if raw.get("attn") is not None and raw["attn"] not in ATTNS:
         problems.append(f"{where}" + allowed("attn", raw["attn"], ATTNS))
     for key in ("batch", "seq", "new_tokens", "grad_accum", "gpus", "lora_r", "lora_alpha", "steps"):

@@ -8,6 +8,7 @@ A matrix is YAML (loaded with ``yaml.safe_load``)::
     sweep: {model: [...], method: [...], batch: [1, 2]}   # cartesian product, first key outermost
     exclude: [{model: ..., method: full}]                  # drop sweep cells matching every key
     include: [{label: seed, model: ..., batch: 8}]         # extra cells, appended as written
+    include: [{from: axolotl.yml, gpus: 2}]                # a job file's cells (bench.jobfile), keys over it
 
 An exclude rule matches a cell when every key matches; a list value matches
 any of its items (``{model: gpt2-xl, batch: [12, 16]}``), a model matches by
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 
 from bench import cell as cellmod
-from bench import dsconfig, gpus, models, recipe
+from bench import architectures, dsconfig, gpus, models, optimizer_names, recipe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
 
@@ -43,7 +44,8 @@ CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TRIPLE = ("tuning", "strategy", "offload")
 _CHOICES = {"task": cellmod.TASKS, "tuning": cellmod.TUNINGS, "strategy": cellmod.STRATEGIES,
-            "offload": cellmod.OFFLOADS, "precision": cellmod.PRECISIONS, "optimizer": cellmod.OPTIMIZERS,
+            "offload": cellmod.OFFLOADS, "precision": cellmod.PRECISIONS,
+            "optimizer": optimizer_names.allowed_names(),
             "quant": cellmod.QUANTS, "attn": cellmod.ATTNS, "method": tuple(cellmod.METHODS)}
 
 
@@ -56,6 +58,8 @@ class Matrix:
     path: str
     cells: tuple[Cell, ...]
     """Sweep cells in expansion order (first sweep key outermost), then includes."""
+    notes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict, compare=False)
+    """cell id -> what an include's ``from:`` job file asks for that is not modelled."""
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
@@ -216,6 +220,8 @@ def _rules(doc: dict[str, Any], problems: _Problems) -> list[dict[str, list[Any]
             elif k in _CHOICES:
                 bad += [f"exclude[{j}].{allowed(k, o, _CHOICES[k])}"
                         for o in options if not isinstance(o, str) or o not in _CHOICES[k]]
+                if k == "optimizer" and not bad:
+                    options = [optimizer_names.canonical(o) for o in options]
             checked[k] = options
         for m in bad:
             problems.add(m)
@@ -236,6 +242,8 @@ def _excluded(raw: dict[str, Any], rule: dict[str, list[Any]]) -> bool:
         else:
             default = cellmod.Cell.__dataclass_fields__[k].default
             value = raw.get(k, None if default is dataclasses.MISSING else default)
+            if k == "optimizer" and value in optimizer_names.HF_NAMES:
+                value = optimizer_names.HF_NAMES[value]
             if not any(value == o and type(value) is type(o) or _same_number(value, o) for o in options):
                 return False
     return True
@@ -251,6 +259,7 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
     p: list[str] = []
     spec = models.resolve(c.model)
     gpu = gpus.resolve(c.gpu)
+    p += architectures.problems(spec, c.tuning, where)
     if c.precision in ("bf16", "pure-bf16") and not gpu.bf16:
         p.append(f"{where}precision: {c.precision!r} is not supported on {gpu.name} (no bf16); allowed: fp32, fp16")
     if c.attn == "flash_attention_2" and not gpu.supports_flash_attention:
@@ -296,7 +305,8 @@ def _despite(raw: dict[str, Any], found: list[str], catalog: bool) -> list[str]:
     return [m for m in more if m not in found and not any(re.search(rf"\b{re.escape(k)}\b", m) for k in bad)]
 
 
-def _raw_cells(doc: dict[str, Any], problems: _Problems) -> list[tuple[int | str, dict[str, Any], bool]]:
+def _raw_cells(doc: dict[str, Any], problems: _Problems, matrix_path: Path,
+               notes: dict[str, tuple[str, ...]]) -> list[tuple[int | str, dict[str, Any], bool]]:
     """(reference, raw cell, from include) in expansion order: sweep first, then includes."""
     defaults = doc.get("defaults") or {}
     sweep = doc.get("sweep") or {}
@@ -327,8 +337,45 @@ def _raw_cells(doc: dict[str, Any], problems: _Problems) -> list[tuple[int | str
         if not isinstance(inc, dict):
             problems.add(f"include[{i}]: {inc!r} is not allowed; allowed: a mapping of cell fields")
             continue
+        if "from" in inc:
+            inc = _from_job(inc, i, matrix_path, problems, notes)
+            if inc is None:
+                continue
         out.append((f"include[{i}]", {**defaults, **inc, "gpu": doc.get("gpu")}, True))
     return out
+
+
+def _from_job(inc: dict[str, Any], i: int, matrix_path: Path, problems: _Problems,
+              notes: dict[str, tuple[str, ...]]) -> dict[str, Any] | None:
+    """An include ``{from: FILE, ...}``: the job file's cell fields under the include's own keys.
+
+    ``FILE`` is relative to the matrix file (then the working directory). A
+    ``method`` in the include that names a tuning only (``lora``) keeps the
+    file's ZeRO/FSDP setup; any other method replaces it.
+    """
+    from bench import jobfile
+
+    inc = dict(inc)
+    source = inc.pop("from")
+    if not isinstance(source, str):
+        problems.add(f"include[{i}].from: {source!r} is not allowed; allowed: a path to a job file")
+        return None
+    beside = matrix_path.parent / source
+    try:
+        job = jobfile.load(beside if beside.exists() else Path(source))
+    except UserError as e:
+        for m in e.problems:
+            problems.add(f"include[{i}].from: {m}")
+        return None
+    fields = dict(job.fields)
+    method = inc.get("method")
+    if method in cellmod.TUNINGS:
+        fields["tuning"] = inc.pop("method")
+    elif method is not None:
+        for k in _TRIPLE:
+            fields.pop(k, None)
+    notes[f"include[{i}]"] = job.notes
+    return {**fields, **inc}
 
 
 def _ds_path(value: Any, matrix_path: Path) -> Any:
@@ -343,14 +390,12 @@ def _ds_path(value: Any, matrix_path: Path) -> Any:
 
 
 def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
-    """A catalog name or hub id, else a config path (relative to the matrix file, then the working directory)."""
-    try:
-        return models.resolve(value)
-    except UserError:
-        beside = matrix_path.parent / value
-        if Path(value).is_absolute() or not beside.exists():
-            raise
+    """A catalog name or hub id, else a config path (relative to the matrix file, then the working
+    directory), else a hub repository id not in the catalog (its config.json fetched)."""
+    beside = matrix_path.parent / value
+    if not models.is_catalogued(value) and not Path(value).is_absolute() and beside.exists() and not Path(value).exists():
         return models.resolve(str(beside))
+    return models.resolve(value)
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
@@ -392,7 +437,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     rules = _rules(doc, problems)
 
     cells: dict[str, Cell] = {}
-    for ref, raw, from_include in _raw_cells(doc, problems):
+    job_notes: dict[str, tuple[str, ...]] = {}
+    notes: dict[str, tuple[str, ...]] = {}
+    for ref, raw, from_include in _raw_cells(doc, problems, path, job_notes):
         where = (ref, _describe(raw))
         spec, model_problems = None, []
         if not isinstance(raw.get("model"), str) or not raw["model"]:
@@ -424,6 +471,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
             problems.add(m, where)
         if found:
             continue
+        if job_notes.get(str(ref)):
+            notes[c.cell_id] = job_notes[str(ref)]
         first = cells.setdefault(c.cell_id, c)
         if first is not c and c.label and not first.label:
             cells[c.cell_id] = dataclasses.replace(first, label=c.label)  # an include names a sweep cell
@@ -432,4 +481,4 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         raise UserError(*lines)
     if not cells:
         raise UserError(f"matrix: {str(path)!r} expands to no cells (empty sweep, or everything excluded)")
-    return Matrix(name=str(name), gpu=gpu, path=str(path), cells=tuple(cells.values()))
+    return Matrix(name=str(name), gpu=gpu, path=str(path), cells=tuple(cells.values()), notes=notes)

@@ -5,8 +5,9 @@ Every catalog entry is ``bench/data/models/<name>.json``::
     {"name", "hub_id", "aliases", "published_params", "params_source", ["note"], "config"}
 
 ``resolve`` accepts a short name, a Hugging Face id or alias (any case), a path
-to a ``config.json`` or a folder holding one. ``build`` makes a randomly
-initialized model from the config; nothing is ever downloaded.
+to a ``config.json`` or a folder holding one, or the id of any other hub
+repository, whose ``config.json`` alone is fetched (``bench.hub``). ``build``
+makes a randomly initialized model from the config; weights are never downloaded.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from bench import architectures, hub
 from bench.errors import UserError
 
 # model_type -> (config key, default) of a fixed-size position table: learned
@@ -30,6 +32,8 @@ _POSITION_TABLES = {
     "gptj": ("n_positions", 2048),
     "codegen": ("n_positions", 2048),
 }
+ALL_LINEAR = "all-linear"
+"""PEFT's shortcut for every linear layer but the output head."""
 _ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "encoder-decoder"}
 
 
@@ -112,6 +116,11 @@ def _catalog() -> tuple[dict[str, ModelSpec], dict[str, str]]:
     return specs, keys
 
 
+def is_catalogued(model: str) -> bool:
+    """Whether ``model`` is a catalog name, hub id or alias (any case)."""
+    return str(model).strip().lower() in _catalog()[1]
+
+
 def names() -> list[str]:
     """Catalog short names, sorted."""
     return sorted(_catalog()[0])
@@ -134,6 +143,9 @@ def resolve(model) -> ModelSpec:
         return _load_user_config(model, path.resolve())
     if model.endswith(".json") or model.startswith(("/", "./", "../", "~")):
         raise UserError(f"model: {model!r} does not exist; give a catalog name or a path to a config.json")
+    if hub.looks_like_repo_id(model.strip()):  # not catalogued: its config.json from the hub (never weights)
+        repo_id = model.strip()
+        return ModelSpec(name=repo_id, hub_id=repo_id, config=hub.config(repo_id))
     close = difflib.get_close_matches(model.strip().lower(), sorted(keys), n=12, cutoff=0.5)
     close = list(dict.fromkeys(keys[c] for c in close))[:3]
     hint = f"closest: {', '.join(close)}; " if close else ""
@@ -190,6 +202,9 @@ def build(spec: ModelSpec, *, device="meta", dtype=None, attn: str | None = None
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if attn is not None:
         kwargs["attn_implementation"] = attn
+    experts = architectures.experts_implementation(spec, kwargs.get("dtype"))
+    if experts is not None:
+        kwargs["experts_implementation"] = experts
     with torch.device(device):
         model = auto.from_config(cfg, **kwargs)
     if spec.config.get("tie_word_embeddings") is False:
@@ -240,7 +255,13 @@ def lora_target_modules(spec: ModelSpec, targets=None):
     architecture, else every linear layer (``"all-linear"``) where PEFT has no
     default (e.g. phi3). The predictor and the runner both ask here."""
     if targets:
-        return list(targets)
+        targets = list(targets)
+        return ALL_LINEAR if targets == [ALL_LINEAR] else targets  # PEFT takes its shortcut as a string only
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
-    return None if spec.config.get("model_type") in defaults else "all-linear"
+    default = defaults.get(spec.model_type)
+    if default is None:
+        return ALL_LINEAR
+    # PEFT's own table, spelled out: PEFT skips its table for some architectures
+    # (Mixtral in peft 0.21 raises NoMatchingPeftModuleError without explicit targets).
+    return default if isinstance(default, str) else sorted(default)

@@ -74,7 +74,7 @@ def test_a_broken_matrix_lists_every_problem_and_exits_2():
 @pytest.mark.parametrize("args, message", [
     (["tests/data/missing.yaml"], "error: matrix: 'tests/data/missing.yaml' cannot be read"),
     (["matrices/v100.yaml", "batch"], "error: override 'batch' is not key=value"),
-    (["matrices/v100.yaml", "gpu=v200"], "error: gpu: 'v200' is not in the catalog; allowed: a100-40gb"),
+    (["matrices/v100.yaml", "gpu=v200"], "error: gpu: 'v200' is not in the catalog (did you mean"),
     (["matrices/a100-80gb.yaml", "gpu=t4"], "error: 192 cells (cell 1-192): precision: 'bf16' is not supported on t4"),
 ])
 def test_user_mistakes_exit_2_with_one_line_each(args, message, capsys, monkeypatch):

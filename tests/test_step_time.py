@@ -96,9 +96,14 @@ def test_catalog_speed_block_names_what_was_fitted_and_on_what():
     block = gpus.speed_figures()
     assert "h200-2026-11-28" in block["fitted_on"] and "h200-2026-11.jsonl" in block["fitted_on"]
     assert "hbm_fraction" in block["fitted"]
+    priced = 0
     for name in gpus.names():
         g = gpus.resolve(name)
-        assert g.usd_per_hour and g.price_source and g.price_date and g.pcie_gbps
+        assert g.pcie_gbps
+        if g.usd_per_hour is not None:  # a price always says where and when it was read
+            assert g.price_source and g.price_date
+            priced += 1
+    assert priced >= 10
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +196,9 @@ def test_gpu_all_with_tokens_ranks_the_cards_that_fit_by_cost(capsys):
     rows = json.loads(capsys.readouterr().out)
     fitting = [r for r in rows if r["fits"]]
     usd = [r["predicted"]["run"]["usd"] for r in fitting]
-    assert len(fitting) >= 5 and usd == sorted(usd)
+    priced = [u for u in usd if u is not None]
+    assert len(priced) >= 5 and priced == sorted(priced)
+    assert usd == priced + [None] * (len(usd) - len(priced))  # cards without a price come after the priced ones
     assert all("host_bytes" in r["predicted"] for r in fitting)
 
 

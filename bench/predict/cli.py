@@ -18,6 +18,7 @@ price (``bench.predict.cost``; ``--price gpu=usd``, ``--prices FILE``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -27,21 +28,52 @@ from bench.errors import UserError
 from bench.dtypes import GiB
 
 
-def _cell_from_args(a: argparse.Namespace, gpu: str):
-    from bench import cell as cellmod
-    from bench import matrix, models
+_CLI_DEFAULTS = {"task": "train", "precision": "fp32", "batch": 1, "seq": 512, "grad_accum": 1, "gpus": 1,
+                 "optimizer": "adamw", "new_tokens": 128}
 
-    raw = {"model": models.resolve(a.model).name, "gpu": gpu, "task": a.task, "precision": a.precision,
-           "batch": a.batch, "seq": a.seq, "grad_accum": a.grad_accum, "grad_ckpt": a.grad_ckpt,
-           "gpus": a.gpus, "optimizer": a.optimizer, "new_tokens": a.new_tokens}
-    for key in ("method", "tuning", "strategy", "offload", "attn", "ds_config", "target_seq", "lora_r", "zero_init"):
+
+def _cell_from_args(a: argparse.Namespace, gpu: str):
+    """(cell, notes): the flags, over the job file of ``--from`` when given (a flag wins over the file)."""
+    from bench import cell as cellmod
+    from bench import jobfile, matrix, models
+
+    raw: dict = {}
+    notes: list[str] = []
+    if a.from_file:
+        job = jobfile.load(a.from_file)
+        raw.update(job.fields)
+        notes += job.notes
+        if a.method is not None and a.method in cellmod.TUNINGS:  # e.g. lora over the file's ZeRO setup
+            raw["tuning"] = a.method
+            a.method = None
+        elif a.method is not None:
+            for k in ("tuning", "strategy", "offload"):
+                raw.pop(k, None)
+        if "seq" not in raw and a.seq is None:
+            notes.append(f"{job.kind} file gives no sequence length: predicted at seq {_CLI_DEFAULTS['seq']} (--seq)")
+    model = a.model or raw.get("model")
+    if not model:
+        raise UserError("model: missing; give --model (the file names no model)")
+    raw.update({"model": models.resolve(model).name, "gpu": gpu})
+    for key, default in _CLI_DEFAULTS.items():
+        value = getattr(a, key)
+        if value is not None:
+            raw[key] = value
+        else:
+            raw.setdefault(key, default)
+    if a.grad_ckpt:
+        raw["grad_ckpt"] = True
+    raw.setdefault("grad_ckpt", False)
+    for key in ("method", "tuning", "strategy", "offload", "attn", "ds_config", "target_seq", "lora_r", "zero_init", "freeze"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     c = cellmod.normalize(raw, "")
     problems = matrix.validate_cell(c)
     if problems:
         raise UserError(*problems)
-    return c
+    if a.from_file and c.strategy != "none" and a.gpus is None:
+        notes.append(f"the file does not say how many GPUs share the {c.strategy} run: predicted for gpus {c.gpus} (--gpus)")
+    return c, tuple(notes)
 
 
 def _host_verdict(p, host_memory: int | None) -> str:
@@ -118,6 +150,7 @@ def _breakdown_text(c, p, host_memory: int | None = None) -> str:
                      f"{_host_verdict(p, host_memory)}")
     else:
         lines.append(f"  {'host RAM':<32} {p.host_bytes / GiB:8.2f} GiB{_host_verdict(p, host_memory)}")
+    lines += [f"  note: {n}" for n in p.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -134,8 +167,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     tokens, table, calibration = _run_args(a)
     if a.gpu != "all":
-        c = _cell_from_args(a, gpus.resolve(a.gpu).name)
+        c, notes = _cell_from_args(a, gpus.resolve(a.gpu).name)
         p = predict(c)
+        p = dataclasses.replace(p, notes=p.notes + notes)
         sp = speed_fields(c, calibration, tokens, table)
         out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": {**p.to_dict(), **sp}}
         host = _host_memory(a)
@@ -151,11 +185,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
             if a.max_batch:
                 print(f"  largest micro-batch that fits: {out['max_batch']}")
         return 0
+    base, notes = _cell_from_args(a, "h200")
     if tokens is not None or a.rank in ("cost", "time"):
         from bench.predict import ranking
 
-        return ranking.rank_cards(_cell_from_args(a, "h200"), a, tokens, table, calibration)
-    base = _cell_from_args(a, "h200")
+        return ranking.rank_cards(base, a, tokens, table, calibration)
     rows = []
     for name in gpus.names():
         g = gpus.resolve(name)
@@ -177,6 +211,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"  {n:<12} {cap / GiB:7.1f} GiB  {p.peak_bytes / GiB:7.2f} GiB  "
                   f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB  "
                   f"host {(p.host_node_bytes or p.host_bytes) / GiB:7.1f} GiB{_host_verdict(p, _host_memory(a))}")
+    for n in notes:
+        print(f"  note: {n}")
     return 0
 
 
@@ -188,6 +224,8 @@ def plan_entries(m, want_max_batch: bool, tokens: int | None = None, price_table
     entries = []
     for c in m.cells:
         e = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict()}
+        if getattr(m, "notes", {}).get(c.cell_id):
+            e["notes"] = list(m.notes[c.cell_id])
         try:
             e["predicted"] = predict(c).to_dict()
             e["predicted"].update(speed_fields(c, calibration, tokens, price_table))
@@ -218,6 +256,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
         if a.output:
             Path(a.output).parent.mkdir(parents=True, exist_ok=True)
             Path(a.output).write_text(table)
+    for e in entries:
+        for n in e.get("notes", []):
+            print(f"note: cell {e['cell_id']} ({e['cell']['model']}): {n}", file=sys.stderr)
     errors = [e for e in entries if "error" in e]
     for e in errors:
         print(f"error: cell {e['cell_id']} ({e['cell']['model']}): {e['error']}", file=sys.stderr)
@@ -231,27 +272,31 @@ def register(sub) -> None:
     search.register(sub)
     calibration.register(sub)
     p = sub.add_parser("predict", help="predict one cell's peak GPU memory, with a breakdown")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="catalog name, hub id or config.json path (default: the --from file's model)")
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="a DeepSpeed JSON, HF TrainingArguments JSON/YAML, axolotl or LLaMA-Factory YAML; flags win over it")
     p.add_argument("--method")
     p.add_argument("--tuning")
     p.add_argument("--strategy")
     p.add_argument("--offload")
-    p.add_argument("--precision", default="fp32")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--precision")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int)
     p.add_argument("--target-seq", type=int)
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--grad-accum", type=int)
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--attn")
-    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--optimizer")
     p.add_argument("--lora-r", type=int)
     p.add_argument("--ds-config")
-    p.add_argument("--gpus", type=int, default=1)
-    p.add_argument("--task", default="train")
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--task")
+    p.add_argument("--new-tokens", type=int)
     p.add_argument("--gpu", required=True, help="a catalog GPU, or 'all'")
     p.add_argument("--host-memory", metavar="SIZE",
                    help="host RAM of one node (e.g. 256GiB): adds a host-RAM verdict beside the GPU's")
+    p.add_argument("--freeze", type=int, metavar="N",
+                   help="full tuning: freeze the embeddings and the first N blocks [0]")
     p.add_argument("--zero-init", dest="zero_init", action=argparse.BooleanOptionalAction, default=None,
                    help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first")
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")

@@ -22,8 +22,9 @@ import torch
 import transformers
 import warnings
 
-from bench import models, recipe as recipes
+from bench import architectures, models, recipe as recipes
 from bench.dtypes import torch_dtype
+from bench.errors import UserError
 from bench.methods import adapters, freezing
 from bench.predict import blocks, trace_cache
 from bench.predict import trace as tr
@@ -103,6 +104,8 @@ def build(key: ShapeKey):
 
 def _build(key: ShapeKey):
     spec = models.resolve(key.model)
+    if architectures.is_moe(spec) and key.weight_dtype != "bf16":
+        raise UserError(architectures.moe_dtype_problem(spec, key.weight_dtype))
     overrides = {"use_cache": key.use_cache}
     if key.layers is not None:
         overrides.update(_layer_overrides(spec, key.layers))
@@ -111,7 +114,14 @@ def _build(key: ShapeKey):
         if key.tuning in recipes.ADAPTER_TUNINGS:
             from peft import get_peft_model
 
-            model = get_peft_model(model, adapters.lora_config(_adapters(key, spec), spec))
+            try:
+                model = get_peft_model(model, adapters.lora_config(_adapters(key, spec), spec))
+            except ValueError as e:  # PEFT's ParamWrapper (LoRA on fused experts) refuses lora_dropout
+                if "ParamWrapper" not in str(e):
+                    raise
+                raise UserError(architectures.expert_lora_problem(spec)) from None
+            if architectures.wraps_experts(model):
+                raise UserError(architectures.expert_lora_problem(spec))
     freezing.apply(model, key.freeze)
     if key.grad_ckpt:
         model.gradient_checkpointing_enable(

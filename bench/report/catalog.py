@@ -19,7 +19,9 @@ from bench.errors import UserError
 
 def _catalog_params(model: str) -> int | None:
     try:
-        from bench import models
+        from bench import hub, models
+        if hub.looks_like_repo_id(model.strip()) and not models.is_catalogued(model):
+            return None  # a hub model outside the catalog: no published count, and no network call from a report
         return models.resolve(model).published_params
     except (ImportError, UserError, KeyError, ValueError):
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from bench.cell import model_label
 from bench.dtypes import GiB as GIB
 from bench.recipe import ADAPTER_TUNINGS
 MISSING = "–"
@@ -36,6 +37,11 @@ def percent(fraction: float | None, signed: bool = False) -> str:
 def count(n: float | None) -> str:
     """A rate with thousands separators and no decimals (``12,345``)."""
     return MISSING if n is None else f"{n:,.0f}"
+
+
+def model(name: str) -> str:
+    """A model as a table names it: a config.json path by its folder (or file stem), else as given."""
+    return model_label(name) if name.endswith(".json") else name
 
 
 def params(n: int | None) -> str:

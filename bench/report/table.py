@@ -148,7 +148,7 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
     infer = c.get("task", "train") == "infer"
     capacity = catalog.capacity_of(record)
     v = {
-        "model": c["model"], "params": labels.params(catalog.params_of(record)),
+        "model": labels.model(c["model"]), "params": labels.params(catalog.params_of(record)),
         "context": labels.context(c), "method": labels.method(c), "gpu": catalog.gpu_label(c["gpu"]),
         "precision": labels.precision(c), "batch": str(c.get("batch", labels.MISSING)),
         "grad_accum": labels.MISSING if infer else str(c.get("grad_accum", 1)),

@@ -141,7 +141,10 @@ def files_of(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
         folder = path.is_dir()
         source = path / "config.json" if folder else path
         if source.is_file():
-            out[key] = {"name": path.name, "text": source.read_text(encoding="utf-8"), "folder": folder}
+            name = path.name
+            if not folder and name == "config.json" and path.resolve().parent.name:
+                name = f"{path.resolve().parent.name}/config.json"  # the slug names a config.json by its folder
+            out[key] = {"name": name, "text": source.read_text(encoding="utf-8"), "folder": folder}
     return out
 
 
