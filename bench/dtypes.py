@@ -20,8 +20,18 @@ HALF_OF = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "pure-bf16": "bf16"}
 """A cell precision -> the dtype its weights are computed in (``fp32`` stays fp32)."""
 
 
-_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": MiB, "gib": GiB, "tib": 2**40,
-          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 2**10,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 2**40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
 
 
 def parse_size(text: str, key: str) -> int:

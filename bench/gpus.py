@@ -66,7 +66,7 @@ class GPU:
         return re.sub(r"-\d+gb$", "", self.name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _document() -> dict:
     return json.loads((resources.files("bench") / "data" / "gpus.json").read_text(encoding="utf-8"))
 
@@ -76,7 +76,7 @@ def speed_figures() -> dict:
     return dict(_document()["speed"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _catalog() -> dict[str, GPU]:
     doc = _document()
     gpus = {}
@@ -90,9 +90,9 @@ def names() -> list[str]:
     return sorted(_catalog())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keys() -> dict[str, str]:
-    keys = {}
+    keys: dict[str, str] = {}
     for gpu in _catalog().values():
         for key in (gpu.name, gpu.marketing_name, *gpu.nvml_names):
             keys.setdefault(key.lower(), gpu.name)
@@ -114,9 +114,13 @@ def resolve(name: str) -> GPU:
         return _catalog()[found]
     q = _squash(name)
     exact = {v for k, v in _keys().items() if q and _squash(k) == q}
-    partial = exact or {g.name for g in _catalog().values()
-                        if q and len(q) >= 3 and (_squash(g.name).startswith(q) or
-                                                  (q[0].isdigit() or q[0] == "a") and q in _squash(g.name))}
+    partial = exact or {
+        g.name
+        for g in _catalog().values()
+        if q
+        and len(q) >= 3
+        and (_squash(g.name).startswith(q) or (q[0].isdigit() or q[0] == "a") and q in _squash(g.name))
+    }
     if len(partial) > 1:  # "3080" is the RTX 3080, not the 3080 Ti
         tight = {n for n in partial if _squash(n) in (q, "rtx" + q) or _squash(n).endswith(q)}
         partial = tight if len(tight) == 1 else partial
@@ -130,7 +134,9 @@ def resolve(name: str) -> GPU:
 
 
 def _family_pattern(family: str) -> re.Pattern:
-    letters, digits, rest = re.match(r"([a-z]*)(\d*)(.*)", family).groups()
+    m = re.match(r"([a-z]*)(\d*)(.*)", family)
+    assert m is not None  # every pattern part may be empty
+    letters, digits, rest = m.groups()
     body = re.escape(letters) + (r"\s*" + digits if digits else "") + re.escape(rest)
     return re.compile(rf"(?<![a-z0-9]){body}(?![a-z0-9])")
 

@@ -171,10 +171,14 @@ def of(cell) -> Recipe:
     adapters = None
     if trains_adapters(cell):
         spec = models.resolve(cell.model)
-        adapters = Adapters(r=cell.lora_r, alpha=cell.lora_alpha, dropout=cell.lora_dropout,
-                            targets=cell.lora_targets,
-                            task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM",
-                            dtype="bf16" if cell.precision == "pure-bf16" else "fp32")
+        adapters = Adapters(
+            r=cell.lora_r,
+            alpha=cell.lora_alpha,
+            dropout=cell.lora_dropout,
+            targets=cell.lora_targets,
+            task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM",
+            dtype="bf16" if cell.precision == "pure-bf16" else "fp32",
+        )
     zero = None
     if engine == "deepspeed":
         zero = dsconfig.settings(cell, dsconfig.hidden_size_of(models.resolve(cell.model).config))
@@ -184,9 +188,16 @@ def of(cell) -> Recipe:
     on_meta = engine == "fsdp" and (cell.offload == "all" or cell.gpus > 1) and cell.tuning != "qlora"
     built_on_cpu = engine == "deepspeed" and not zero_init and cell.tuning != "qlora"  # bnb loads on the GPU
     return Recipe(
-        engine=engine, ranks=cell.gpus, zero=zero, offload=cell.offload,
-        build_dtype=build_dtype, build_on_device=not (built_on_cpu or on_meta), build_on_meta=on_meta,
-        autocast=cell.precision if cell.trains and half and cell.tuning == "full" and engine in ("plain", "ddp") else None,
+        engine=engine,
+        ranks=cell.gpus,
+        zero=zero,
+        offload=cell.offload,
+        build_dtype=build_dtype,
+        build_on_device=not (built_on_cpu or on_meta),
+        build_on_meta=on_meta,
+        autocast=cell.precision
+        if cell.trains and half and cell.tuning == "full" and engine in ("plain", "ddp")
+        else None,
         loss_scaling=cell.precision == "fp16" and engine != "deepspeed",
         compute_dtype=HALF_OF[cell.precision],
         fsdp_param_dtype=cell.precision if engine == "fsdp" and half else None,

@@ -45,17 +45,24 @@ class Record:
     finished_at: str | None = None
 
     @classmethod
-    def of(cls, cell: Any, **fields: Any) -> "Record":
+    def of(cls, cell: Any, **fields: Any) -> Record:
         """A record for a normalized ``bench.cell.Cell`` (its id, slug, label and fields filled in)."""
         return cls(cell_id=cell.cell_id, slug=cell.slug, label=cell.label, cell=cell.to_dict(), **fields)
 
     def to_dict(self, with_times: bool = True) -> dict[str, Any]:
         """The record as stored (``schema_version`` is added by the store)."""
         d = {
-            "cell_id": self.cell_id, "slug": self.slug, "label": self.label, "matrix": self.matrix,
-            "cell": self.cell, "status": self.status, "environment": self.environment,
-            "measured": self.measured, "predicted": self.predicted,
-            "prediction_error": self.prediction_error, "error": self.error,
+            "cell_id": self.cell_id,
+            "slug": self.slug,
+            "label": self.label,
+            "matrix": self.matrix,
+            "cell": self.cell,
+            "status": self.status,
+            "environment": self.environment,
+            "measured": self.measured,
+            "predicted": self.predicted,
+            "prediction_error": self.prediction_error,
+            "error": self.error,
         }
         if with_times:
             d.update(started_at=self.started_at, finished_at=self.finished_at)

@@ -26,13 +26,29 @@ def cell_fields(row: dict[str, Any], gpu: str) -> dict[str, Any] | str:
     kind = row["kind"]
     if kind == "context":
         return "CUDA context and cuBLAS workspace measurement, not a cell"
-    raw: dict[str, Any] = {"model": row["model"], "gpu": gpu, "batch": row["batch"], "seq": row["seq"],
-                           "label": f"{row['id']}"}
+    raw: dict[str, Any] = {
+        "model": row["model"],
+        "gpu": gpu,
+        "batch": row["batch"],
+        "seq": row["seq"],
+        "label": f"{row['id']}",
+    }
     if kind == "infer":
-        return {**raw, "task": "infer", "precision": row["precision"], "new_tokens": row["new_tokens"],
-                "steps": 1, "warmup": 0}
-    raw.update(grad_ckpt=bool(row.get("ckpt", False)), grad_accum=row.get("ga", 1), use_cache=True,
-               steps=len(row["step_times"]), warmup=0)
+        return {
+            **raw,
+            "task": "infer",
+            "precision": row["precision"],
+            "new_tokens": row["new_tokens"],
+            "steps": 1,
+            "warmup": 0,
+        }
+    raw.update(
+        grad_ckpt=bool(row.get("ckpt", False)),
+        grad_accum=row.get("ga", 1),
+        use_cache=True,
+        steps=len(row["step_times"]),
+        warmup=0,
+    )
     if row.get("optim"):
         raw["optimizer"] = row["optim"]
     if row.get("attn"):

@@ -11,8 +11,26 @@ from __future__ import annotations
 import subprocess
 import sys
 
-PREDICT_70B = [sys.executable, "-m", "bench", "predict", "--model", "llama-3.1-70b", "--method", "lora",
-               "--precision", "bf16", "--batch", "1", "--seq", "2048", "--grad-ckpt", "--gpu", "h200", "--json"]
+PREDICT_70B = [
+    sys.executable,
+    "-m",
+    "bench",
+    "predict",
+    "--model",
+    "llama-3.1-70b",
+    "--method",
+    "lora",
+    "--precision",
+    "bf16",
+    "--batch",
+    "1",
+    "--seq",
+    "2048",
+    "--grad-ckpt",
+    "--gpu",
+    "h200",
+    "--json",
+]
 PLAN_V100 = [sys.executable, "-m", "bench", "plan", "matrices/v100.yaml", "--json"]
 
 

@@ -73,7 +73,7 @@ def overhead(s: training.Setup) -> dict[str, float]:
     off: list[float] = []
     on: list[float] = []
     for block in range(BLOCKS):
-        for sampling in ((False, True) if block % 2 == 0 else (True, False)):
+        for sampling in (False, True) if block % 2 == 0 else (True, False):
             if sampling:
                 sampler = nvml.Sampler(device=DEVICE).start()
                 on += timed_steps(s, STEPS_PER_BLOCK)
@@ -102,8 +102,10 @@ def test_sampler_overhead_percent(benchmark, setup):
     benchmark.group = "sampler overhead"
     result = benchmark.pedantic(overhead, args=(setup,), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
-    print(f"\n{setup.cell.model}: step {result['step_off_seconds'] * 1e3:.2f} ms without the sampler, "
-          f"{result['step_on_seconds'] * 1e3:.2f} ms with it: overhead {result['overhead_percent']:+.1f}%")
+    print(
+        f"\n{setup.cell.model}: step {result['step_off_seconds'] * 1e3:.2f} ms without the sampler, "
+        f"{result['step_on_seconds'] * 1e3:.2f} ms with it: overhead {result['overhead_percent']:+.1f}%"
+    )
     # no bound asserted: on a shared machine other processes' noise can exceed the sampler's cost
 
 
@@ -117,5 +119,6 @@ def test_one_sample_cost(benchmark):
     cost = benchmark.stats.stats.median
     share = cost / sampler.interval_s
     benchmark.extra_info.update(sample_seconds=cost, interval_seconds=sampler.interval_s, core_share=share)
-    print(f"\none {DEVICE} reading: {cost * 1e6:.1f} us every {sampler.interval_s * 1e3:.0f} ms "
-          f"= {share:.3%} of one core")
+    print(
+        f"\none {DEVICE} reading: {cost * 1e6:.1f} us every {sampler.interval_s * 1e3:.0f} ms = {share:.3%} of one core"
+    )

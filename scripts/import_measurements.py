@@ -52,6 +52,8 @@ DRIVER = "580.159.04"  # not in the rows; stated in the measurements' README
 DEEPSPEED = "0.19.8"  # idem
 SAMPLE_INTERVAL_SECONDS = 0.02  # NVML sampling period, idem
 TIMING_NOTE = "step times are rough: a second measuring process shared the GPU part of the time"  # idem
+
+
 def _mfu(m: dict[str, Any], cell: cellmod.Cell) -> None:
     """Fill ``tflops_achieved`` and ``mfu`` the way the runner does (left null if it cannot)."""
     try:
@@ -70,33 +72,52 @@ def _mfu(m: dict[str, Any], cell: cellmod.Cell) -> None:
 def measured(row: dict[str, Any], cell: cellmod.Cell) -> dict[str, Any]:
     """The record's ``measured`` block for one row (raw units, unit in the key)."""
     m: dict[str, Any] = {
-        "peak_nvml_process_bytes": row.get("nvml_peak_proc"), "peak_nvml_device_bytes": None,
-        "peak_torch_allocated_bytes": row.get("peak_alloc"), "peak_torch_reserved_bytes": row.get("peak_reserved"),
-        "peak_host_rss_bytes": None, "after_load_allocated_bytes": row.get("after_load_alloc"),
-        "n_params": row.get("n_params"), "n_trainable_params": row.get("n_trainable") or row.get("n_params"),
-        "tflops_achieved": None, "mfu": None,
+        "peak_nvml_process_bytes": row.get("nvml_peak_proc"),
+        "peak_nvml_device_bytes": None,
+        "peak_torch_allocated_bytes": row.get("peak_alloc"),
+        "peak_torch_reserved_bytes": row.get("peak_reserved"),
+        "peak_host_rss_bytes": None,
+        "after_load_allocated_bytes": row.get("after_load_alloc"),
+        "n_params": row.get("n_params"),
+        "n_trainable_params": row.get("n_trainable") or row.get("n_params"),
+        "tflops_achieved": None,
+        "mfu": None,
     }
     if cell.task == "infer":
         seconds = row["gen_time"]
-        m.update(step_times_seconds=[seconds], step_time_median_seconds=seconds,
-                 tokens_per_second=cell.batch * cell.new_tokens / seconds, samples_per_second=cell.batch / seconds)
+        m.update(
+            step_times_seconds=[seconds],
+            step_time_median_seconds=seconds,
+            tokens_per_second=cell.batch * cell.new_tokens / seconds,
+            samples_per_second=cell.batch / seconds,
+        )
         _mfu(m, cell)
         return m
     times = row["step_times"]
     median = statistics.median(times[1:] or times)
-    m.update(step_times_seconds=times, step_time_median_seconds=median,
-             tokens_per_second=cell.batch * cell.seq * cell.grad_accum / median,
-             samples_per_second=cell.batch * cell.grad_accum / median)
+    m.update(
+        step_times_seconds=times,
+        step_time_median_seconds=median,
+        tokens_per_second=cell.batch * cell.seq * cell.grad_accum / median,
+        samples_per_second=cell.batch * cell.grad_accum / median,
+    )
     _mfu(m, cell)
     return m
 
 
 def environment(ctx_env: dict[str, Any], row: dict[str, Any], source: str) -> dict[str, Any]:
     return {
-        "gpu_name": ctx_env.get("gpu"), "gpu_memory_bytes": ctx_env.get("gpu_total_bytes"), "driver": DRIVER,
-        "cuda": ctx_env.get("cuda"), "torch": ctx_env.get("torch"), "transformers": ctx_env.get("transformers"),
-        "peft": ctx_env.get("peft"), "deepspeed": DEEPSPEED, "device": "cuda:0",
-        "attn_implementation": row.get("attn_impl"), "nvml_sample_interval_seconds": SAMPLE_INTERVAL_SECONDS,
+        "gpu_name": ctx_env.get("gpu"),
+        "gpu_memory_bytes": ctx_env.get("gpu_total_bytes"),
+        "driver": DRIVER,
+        "cuda": ctx_env.get("cuda"),
+        "torch": ctx_env.get("torch"),
+        "transformers": ctx_env.get("transformers"),
+        "peft": ctx_env.get("peft"),
+        "deepspeed": DEEPSPEED,
+        "device": "cuda:0",
+        "attn_implementation": row.get("attn_impl"),
+        "nvml_sample_interval_seconds": SAMPLE_INTERVAL_SECONDS,
         "provenance": {"source": source, "row_id": row["id"], "note": TIMING_NOTE},
     }
 
@@ -141,9 +162,17 @@ def main(argv: list[str] | None = None) -> int:
                 pred, error = predicted(cell, m["peak_nvml_process_bytes"])
             except Exception as e:  # one cell the predictor cannot do yet must not stop the rest
                 skipped.append(f"no prediction for row {row['id']} ({cell.slug}): {type(e).__name__}: {e}")
-        records.append(Record.of(cell, matrix=matrix, status=row["status"],
-                                 environment=environment(ctx_env, row, source), measured=m, predicted=pred,
-                                 prediction_error=error).to_dict())
+        records.append(
+            Record.of(
+                cell,
+                matrix=matrix,
+                status=row["status"],
+                environment=environment(ctx_env, row, source),
+                measured=m,
+                predicted=pred,
+                prediction_error=error,
+            ).to_dict()
+        )
 
     # Everything is converted before the folder changes: a failure leaves the old records.
     store = Store(args.out)
@@ -153,8 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             old.unlink()
     for record in records:
         store.write(record)
-    store.write_machine(args.gpu, {k: v for k, v in environment(ctx_env, {"id": None}, source).items()
-                                   if k not in ("attn_implementation", "provenance")})
+    store.write_machine(
+        args.gpu,
+        {
+            k: v
+            for k, v in environment(ctx_env, {"id": None}, source).items()
+            if k not in ("attn_implementation", "provenance")
+        },
+    )
     print(f"wrote {len(records)} records to {folder}/")
     for line in skipped:
         print(line)

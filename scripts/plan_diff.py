@@ -26,8 +26,9 @@ def plans(tree: Path) -> dict[str, list]:
     out = {}
     env = {**os.environ, "PYTHONPATH": str(tree)}
     for m in sorted((tree / "matrices").glob("*.yaml")):
-        proc = subprocess.run([sys.executable, "-m", "bench", "plan", str(m), "--json"], cwd=tree, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "plan", str(m), "--json"], cwd=tree, env=env, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise SystemExit(f"{tree}: bench plan {m.name} failed:\n{proc.stderr[-2000:]}")
         out[m.name] = json.loads(proc.stdout.replace(str(tree) + "/", ""))

@@ -13,22 +13,25 @@ from bench.errors import UserError
 BASE = {"model": "gpt2", "gpu": "v100-16gb"}
 
 
-@pytest.mark.parametrize("method, triple", [
-    ("full", ("full", "none", "none")),
-    ("lora", ("lora", "none", "none")),
-    ("qlora", ("qlora", "none", "none")),
-    ("ddp", ("full", "ddp", "none")),
-    ("zero1", ("full", "zero1", "none")),
-    ("zero2", ("full", "zero2", "none")),
-    ("zero3", ("full", "zero3", "none")),
-    ("zero2-offload", ("full", "zero2", "optimizer")),
-    ("zero3-offload", ("full", "zero3", "all")),
-    ("fsdp", ("full", "fsdp", "none")),
-    ("fsdp-offload", ("full", "fsdp", "all")),
-    ("lora+zero3-offload", ("lora", "zero3", "all")),
-    ("lora+zero2", ("lora", "zero2", "none")),
-    ("qlora+fsdp", ("qlora", "fsdp", "none")),
-])
+@pytest.mark.parametrize(
+    "method, triple",
+    [
+        ("full", ("full", "none", "none")),
+        ("lora", ("lora", "none", "none")),
+        ("qlora", ("qlora", "none", "none")),
+        ("ddp", ("full", "ddp", "none")),
+        ("zero1", ("full", "zero1", "none")),
+        ("zero2", ("full", "zero2", "none")),
+        ("zero3", ("full", "zero3", "none")),
+        ("zero2-offload", ("full", "zero2", "optimizer")),
+        ("zero3-offload", ("full", "zero3", "all")),
+        ("fsdp", ("full", "fsdp", "none")),
+        ("fsdp-offload", ("full", "fsdp", "all")),
+        ("lora+zero3-offload", ("lora", "zero3", "all")),
+        ("lora+zero2", ("lora", "zero2", "none")),
+        ("qlora+fsdp", ("qlora", "fsdp", "none")),
+    ],
+)
 def test_shorthand_methods_set_tuning_strategy_offload(method, triple):
     precision = "fp16" if triple[0] == "qlora" else "fp32"
     c = normalize({**BASE, "method": method, "precision": precision})
@@ -44,7 +47,9 @@ def test_every_shorthand_is_its_own_name():
 def test_method_contradicting_tuning_is_an_error():
     with pytest.raises(UserError) as e:
         normalize({**BASE, "method": "lora", "tuning": "full"})
-    assert e.value.problems == ["tuning: 'full' contradicts method 'lora'; allowed: 'lora' (what the method sets), or leave tuning out"]
+    assert e.value.problems == [
+        "tuning: 'full' contradicts method 'lora'; allowed: 'lora' (what the method sets), or leave tuning out"
+    ]
 
 
 def test_method_agreeing_with_explicit_fields_is_fine():
@@ -76,14 +81,17 @@ def test_every_problem_is_reported_at_once():
     assert keys == ["unknown key 'batchsize' (did you mean batch?); allowed", "optimizer", "batch", "grad_ckpt"]
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"method": "qlora", "precision": "fp32"}, "precision: 'fp32' is not allowed for qlora"),
-    ({"offload": "optimizer"}, "offload: 'optimizer' needs a ZeRO or FSDP strategy"),
-    ({"method": "fsdp", "offload": "optimizer"}, "contradicts method 'fsdp'"),
-    ({"gpus": 2}, "gpus: 2 needs a strategy"),
-    ({"task": "infer", "method": "lora"}, "not allowed for task 'infer'"),
-    ({"ds_config": "x.json"}, "ds_config: given but strategy is 'none'"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"method": "qlora", "precision": "fp32"}, "precision: 'fp32' is not allowed for qlora"),
+        ({"offload": "optimizer"}, "offload: 'optimizer' needs a ZeRO or FSDP strategy"),
+        ({"method": "fsdp", "offload": "optimizer"}, "contradicts method 'fsdp'"),
+        ({"gpus": 2}, "gpus: 2 needs a strategy"),
+        ({"task": "infer", "method": "lora"}, "not allowed for task 'infer'"),
+        ({"ds_config": "x.json"}, "ds_config: given but strategy is 'none'"),
+    ],
+)
 def test_cross_field_rules(raw, message):
     with pytest.raises(UserError) as e:
         normalize({**BASE, **raw})
@@ -92,8 +100,19 @@ def test_cross_field_rules(raw, message):
 
 # Pinned: if this changes, every stored result would be orphaned. Only change it
 # together with a migration of results/ (and a new schema version).
-PINNED = ({"model": "gpt2-xl", "gpu": "v100-16gb", "method": "zero2-offload", "precision": "fp16",
-           "batch": 8, "seq": 1024, "grad_accum": 2, "grad_ckpt": True}, "fbe61d3555")
+PINNED = (
+    {
+        "model": "gpt2-xl",
+        "gpu": "v100-16gb",
+        "method": "zero2-offload",
+        "precision": "fp16",
+        "batch": 8,
+        "seq": 1024,
+        "grad_accum": 2,
+        "grad_ckpt": True,
+    },
+    "fbe61d3555",
+)
 
 
 def test_cell_id_is_pinned():
@@ -109,7 +128,13 @@ def test_cell_id_ignores_the_label_and_key_order():
 
 def test_cell_id_changes_with_any_measured_field():
     raw, expected = PINNED
-    for change in ({"batch": 12}, {"grad_ckpt": False}, {"gpu": "t4"}, {"method": "zero3-offload"}, {"quant": "none", "seq": 512}):
+    for change in (
+        {"batch": 12},
+        {"grad_ckpt": False},
+        {"gpu": "t4"},
+        {"method": "zero3-offload"},
+        {"quant": "none", "seq": 512},
+    ):
         assert normalize({**raw, **change}).cell_id != expected
 
 
@@ -131,7 +156,9 @@ def test_cell_id_of_a_file_is_its_content_not_its_place(tmp_path):
 
 
 def test_slug_reads_like_the_cell():
-    c = normalize({**BASE, "method": "lora+zero3-offload", "precision": "fp16", "batch": 4, "seq": 1024, "grad_ckpt": True})
+    c = normalize(
+        {**BASE, "method": "lora+zero3-offload", "precision": "fp16", "batch": 4, "seq": 1024, "grad_ckpt": True}
+    )
     assert c.slug == "gpt2-train-lora+zero3-offload-fp16-b4-s1024-ckpt"
 
 

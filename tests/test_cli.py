@@ -32,8 +32,17 @@ def test_v100_stays_a_plannable_size_without_bf16():
     assert 150 <= len(m.cells) <= 250
     assert {c.precision for c in m.cells} == {"fp16", "fp32"}
     assert {c.method for c in m.cells} == {"full", "lora", "zero2-offload", "zero3-offload"}
-    assert {c.model for c in m.cells} == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt-neo-1.3b",
-                                         "gpt-neo-2.7b", "opt-1.3b", "llama-3.2-1b", "qwen2.5-1.5b"}
+    assert {c.model for c in m.cells} == {
+        "gpt2",
+        "gpt2-medium",
+        "gpt2-large",
+        "gpt2-xl",
+        "gpt-neo-1.3b",
+        "gpt-neo-2.7b",
+        "opt-1.3b",
+        "llama-3.2-1b",
+        "qwen2.5-1.5b",
+    }
     assert {c.batch for c in m.cells} == {1, 2, 4, 8, 12, 16}
     assert {c.seq for c in m.cells} == {512, 1024}
 
@@ -59,8 +68,9 @@ BROKEN_LINES = [
 
 
 def test_a_broken_matrix_lists_every_problem_and_exits_2():
-    done = subprocess.run([sys.executable, "-m", "bench", "validate", "tests/data/broken.yaml"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "validate", "tests/data/broken.yaml"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert done.stdout == ""
     assert "Traceback" not in done.stderr
@@ -71,12 +81,18 @@ def test_a_broken_matrix_lists_every_problem_and_exits_2():
         assert sum(line.startswith(f"error: {expected}") for line in lines) == 1, expected
 
 
-@pytest.mark.parametrize("args, message", [
-    (["tests/data/missing.yaml"], "error: matrix: 'tests/data/missing.yaml' cannot be read"),
-    (["matrices/v100.yaml", "batch"], "error: override 'batch' is not key=value"),
-    (["matrices/v100.yaml", "gpu=v200"], "error: gpu: 'v200' is not in the catalog (did you mean"),
-    (["matrices/a100-80gb.yaml", "gpu=t4"], "error: 192 cells (cell 1-192): precision: 'bf16' is not supported on t4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tests/data/missing.yaml"], "error: matrix: 'tests/data/missing.yaml' cannot be read"),
+        (["matrices/v100.yaml", "batch"], "error: override 'batch' is not key=value"),
+        (["matrices/v100.yaml", "gpu=v200"], "error: gpu: 'v200' is not in the catalog (did you mean"),
+        (
+            ["matrices/a100-80gb.yaml", "gpu=t4"],
+            "error: 192 cells (cell 1-192): precision: 'bf16' is not supported on t4",
+        ),
+    ],
+)
 def test_user_mistakes_exit_2_with_one_line_each(args, message, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(["validate", *args]) == 2

@@ -38,6 +38,7 @@ def raise_peak(factor: float):
     def change(rec):
         m = rec["measured"]
         m["peak_nvml_process_bytes"] = int(m["peak_nvml_process_bytes"] * factor)
+
     return change
 
 
@@ -80,6 +81,7 @@ def test_new_failure_and_only_in_one(copies, capsys):
 
     def oom(rec):
         rec["status"], rec["measured"] = "oom", None
+
     edit_one(b, oom)
     victim = sorted(p for p in a.rglob("*.json") if p.name != "machine.json")[-1]
     victim.unlink()
@@ -107,13 +109,16 @@ def test_parse_thresholds():
     assert cmp.parse_thresholds(None) == cmp.Thresholds()
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("peak=5", ["peak", "'5'", "peak=5%,throughput=5%"]),
-    ("peak=-3%", ["peak", "'-3%'", "percentage"]),
-    ("memory=5%", ["'memory'", "unknown key", "peak, throughput"]),
-    ("peak5%", ["'peak5%'", "key=value"]),
-    ("throughput=fast", ["throughput", "'fast'"]),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("peak=5", ["peak", "'5'", "peak=5%,throughput=5%"]),
+        ("peak=-3%", ["peak", "'-3%'", "percentage"]),
+        ("memory=5%", ["'memory'", "unknown key", "peak, throughput"]),
+        ("peak5%", ["'peak5%'", "key=value"]),
+        ("throughput=fast", ["throughput", "'fast'"]),
+    ],
+)
 def test_bad_threshold_is_one_line_error(spec, words, copies, capsys):
     with pytest.raises(UserError) as e:
         cmp.parse_thresholds(spec)

@@ -18,8 +18,9 @@ def ds(tmp_path):
     def make(config: dict, method: str = "zero2-offload", precision: str = "fp16"):
         path = tmp_path / "ds.json"
         path.write_text(json.dumps(config))
-        return normalize({"model": "gpt2-xl", "gpu": "v100-16gb", "method": method, "precision": precision,
-                          "ds_config": str(path)})
+        return normalize(
+            {"model": "gpt2-xl", "gpu": "v100-16gb", "method": method, "precision": precision, "ds_config": str(path)}
+        )
 
     return make
 
@@ -30,14 +31,25 @@ def test_legacy_cpu_offload_means_optimizer_offload_pinned(ds):
 
 
 def test_legacy_pin_flag_and_param_offload(ds):
-    cell = ds({"zero_optimization": {"stage": 3, "cpu_offload": True, "cpu_offload_param": True,
-                                     "cpu_offload_use_pin_memory": False}}, method="zero3-offload")
+    cell = ds(
+        {
+            "zero_optimization": {
+                "stage": 3,
+                "cpu_offload": True,
+                "cpu_offload_param": True,
+                "cpu_offload_use_pin_memory": False,
+            }
+        },
+        method="zero3-offload",
+    )
     s = dsconfig.settings(cell)
     assert (s.offload_optimizer, s.offload_param, s.pin_memory) == (True, True, False)
 
 
 def test_current_offload_sections(ds):
-    s = dsconfig.settings(ds({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}}}))
+    s = dsconfig.settings(
+        ds({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": False}}})
+    )
     assert (s.offload_optimizer, s.pin_memory) == (True, False)
 
 
@@ -49,10 +61,21 @@ def test_absent_keys_take_deepspeed_defaults(ds):
 
 
 def test_auto_values_resolve_from_the_hidden_size(ds):
-    cell = ds({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"},
-                                     "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
-                                     "stage3_param_persistence_threshold": "auto", "overlap_comm": "auto"},
-               "fp16": {"enabled": "auto"}}, method="zero3-offload")
+    cell = ds(
+        {
+            "zero_optimization": {
+                "stage": 3,
+                "offload_optimizer": {"device": "cpu"},
+                "offload_param": {"device": "cpu"},
+                "reduce_bucket_size": "auto",
+                "stage3_prefetch_bucket_size": "auto",
+                "stage3_param_persistence_threshold": "auto",
+                "overlap_comm": "auto",
+            },
+            "fp16": {"enabled": "auto"},
+        },
+        method="zero3-offload",
+    )
     s = dsconfig.settings(cell, hidden_size=1600)
     assert s.reduce_bucket_size == 1600 * 1600
     assert s.prefetch_bucket_size == int(0.9 * 1600 * 1600)
@@ -78,8 +101,9 @@ def test_stage_contradiction_is_an_error(ds):
 
 def test_precision_contradiction_is_an_error(ds):
     with pytest.raises(UserError) as e:
-        dsconfig.settings(ds({"zero_optimization": {"stage": 2, "cpu_offload": True}, "fp16": {"enabled": True}},
-                             precision="bf16"))
+        dsconfig.settings(
+            ds({"zero_optimization": {"stage": 2, "cpu_offload": True}, "fp16": {"enabled": True}}, precision="bf16")
+        )
     (line,) = e.value.problems
     assert "precision 'fp16' contradicts the cell's precision 'bf16'; allowed: bf16.enabled true" in line
 
@@ -104,12 +128,21 @@ def test_offload_contradiction_and_every_problem_at_once(ds):
     assert "precision 'fp16' contradicts the cell's precision 'fp32'" in text
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"zero_optimization": {"stage": 2, "cpu_offload": True, "reduce_bucket_size": "2e8"}}, "reduce_bucket_size: '2e8' is not allowed"),
-    ({"zero_optimization": {"stage": 2, "offload_optimizer": "cpu"}}, "zero_optimization.offload_optimizer: 'cpu' is not allowed"),
-    ({"zero_optimization": [2]}, "zero_optimization: [2] is not allowed"),
-    ([], "must hold a JSON object"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            {"zero_optimization": {"stage": 2, "cpu_offload": True, "reduce_bucket_size": "2e8"}},
+            "reduce_bucket_size: '2e8' is not allowed",
+        ),
+        (
+            {"zero_optimization": {"stage": 2, "offload_optimizer": "cpu"}},
+            "zero_optimization.offload_optimizer: 'cpu' is not allowed",
+        ),
+        ({"zero_optimization": [2]}, "zero_optimization: [2] is not allowed"),
+        ([], "must hold a JSON object"),
+    ],
+)
 def test_malformed_files_are_user_errors(ds, config, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         dsconfig.settings(ds(config))
@@ -137,8 +170,14 @@ def test_shipped_seed_configs(repo):
 
 
 def test_deepspeed_config_carries_the_file_settings(ds):
-    cfg = dsconfig.deepspeed_config(ds({"zero_optimization": {"stage": 2, "cpu_offload": True, "reduce_bucket_size": 2e8},
-                                        "train_micro_batch_size_per_gpu": "auto"}))
+    cfg = dsconfig.deepspeed_config(
+        ds(
+            {
+                "zero_optimization": {"stage": 2, "cpu_offload": True, "reduce_bucket_size": 2e8},
+                "train_micro_batch_size_per_gpu": "auto",
+            }
+        )
+    )
     zo = cfg["zero_optimization"]
     assert zo["stage"] == 2 and zo["reduce_bucket_size"] == 200_000_000
     assert zo["offload_optimizer"] == {"device": "cpu", "pin_memory": True}

@@ -34,11 +34,14 @@ def test_freezing_cuts_optimizer_states_and_activations_in_proportion():
     assert 0.4 < p12.breakdown["activations"] / p0.breakdown["activations"] < 0.6  # 12 of 24 blocks save nothing
 
 
-@pytest.mark.parametrize("raw,message", [
-    ({"method": "lora", "freeze": 2}, "freeze: 2 needs full tuning"),
-    ({"task": "infer", "freeze": 2}, "freeze: 2 needs full tuning"),
-    ({"freeze": -1}, "freeze: -1 is not allowed"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"method": "lora", "freeze": 2}, "freeze: 2 needs full tuning"),
+        ({"task": "infer", "freeze": 2}, "freeze: 2 needs full tuning"),
+        ({"freeze": -1}, "freeze: -1 is not allowed"),
+    ],
+)
 def test_bad_freeze_is_one_line(raw, message):
     with pytest.raises(UserError, match=message):
         cell(**raw)

@@ -91,39 +91,57 @@ def test_peak_tflops():
         a100.peak_tflops("fp8")
 
 
-@pytest.mark.parametrize("nvml_name, memory, expected", [
-    ("NVIDIA H200", None, "h200"),
-    ("NVIDIA H100 80GB HBM3", None, "h100-80gb"),
-    ("NVIDIA A100-SXM4-40GB", None, "a100-40gb"),
-    ("NVIDIA A100 80GB PCIe", None, "a100-80gb"),
-    ("NVIDIA A100-SXM4-80GB", 85899345920, "a100-80gb"),
-    ("NVIDIA A100-PCIE", 42949672960, "a100-40gb"),  # no size in the name: memory decides
-    ("NVIDIA A100-PCIE", 85899345920, "a100-80gb"),
-    ("Tesla V100-SXM2-32GB", None, "v100-32gb"),
-    ("Tesla V100S-PCIE-32GB", None, "v100-32gb"),
-    ("Tesla T4", 15843721216, "t4"),
-    ("NVIDIA GeForce RTX 3090", None, "rtx3090"),
-    ("GeForce RTX 3090", None, "rtx3090"),
-    ("NVIDIA GeForce RTX 4090", None, "rtx4090"),
-    ("NVIDIA H200 NVL", None, "h200"),
-    ("NVIDIA L4", None, "l4"),
-    ("NVIDIA L40S", None, "l40s"),
-    ("NVIDIA A10G", None, "a10g"),
-    ("NVIDIA A10", None, None),  # not the A10G, nor an A100
-    ("NVIDIA L40", None, "l40"),  # not the L40S, nor the L4
-    ("NVIDIA GeForce RTX 4080", None, "rtx4080"),
-    ("NVIDIA GeForce RTX 4080 SUPER", None, "rtx4080"),
-    ("NVIDIA GeForce RTX 2080", None, None),
-    ("AMD Instinct MI300X", None, None),
-])
+@pytest.mark.parametrize(
+    "nvml_name, memory, expected",
+    [
+        ("NVIDIA H200", None, "h200"),
+        ("NVIDIA H100 80GB HBM3", None, "h100-80gb"),
+        ("NVIDIA A100-SXM4-40GB", None, "a100-40gb"),
+        ("NVIDIA A100 80GB PCIe", None, "a100-80gb"),
+        ("NVIDIA A100-SXM4-80GB", 85899345920, "a100-80gb"),
+        ("NVIDIA A100-PCIE", 42949672960, "a100-40gb"),  # no size in the name: memory decides
+        ("NVIDIA A100-PCIE", 85899345920, "a100-80gb"),
+        ("Tesla V100-SXM2-32GB", None, "v100-32gb"),
+        ("Tesla V100S-PCIE-32GB", None, "v100-32gb"),
+        ("Tesla T4", 15843721216, "t4"),
+        ("NVIDIA GeForce RTX 3090", None, "rtx3090"),
+        ("GeForce RTX 3090", None, "rtx3090"),
+        ("NVIDIA GeForce RTX 4090", None, "rtx4090"),
+        ("NVIDIA H200 NVL", None, "h200"),
+        ("NVIDIA L4", None, "l4"),
+        ("NVIDIA L40S", None, "l40s"),
+        ("NVIDIA A10G", None, "a10g"),
+        ("NVIDIA A10", None, None),  # not the A10G, nor an A100
+        ("NVIDIA L40", None, "l40"),  # not the L40S, nor the L4
+        ("NVIDIA GeForce RTX 4080", None, "rtx4080"),
+        ("NVIDIA GeForce RTX 4080 SUPER", None, "rtx4080"),
+        ("NVIDIA GeForce RTX 2080", None, None),
+        ("AMD Instinct MI300X", None, None),
+    ],
+)
 def test_from_nvml_name(nvml_name, memory, expected):
     gpu = gpus.from_nvml_name(nvml_name, memory)
     assert (gpu.name if gpu else None) == expected
 
 
-CONSUMER_AND_NEW = ["rtx3060", "rtx3080", "rtx3080ti", "rtx3090ti", "rtx4060ti-16gb", "rtx4070", "rtx4080", "rtx5090",
-                    "rtx-a6000", "rtx6000-ada", "l40", "h100-pcie-80gb", "h100-nvl-94gb", "h20-96gb", "gh200-96gb",
-                    "b200-180gb"]
+CONSUMER_AND_NEW = [
+    "rtx3060",
+    "rtx3080",
+    "rtx3080ti",
+    "rtx3090ti",
+    "rtx4060ti-16gb",
+    "rtx4070",
+    "rtx4080",
+    "rtx5090",
+    "rtx-a6000",
+    "rtx6000-ada",
+    "l40",
+    "h100-pcie-80gb",
+    "h100-nvl-94gb",
+    "h20-96gb",
+    "gh200-96gb",
+    "b200-180gb",
+]
 
 
 @pytest.mark.parametrize("name", CONSUMER_AND_NEW)
@@ -143,9 +161,18 @@ def test_compute_capabilities_compare_as_numbers():
     assert not gpus.resolve("v100-16gb").supports_flash_attention
 
 
-@pytest.mark.parametrize("spelling,name", [("4090", "rtx4090"), ("RTX 4090", "rtx4090"), ("rtx-4090", "rtx4090"),
-                                           ("a6000", "rtx-a6000"), ("3080", "rtx3080"), ("NVIDIA GeForce RTX 3060", "rtx3060"),
-                                           ("B200", "b200-180gb")])
+@pytest.mark.parametrize(
+    "spelling,name",
+    [
+        ("4090", "rtx4090"),
+        ("RTX 4090", "rtx4090"),
+        ("rtx-4090", "rtx4090"),
+        ("a6000", "rtx-a6000"),
+        ("3080", "rtx3080"),
+        ("NVIDIA GeForce RTX 3060", "rtx3060"),
+        ("B200", "b200-180gb"),
+    ],
+)
 def test_common_spellings_resolve(spelling, name):
     assert gpus.resolve(spelling).name == name
 

@@ -33,8 +33,12 @@ def imports(folder: str) -> dict[str, set[str]]:
 
 
 def offending(folder: str, prefixes: tuple[str, ...]) -> list[str]:
-    return [f"bench/{folder}/{f} imports {m}" for f, ms in imports(folder).items() for m in sorted(ms)
-            if m.startswith(prefixes)]
+    return [
+        f"bench/{folder}/{f} imports {m}"
+        for f, ms in imports(folder).items()
+        for m in sorted(ms)
+        if m.startswith(prefixes)
+    ]
 
 
 def test_the_parent_imports_neither_the_torch_side_nor_the_child():
@@ -43,8 +47,9 @@ def test_the_parent_imports_neither_the_torch_side_nor_the_child():
 
 
 def test_the_child_does_not_import_the_parents_executors():
-    assert not offending("worker", ("bench.run.executor", "bench.run.ray_executor", "bench.run.runner",
-                                    "bench.run.cli"))
+    assert not offending(
+        "worker", ("bench.run.executor", "bench.run.ray_executor", "bench.run.runner", "bench.run.cli")
+    )
 
 
 def test_the_torch_side_does_not_import_the_parent():
@@ -52,10 +57,12 @@ def test_the_torch_side_does_not_import_the_parent():
 
 
 def test_shared_modules_load_no_torch():
-    code = ("import sys\n"
-            "import bench.recipe, bench.status, bench.record, bench.dtypes, bench.overhead, bench.store\n"
-            "from bench import cell, recipe\n"
-            "recipe.of(cell.normalize({'model': 'gpt2', 'gpu': 'h200', 'method': 'lora+zero3', 'precision': 'bf16'}))\n"
-            "bad = [m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys\n"
+        "import bench.recipe, bench.status, bench.record, bench.dtypes, bench.overhead, bench.store\n"
+        "from bench import cell, recipe\n"
+        "recipe.of(cell.normalize({'model': 'gpt2', 'gpu': 'h200', 'method': 'lora+zero3', 'precision': 'bf16'}))\n"
+        "bad = [m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -95,8 +95,11 @@ def test_device_delta_when_the_driver_reports_other_pids():
     assert out["peak_nvml_device_bytes"] == 5000
 
 
-@pytest.mark.parametrize("fake", [FakeNVML(procs_error=True), FakeNVML(procs=[proc(ME, None)])],
-                         ids=["process-list-not-supported", "used-memory-not-available"])
+@pytest.mark.parametrize(
+    "fake",
+    [FakeNVML(procs_error=True), FakeNVML(procs=[proc(ME, None)])],
+    ids=["process-list-not-supported", "used-memory-not-available"],
+)
 def test_device_delta_when_processes_cannot_be_attributed(fake):
     s = manual(fake)
     fake.used += 64
@@ -166,8 +169,12 @@ def test_device_index_follows_cuda_visible_devices():
 def test_device_facts_decode_bytes():
     fake = FakeNVML()
     facts = nvml.device_facts(fake, "h0")
-    assert facts == {"gpu_name": "NVIDIA A100-SXM4-80GB", "gpu_uuid": "GPU-1234",
-                     "gpu_memory_bytes": 80 * 2**30, "driver": "580.1"}
+    assert facts == {
+        "gpu_name": "NVIDIA A100-SXM4-80GB",
+        "gpu_uuid": "GPU-1234",
+        "gpu_memory_bytes": 80 * 2**30,
+        "driver": "580.1",
+    }
 
 
 def test_process_tree_finds_children():

@@ -42,11 +42,15 @@ def test_qlora_under_sharding_counts_4_bit_weights_per_rank():
         assert q.fits and q.breakdown["weights"] < 0.45 * lora.breakdown["weights"], method
 
 
-@pytest.mark.parametrize("raw", [
-    dict(model="flan-t5-xl", method="zero3-offload", gpus=2, gpu="rtx4090"),
-    dict(model="codet5p-2b", method="zero3-offload", gpus=2, gpu="a100-40gb"),
-    dict(model="llama-2-7b", method="fsdp", gpus=6, gpu="a100-40gb"),
-], ids=["flan-t5-xl-2x4090", "codet5p-2b-2xa100-40", "llama-7b-fsdp-6xa100-40"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        dict(model="flan-t5-xl", method="zero3-offload", gpus=2, gpu="rtx4090"),
+        dict(model="codet5p-2b", method="zero3-offload", gpus=2, gpu="a100-40gb"),
+        dict(model="llama-2-7b", method="fsdp", gpus=6, gpu="a100-40gb"),
+    ],
+    ids=["flan-t5-xl-2x4090", "codet5p-2b-2xa100-40", "llama-7b-fsdp-6xa100-40"],
+)
 def test_seed_rows_fit(raw):
     p = predict(normalize({**raw, "precision": "bf16", "batch": 1, "grad_accum": 4, "seq": 512}))
     assert p.fits, f"{p.peak_bytes / GiB:.1f} GiB on {p.gpu}"

@@ -10,9 +10,7 @@ import pytest
 
 from bench import recipe
 from bench.cell import normalize
-from bench.predict import model_trace as mt
-from bench.predict import optimizer as opt
-from bench.predict import predict
+from bench.predict import model_trace as mt, optimizer as opt, predict
 from bench.predict.allocator import CachingAllocator, round_size, segment_size
 from bench.predict.trace import Param
 
@@ -27,21 +25,22 @@ def cell(**kw):
 
 # --- caching allocator rules -------------------------------------------------
 
+
 def test_allocator_rounding_and_segments():
     assert round_size(1) == 512 and round_size(513) == 1024
-    assert segment_size(100) == 2 * MiB           # small pool
-    assert segment_size(3 * MiB) == 20 * MiB      # large, below 10 MiB
-    assert segment_size(11 * MiB) == 12 * MiB     # rounded to 2 MiB
+    assert segment_size(100) == 2 * MiB  # small pool
+    assert segment_size(3 * MiB) == 20 * MiB  # large, below 10 MiB
+    assert segment_size(11 * MiB) == 12 * MiB  # rounded to 2 MiB
 
 
 def test_allocator_reuses_and_splits_cached_blocks():
     a = CachingAllocator()
     a.malloc("x", 100 * MiB)
     a.free("x")
-    a.malloc("y", 40 * MiB)   # split from the cached 100 MiB block
-    a.malloc("z", 40 * MiB)   # and the rest
+    a.malloc("y", 40 * MiB)  # split from the cached 100 MiB block
+    a.malloc("z", 40 * MiB)  # and the rest
     assert a.reserved == 100 * MiB and a.allocated == 80 * MiB
-    a.malloc("w", 30 * MiB)   # 20 MiB left is too small: a new segment
+    a.malloc("w", 30 * MiB)  # 20 MiB left is too small: a new segment
     assert a.reserved == 130 * MiB and a.peak_allocated == 110 * MiB
 
 
@@ -58,6 +57,7 @@ def test_allocator_merges_free_neighbours():
 
 
 # --- optimizer states per parameter ------------------------------------------
+
 
 @pytest.mark.parametrize("name,per_param", [("adamw-fused", 8), ("adamw-foreach", 8), ("sgd", 0), ("adamw-8bit", 2)])
 def test_optimizer_state_bytes_per_fp32_param(name, per_param):
@@ -77,6 +77,7 @@ def test_adafactor_factors_matrices():
 
 
 # --- what the trace sees ------------------------------------------------------
+
 
 def test_weight_bytes_per_precision():
     n = None
@@ -106,9 +107,15 @@ def test_lora_trainable_count_matches_peft():
     assert sum(p.numel for p in tt.params if p.trainable) == trainable == 589824
 
 
-@pytest.mark.parametrize("kw", [dict(batch=5, seq=128), dict(batch=3, seq=200, attn="eager"),
-                                dict(model="tiny-t5", batch=2, seq=48, target_seq=24),
-                                dict(model="llama-3.2-1b", tuning="lora", batch=3, seq=96, grad_ckpt=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch=5, seq=128),
+        dict(batch=3, seq=200, attn="eager"),
+        dict(model="tiny-t5", batch=2, seq=48, target_seq=24),
+        dict(model="llama-3.2-1b", tuning="lora", batch=3, seq=96, grad_ckpt=True),
+    ],
+)
 def test_shape_rescaled_trace_matches_a_direct_trace(kw):
     """One trace at the sentinel shape, rescaled, against a trace at the real shape:
     same events, every tensor of 64 KiB or more the same size, the rest (e.g.
@@ -122,6 +129,7 @@ def test_shape_rescaled_trace_matches_a_direct_trace(kw):
 
 
 # --- whole predictions ---------------------------------------------------------
+
 
 def test_breakdown_parts_are_what_was_live_at_the_allocated_peak():
     """The tagged parts (all but the reserve and the context) are the bytes the
@@ -152,35 +160,88 @@ def test_eager_attention_materializes_the_score_matrix():
 
 
 def test_predict_cli_json_and_gpu_all():
-    out = subprocess.run([sys.executable, "-m", "bench", "predict", "--model", "tiny-llama", "--method", "lora",
-                          "--precision", "bf16", "--batch", "2", "--seq", "64", "--gpu", "a100-80gb", "--json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "predict",
+            "--model",
+            "tiny-llama",
+            "--method",
+            "lora",
+            "--precision",
+            "bf16",
+            "--batch",
+            "2",
+            "--seq",
+            "64",
+            "--gpu",
+            "a100-80gb",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     obj = json.loads(out)
-    assert set(obj["predicted"]) >= {"peak_bytes", "allocated_bytes", "host_bytes", "fits", "gpu",
-                                     "capacity_bytes", "breakdown"}
+    assert set(obj["predicted"]) >= {
+        "peak_bytes",
+        "allocated_bytes",
+        "host_bytes",
+        "fits",
+        "gpu",
+        "capacity_bytes",
+        "breakdown",
+    }
     assert obj["predicted"]["fits"] is True and obj["cell"]["tuning"] == "lora"
-    out = subprocess.run([sys.executable, "-m", "bench", "predict", "--model", "tiny-gpt2", "--precision", "fp16",
-                          "--batch", "1", "--seq", "32", "--gpu", "all"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "predict",
+            "--model",
+            "tiny-gpt2",
+            "--precision",
+            "fp16",
+            "--batch",
+            "1",
+            "--seq",
+            "32",
+            "--gpu",
+            "all",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = out.stdout.splitlines()[1:]
     assert len(lines) >= 12 and "fits" in lines[0]
 
 
 def test_predict_cli_bad_input_is_one_line():
-    r = subprocess.run([sys.executable, "-m", "bench", "predict", "--model", "gtp2-xl", "--precision", "fp16",
-                        "--gpu", "v100-16gb"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "predict", "--model", "gtp2-xl", "--precision", "fp16", "--gpu", "v100-16gb"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: model:") and "gpt2-xl" in r.stderr
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("kw", [dict(model="llama-3.2-1b", tuning="lora", grad_ckpt=True),
-                                dict(model="gpt2-medium", precision="fp16", attn="eager")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(model="llama-3.2-1b", tuning="lora", grad_ckpt=True),
+        dict(model="gpt2-medium", precision="fp16", attn="eager"),
+    ],
+)
 def test_block_replication_matches_a_full_depth_trace(kw):
-    from bench import gpus
-    from bench.predict import plain
-
     import dataclasses
 
-    from bench.predict import blocks
+    from bench import gpus
+    from bench.predict import blocks, plain
 
     c = cell(**{**dict(batch=2, seq=256), **kw})
     key = mt.shape_key(c)
@@ -200,10 +261,10 @@ def test_allocator_releases_its_cache_before_running_out():
     with limited(150 * MiB):
         a = CachingAllocator()
     a.malloc("x", 100 * MiB)
-    a.free("x")                 # cached, not returned
-    a.malloc("y", 120 * MiB)    # 100 cached + 120 > 150: release, retry, fits
+    a.free("x")  # cached, not returned
+    a.malloc("y", 120 * MiB)  # 100 cached + 120 > 150: release, retry, fits
     assert (a.retries, a.oom, a.reserved) == (1, False, 120 * MiB)
-    a.malloc("z", 40 * MiB)     # 160 > 150 even with nothing cached
+    a.malloc("z", 40 * MiB)  # 160 > 150 even with nothing cached
     assert a.oom
 
 

@@ -17,11 +17,11 @@ from bench import models
 from bench.cell import normalize
 from bench.predict import predict
 from bench.predict.fsdp import shard
-from bench.recipe import block_of
-from bench.predict.trace import Param
 from bench.predict.program import COMM, KV, OPTIM, WEIGHTS
 from bench.predict.quant import is_quantized, nf4_weight_bytes
+from bench.predict.trace import Param
 from bench.predict.zero import gathered_peaks
+from bench.recipe import block_of
 
 GiB = 2**30
 
@@ -38,8 +38,10 @@ def ds_config(tmp_path, **zero) -> str:
 
 def params_of(name: str, dtype=torch.bfloat16) -> list[Param]:
     model = models.build(models.resolve(name), device="meta", dtype=dtype)
-    return [Param(n, p.numel(), p.numel() * p.element_size(), p.requires_grad, tuple(p.shape))
-            for n, p in model.named_parameters()]
+    return [
+        Param(n, p.numel(), p.numel() * p.element_size(), p.requires_grad, tuple(p.shape))
+        for n, p in model.named_parameters()
+    ]
 
 
 @pytest.mark.parametrize("overlap", [False, True])
@@ -105,8 +107,11 @@ def test_generate_kv_cache_of_gqa_model():
     layers, kv_heads = c["num_hidden_layers"], c["num_key_value_heads"]
     head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     batch, seq, new = 2, 256, 8
-    p = predict(normalize(dict(model="llama-3.1-8b", gpu="h200", task="infer", precision="bf16",
-                               batch=batch, seq=seq, new_tokens=new)))
+    p = predict(
+        normalize(
+            dict(model="llama-3.1-8b", gpu="h200", task="infer", precision="bf16", batch=batch, seq=seq, new_tokens=new)
+        )
+    )
     per_token = 2 * layers * kv_heads * head_dim * batch * 2
     layer_slack = 2 * kv_heads * head_dim * batch * 2 * (seq + new) + (1 << 20)  # one layer's old+new during cat
     assert abs(p.breakdown[KV] - per_token * (seq + new - 1)) <= layer_slack

@@ -36,14 +36,17 @@ def cell(**kw):
     return normalize({"model": "gpt2", "gpu": "h200", "batch": 1, "seq": 16, **kw})
 
 
-@pytest.mark.parametrize("method,precision,build,trace,autocast", [
-    ("full", "fp32", "fp32", "fp32", None),
-    ("full", "bf16", "fp32", "fp32", "bf16"),        # autocast over fp32 weights
-    ("full", "pure-bf16", "bf16", "bf16", None),
-    ("lora", "bf16", "bf16", "bf16", None),          # frozen base in the compute dtype
-    ("zero2", "fp16", "fp32", "fp16", None),         # DeepSpeed casts the fp32 model itself
-    ("fsdp", "bf16", "fp32", "bf16", None),          # MixedPrecisionPolicy(param_dtype=bf16)
-])
+@pytest.mark.parametrize(
+    "method,precision,build,trace,autocast",
+    [
+        ("full", "fp32", "fp32", "fp32", None),
+        ("full", "bf16", "fp32", "fp32", "bf16"),  # autocast over fp32 weights
+        ("full", "pure-bf16", "bf16", "bf16", None),
+        ("lora", "bf16", "bf16", "bf16", None),  # frozen base in the compute dtype
+        ("zero2", "fp16", "fp32", "fp16", None),  # DeepSpeed casts the fp32 model itself
+        ("fsdp", "bf16", "fp32", "bf16", None),  # MixedPrecisionPolicy(param_dtype=bf16)
+    ],
+)
 def test_dtypes_of_each_method(method, precision, build, trace, autocast):
     r = recipe.of(cell(method=method, precision=precision))
     assert r.build_dtype == build
@@ -76,8 +79,10 @@ def test_the_predictor_traces_what_the_recipe_says():
     assert all(p.nbytes == 2 * p.numel for p in tt.params if not p.trainable)
 
 
-@pytest.mark.parametrize("method,flavour", [("full", "adamw-fused"), ("ddp", "adamw-fused"),
-                                             ("zero2", "adamw-foreach"), ("fsdp", "adamw-foreach")])
+@pytest.mark.parametrize(
+    "method,flavour",
+    [("full", "adamw-fused"), ("ddp", "adamw-fused"), ("zero2", "adamw-foreach"), ("fsdp", "adamw-foreach")],
+)
 def test_optimizer_flavour(method, flavour):
     c = cell(method=method, precision="bf16", **({"gpus": 2} if method != "full" else {}))
     assert recipe.of(c).optimizer == flavour

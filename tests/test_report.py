@@ -19,8 +19,7 @@ import pytest
 
 from bench import cell as cellmod
 from bench.cli import main
-from bench.report import labels, plan_record, render, render_plan
-from bench.report import table as tablemod
+from bench.report import labels, plan_record, render, render_plan, table as tablemod
 from bench.report.catalog import Catalog
 from bench.store import load_records
 
@@ -46,9 +45,14 @@ def check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"{name} differs; see the module docstring to regenerate"
 
 
-@pytest.mark.parametrize("name, fmt, mode", [
-    ("report.md", "md", "measured"), ("report.csv", "csv", "measured"), ("plan.md", "md", "plan"),
-])
+@pytest.mark.parametrize(
+    "name, fmt, mode",
+    [
+        ("report.md", "md", "measured"),
+        ("report.csv", "csv", "measured"),
+        ("plan.md", "md", "plan"),
+    ],
+)
 def test_golden(name, fmt, mode):
     check_golden(name, render(records(), fmt, mode, catalog=CATALOG))
 
@@ -72,7 +76,11 @@ def test_rows_grouped_by_model_smallest_first():
     xl = [r.record["cell"] for r in dict(table.groups)["gpt2-xl"]]
     # training before inference, no strategy before ZeRO-3, then precision (fp32, fp16, bf16, pure-bf16)
     assert [(c["task"], c["strategy"], c["precision"]) for c in xl] == [
-        ("train", "none", "fp32"), ("train", "none", "bf16"), ("train", "zero3", "bf16"), ("infer", "none", "bf16")]
+        ("train", "none", "fp32"),
+        ("train", "none", "bf16"),
+        ("train", "zero3", "bf16"),
+        ("infer", "none", "bf16"),
+    ]
 
 
 def test_unknown_model_sorts_last_unless_the_run_counted_it():
@@ -88,10 +96,19 @@ def test_unknown_model_sorts_last_unless_the_run_counted_it():
 
 def test_plan_mode_has_predicted_columns_only():
     cell = cellmod.normalize({"model": "gpt2", "gpu": "h200", "method": "lora", "precision": "bf16", "batch": 8})
-    rec = plan_record(cell, {"peak_bytes": 3 * 2**30, "fits": True, "capacity_bytes": 12 * 2**30,
-                             "host_bytes": 3 * 2**30, "host_node_bytes": 6 * 2**30})
-    text = render_plan([rec], "md", catalog=Catalog(params=lambda m: None, capacity=lambda g: None,
-                                                    gpu_label=lambda g: g))
+    rec = plan_record(
+        cell,
+        {
+            "peak_bytes": 3 * 2**30,
+            "fits": True,
+            "capacity_bytes": 12 * 2**30,
+            "host_bytes": 3 * 2**30,
+            "host_node_bytes": 6 * 2**30,
+        },
+    )
+    text = render_plan(
+        [rec], "md", catalog=Catalog(params=lambda m: None, capacity=lambda g: None, gpu_label=lambda g: g)
+    )
     header = text.splitlines()[0]
     assert "Predicted per GPU (GiB)" in header and "Fits" in header and "% of GPU" in header
     assert "Host RAM per node (GiB)" in header
@@ -102,9 +119,16 @@ def test_plan_mode_has_predicted_columns_only():
 
 def test_labels():
     assert [labels.params(n) for n in (1_558_000_000, 355_000_000, 66_000, 7_000_000_000, None)] == [
-        "1.6B", "355M", "66K", "7B", "–"]
-    assert labels.method({"tuning": "full", "strategy": "zero3", "offload": "all", "gpus": 4}) == \
-        "Full, ZeRO-3, param + optimizer offload, 4 GPUs"
+        "1.6B",
+        "355M",
+        "66K",
+        "7B",
+        "–",
+    ]
+    assert (
+        labels.method({"tuning": "full", "strategy": "zero3", "offload": "all", "gpus": 4})
+        == "Full, ZeRO-3, param + optimizer offload, 4 GPUs"
+    )
     assert labels.percent(-0.0321, signed=True) == "-3.2%"
 
 
@@ -141,12 +165,15 @@ def test_cli_report_formats(tmp_path, capsys):
     assert out.read_text().startswith("cell_id,slug,matrix,status,")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["report", "no/such/folder"], "does not exist"),
-    (["report", "{tmp}"], "no result records"),
-    (["report", str(RECORDS), "-o", "{tmp}/r.pdf"], "cannot tell the format"),
-    (["report", "{tmp}/bad.json"], "not a readable result file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["report", "no/such/folder"], "does not exist"),
+        (["report", "{tmp}"], "no result records"),
+        (["report", str(RECORDS), "-o", "{tmp}/r.pdf"], "cannot tell the format"),
+        (["report", "{tmp}/bad.json"], "not a readable result file"),
+    ],
+)
 def test_cli_report_user_errors(argv, message, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     if "{tmp}" in argv[1] and not argv[1].endswith(".json"):
@@ -162,8 +189,8 @@ def test_report_verb_never_imports_torch():
         "import argparse, sys\n"
         "from bench.report import cli\n"
         "p = argparse.ArgumentParser(); sub = p.add_subparsers(); cli.register(sub)\n"
-        "args = p.parse_args(['report', %r, '--format', 'html', '-o', %r]); args.func(args)\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n" % (str(RECORDS), os.devnull)
+        f"args = p.parse_args(['report', {str(RECORDS)!r}, '--format', 'html', '-o', {os.devnull!r}]); args.func(args)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 

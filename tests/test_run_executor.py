@@ -26,8 +26,11 @@ json.dump({"status": "ok", "environment": {}, "error": None,
 def fake_worker(monkeypatch, tmp_path):
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER)
-    monkeypatch.setattr(executor_mod, "worker_command",
-                        lambda job, job_path, out_path: [sys.executable, str(script), str(job_path), str(out_path)])
+    monkeypatch.setattr(
+        executor_mod,
+        "worker_command",
+        lambda job, job_path, out_path: [sys.executable, str(script), str(job_path), str(out_path)],
+    )
 
 
 def job(batch: int, gpus: int = 1) -> Job:

@@ -36,10 +36,14 @@ SMOKE = ROOT / "matrices" / "smoke-cpu.yaml"
 SUBSET = ["model=[tiny-gpt2,tiny-llama]", "method=full"]
 """4 cells of the smoke matrix: training and generation of two models."""
 FAKE_LABEL = "A100-80G"
-ONE_CELL = "name: one\ngpu: a100-80gb\ndefaults: {model: tiny-gpt2, batch: 1, seq: 16, steps: 2, warmup: 0}\n" \
-           "sweep: {method: [full]}\n"
-FOUR_CELLS = "name: four\ngpu: a100-80gb\ndefaults: {model: tiny-gpt2, seq: 16, steps: 1, warmup: 0}\n" \
-             "sweep: {batch: [1, 2, 3, 4]}\n"
+ONE_CELL = (
+    "name: one\ngpu: a100-80gb\ndefaults: {model: tiny-gpt2, batch: 1, seq: 16, steps: 2, warmup: 0}\n"
+    "sweep: {method: [full]}\n"
+)
+FOUR_CELLS = (
+    "name: four\ngpu: a100-80gb\ndefaults: {model: tiny-gpt2, seq: 16, steps: 1, warmup: 0}\n"
+    "sweep: {batch: [1, 2, 3, 4]}\n"
+)
 NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 """The test cluster and its drivers agree on no token (Ray >= 2.52 may default to one)."""
 
@@ -71,8 +75,9 @@ def test_every_catalog_gpu_maps_to_the_labels_ray_gives_its_nodes():
 
 
 def test_the_most_precise_label_the_cluster_has_wins():
-    label, notes = rx.pick_accelerator_type("a100-80gb", {"CPU": 8, "accelerator_type:A100": 1,
-                                                          "accelerator_type:A100-80G": 1})
+    label, notes = rx.pick_accelerator_type(
+        "a100-80gb", {"CPU": 8, "accelerator_type:A100": 1, "accelerator_type:A100-80G": 1}
+    )
     assert label == "A100-80G" and notes == []
     label, notes = rx.pick_accelerator_type("NVIDIA A100-SXM4-80GB", {"accelerator_type:A100": 2})
     assert label == "A100"
@@ -81,15 +86,22 @@ def test_the_most_precise_label_the_cluster_has_wins():
 
 
 def test_task_options():
-    assert rx.task_options(job("cpu", 1)) == {"num_cpus": 1, "num_gpus": 0, "max_retries": 1,
-                                              "retry_exceptions": False, "name": f"bench:{job().slug}"}
+    assert rx.task_options(job("cpu", 1)) == {
+        "num_cpus": 1,
+        "num_gpus": 0,
+        "max_retries": 1,
+        "retry_exceptions": False,
+        "name": f"bench:{job().slug}",
+    }
     opts = rx.task_options(job("cuda", 2), "A100-80G")
     assert opts["num_gpus"] == 2 and opts["accelerator_type"] == "A100-80G"
 
 
 def test_a_node_with_another_card_is_refused_by_name():
-    found = [GpuInfo(0, "NVIDIA A100-SXM4-40GB", memory_bytes=42949672960),
-             GpuInfo(1, "NVIDIA A100-SXM4-80GB", memory_bytes=85899345920)]
+    found = [
+        GpuInfo(0, "NVIDIA A100-SXM4-40GB", memory_bytes=42949672960),
+        GpuInfo(1, "NVIDIA A100-SXM4-80GB", memory_bytes=85899345920),
+    ]
     assert rx.card_problem("a100-80gb", found, [1]) is None
     problem = rx.card_problem("a100-80gb", found, [0, 1])
     assert "GPU 0 is 'NVIDIA A100-SXM4-40GB' (a100-40gb), the matrix targets a100-80gb" in problem
@@ -129,8 +141,10 @@ def test_files_a_cell_points_to_travel_with_it(tmp_path, as_folder):
 
 
 def test_cluster_summary_and_feasibility():
-    nodes = [{"Alive": True, "Resources": {"CPU": 8, "GPU": 2, "accelerator_type:A100": 1}},
-             {"Alive": False, "Resources": {"CPU": 8, "GPU": 8}}]
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8, "GPU": 2, "accelerator_type:A100": 1}},
+        {"Alive": False, "Resources": {"CPU": 8, "GPU": 8}},
+    ]
     assert rx.describe_cluster(nodes) == "1 node, 8 CPU, 2 GPU (A100)"
     assert rx.fits_somewhere(rx.task_options(job("cuda", 2), "A100"), nodes)
     assert not rx.fits_somewhere(rx.task_options(job("cuda", 4)), nodes)  # only the dead node had 8
@@ -165,8 +179,15 @@ def cluster():
     saved = {k: os.environ.get(k) for k in NO_AUTH}
     os.environ.update(NO_AUTH)
     temp = tempfile.mkdtemp(prefix="bray-", dir="/tmp")  # short: Ray's socket paths live under it
-    ray.init(num_cpus=2, resources={f"accelerator_type:{FAKE_LABEL}": 1}, include_dashboard=False,
-             object_store_memory=100 * 2**20, _temp_dir=temp, logging_level="WARNING", log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        resources={f"accelerator_type:{FAKE_LABEL}": 1},
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        _temp_dir=temp,
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -176,8 +197,9 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def bench_run(matrix: Path, results: Path, *args: str, address: str | None = None,
-              popen: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
+def bench_run(
+    matrix: Path, results: Path, *args: str, address: str | None = None, popen: bool = False
+) -> subprocess.CompletedProcess | subprocess.Popen:
     cmd = [sys.executable, "-m", "bench", "run", str(matrix), "--device", "cpu", "--results", str(results), *args]
     if address is not None:
         cmd += ["--executor", "ray", "--address", address]
@@ -277,8 +299,9 @@ def test_a_cell_whose_ray_worker_dies_twice_is_an_error_with_the_reason(cluster,
     assert proc.returncode == 1, out
     (rec,) = records(results / "a100-80gb" / "one").values()
     assert rec["status"] == "error" and rec["measured"] is None
-    assert rec["error"].startswith("ray: the cell's Ray worker or node died (retried once, then given up): "
-                                   "WorkerCrashedError")
+    assert rec["error"].startswith(
+        "ray: the cell's Ray worker or node died (retried once, then given up): WorkerCrashedError"
+    )
     assert "done: 1 error" in out
     wait_gone(results)
     retry = bench_run(write_matrix(ONE_CELL), results, "--retry-failed", address=cluster)
@@ -326,9 +349,22 @@ def test_require_gpu_type_asks_for_the_matrix_gpu_label(cluster, write_matrix, t
 @pytest.mark.slow
 def test_a_gpu_type_no_node_has_waits_with_a_note_until_ctrl_c(cluster, write_matrix, tmp_path):
     results, log = tmp_path / "results", tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "bench", "run", str(write_matrix(ONE_CELL.replace("a100-80gb", "h100-80gb"))),
-           "--device", "cpu", "--results", str(results), "--executor", "ray", "--address", cluster,
-           "--require-gpu-type"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        str(write_matrix(ONE_CELL.replace("a100-80gb", "h100-80gb"))),
+        "--device",
+        "cpu",
+        "--results",
+        str(results),
+        "--executor",
+        "ray",
+        "--address",
+        cluster,
+        "--require-gpu-type",
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **NO_AUTH}, stdout=out, stderr=subprocess.STDOUT)
         note = "note: no node has accelerator_type H100 now; such cells wait until one joins (Ctrl-C stops)"

@@ -49,8 +49,9 @@ def test_resume_after_sigkill_of_the_runner(write_matrix, tmp_path):
     folder = results / "a100-80gb" / "resume"
     cmd = [sys.executable, "-m", "bench", "run", str(path), "--device", "cpu", "--results", str(results)]
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the killed runner's scratch folder stays in here
-    runner = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    runner = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(folder.glob("*.json"))) < 1:
         time.sleep(0.1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -31,9 +32,17 @@ class FakeExecutor:
         for job in jobs:
             self.ran.append(job)
             ok = job.cell["batch"] <= self.limit
-            on_done(job, {"status": "ok" if ok else "oom", "error": None if ok else "OutOfMemoryError",
-                          "measured": {"peak_host_rss_bytes": 1000 * job.cell["batch"]},
-                          "environment": {}, "started_at": now(), "finished_at": now()})
+            on_done(
+                job,
+                {
+                    "status": "ok" if ok else "oom",
+                    "error": None if ok else "OutOfMemoryError",
+                    "measured": {"peak_host_rss_bytes": 1000 * job.cell["batch"]},
+                    "environment": {},
+                    "started_at": now(),
+                    "finished_at": now(),
+                },
+            )
 
 
 @pytest.fixture
@@ -103,8 +112,15 @@ def test_open_ended_search_with_one_listed_batch(write_matrix, tmp_path, no_pred
 
 def test_skip_predicted_oom_records_skipped(write_matrix, tmp_path, monkeypatch):
     def predict(cells):
-        return {c.cell_id: {"peak_bytes": c.batch * 2**30, "capacity_bytes": 4 * 2**30, "gpu": "a100-80gb",
-                            "fits": c.batch <= 4} for c in cells}, None
+        return {
+            c.cell_id: {
+                "peak_bytes": c.batch * 2**30,
+                "capacity_bytes": 4 * 2**30,
+                "gpu": "a100-80gb",
+                "fits": c.batch <= 4,
+            }
+            for c in cells
+        }, None
 
     monkeypatch.setattr(prediction, "predict", predict)
     fake = FakeExecutor(limit=100)
@@ -115,8 +131,11 @@ def test_skip_predicted_oom_records_skipped(write_matrix, tmp_path, monkeypatch)
     skipped = [x for x in recs if x["status"] == "skipped"]
     assert len(skipped) == 6 and all(x["cell"]["batch"] > 4 for x in skipped)
     assert "GiB predicted > 4.00 GiB" in skipped[0]["error"]
-    ran = Store(tmp_path / "results").read("a100-80gb", "fake", normalize(
-        {"model": "tiny-gpt2", "gpu": "a100-80gb", "seq": 16, "steps": 1, "batch": 2}).cell_id)
+    ran = Store(tmp_path / "results").read(
+        "a100-80gb",
+        "fake",
+        normalize({"model": "tiny-gpt2", "gpu": "a100-80gb", "seq": 16, "steps": 1, "batch": 2}).cell_id,
+    )
     assert ran["prediction_error"] == pytest.approx((2 * 2**30 - 2000) / 2000)
     # --retry-failed reruns skipped cells; with the flag off they stay skipped
     again = FakeExecutor(limit=100)

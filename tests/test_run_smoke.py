@@ -12,18 +12,35 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "matrices" / "smoke-cpu.yaml"
-MEASURED_KEYS = {"peak_nvml_process_bytes", "peak_nvml_device_bytes", "nvml_mode", "peak_torch_allocated_bytes",
-                 "peak_torch_reserved_bytes", "alloc_retries", "ooms", "peak_host_rss_bytes",
-                 "step_time_median_seconds", "tokens_per_second", "samples_per_second", "tflops_achieved", "mfu",
-                 "step_times_seconds"}
+MEASURED_KEYS = {
+    "peak_nvml_process_bytes",
+    "peak_nvml_device_bytes",
+    "nvml_mode",
+    "peak_torch_allocated_bytes",
+    "peak_torch_reserved_bytes",
+    "alloc_retries",
+    "ooms",
+    "peak_host_rss_bytes",
+    "step_time_median_seconds",
+    "tokens_per_second",
+    "samples_per_second",
+    "tflops_achieved",
+    "mfu",
+    "step_times_seconds",
+}
 
 
 @pytest.mark.slow
 def test_smoke_matrix_runs_every_cell_ok_on_the_cpu(tmp_path):
     results = tmp_path / "results"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(SMOKE), "--device", "cpu",
-                           "--results", str(results)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(SMOKE), "--device", "cpu", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     wall = time.monotonic() - t0
     print(proc.stdout)
     print(f"smoke matrix wall time: {wall:.0f} s")

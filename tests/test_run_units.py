@@ -12,10 +12,10 @@ import pytest
 from bench.cell import normalize
 from bench.errors import UserError
 from bench.run import maxbatch, outcome, progress, record, runner
-from bench.status import EXIT_OOM
-from bench.worker import flops
 from bench.run.executor import Job, worker_command, worker_env
 from bench.run.machine import GpuInfo
+from bench.status import EXIT_OOM
+from bench.worker import flops
 
 
 def fits_up_to(limit):
@@ -56,8 +56,11 @@ def test_a_good_prediction_costs_two_runs():
 
 
 def test_groups_differ_only_in_batch():
-    cells = [normalize({"model": "gpt2", "gpu": "a100-80gb", "batch": b, "method": m})
-             for m in ("full", "lora") for b in (4, 1, 2)]
+    cells = [
+        normalize({"model": "gpt2", "gpu": "a100-80gb", "batch": b, "method": m})
+        for m in ("full", "lora")
+        for b in (4, 1, 2)
+    ]
     groups = maxbatch.groups(cells)
     assert [[c.batch for c in g] for g in groups.values()] == [[1, 2, 4], [1, 2, 4]]
 
@@ -94,8 +97,9 @@ CELL = normalize({"model": "tiny-gpt2", "gpu": "a100-80gb", "batch": 2, "seq": 3
 
 
 def job(**kw) -> Job:
-    return Job(**{"cell": CELL.to_dict(), "cell_id": CELL.cell_id, "slug": CELL.slug, "matrix": "m",
-                  "device": "cpu", **kw})
+    return Job(
+        **{"cell": CELL.to_dict(), "cell_id": CELL.cell_id, "slug": CELL.slug, "matrix": "m", "device": "cpu", **kw}
+    )
 
 
 def test_prediction_error_is_signed_relative_to_the_measurement():
@@ -107,19 +111,44 @@ def test_prediction_error_is_signed_relative_to_the_measurement():
 
 
 def test_record_has_the_store_fields():
-    result = {"status": "ok", "measured": {"peak_host_rss_bytes": 10}, "environment": {"torch_version": "x"},
-              "error": None, "started_at": "a", "finished_at": "b", "wall_seconds": 1.5}
+    result = {
+        "status": "ok",
+        "measured": {"peak_host_rss_bytes": 10},
+        "environment": {"torch_version": "x"},
+        "error": None,
+        "started_at": "a",
+        "finished_at": "b",
+        "wall_seconds": 1.5,
+    }
     rec = record.build(job(), CELL, result, {"peak_bytes": 20}, {"hostname": "h"})
-    assert set(rec) == {"cell_id", "slug", "label", "matrix", "cell", "status", "environment", "measured",
-                        "predicted", "prediction_error", "error", "started_at", "finished_at"}
+    assert set(rec) == {
+        "cell_id",
+        "slug",
+        "label",
+        "matrix",
+        "cell",
+        "status",
+        "environment",
+        "measured",
+        "predicted",
+        "prediction_error",
+        "error",
+        "started_at",
+        "finished_at",
+    }
     assert rec["environment"] == {"hostname": "h", "torch_version": "x", "device": "cpu", "emulated_target": False}
     assert rec["prediction_error"] == 1.0 and rec["measured"]["wall_seconds"] == 1.5
 
 
 def test_progress_line():
-    rec = {"status": "ok", "slug": "s", "measured": {"peak_nvml_process_bytes": 3 * 2**30,
-                                                     "tokens_per_second": 1234.4, "wall_seconds": 2.0},
-           "environment": {"device": "cuda"}, "prediction_error": -0.05, "error": None}
+    rec = {
+        "status": "ok",
+        "slug": "s",
+        "measured": {"peak_nvml_process_bytes": 3 * 2**30, "tokens_per_second": 1234.4, "wall_seconds": 2.0},
+        "environment": {"device": "cuda"},
+        "prediction_error": -0.05,
+        "error": None,
+    }
     assert progress.line(rec, 3, 12) == "[ 3/12]  ok        s  peak 3.00 GiB  1234 tok/s  pred -5.0%  2.0 s"
     bad = {**rec, "status": "error", "measured": None, "error": "Traceback\nValueError: bad\n"}
     assert progress.line(bad, 4, 12).endswith("(ValueError: bad)")
@@ -151,8 +180,13 @@ def test_flops_formulas():
     assert flops.flops_per_step(lora, 1010, 10, False) == (4 * 1000 + 6 * 10) * 200
     gen = normalize({"model": "gpt2", "gpu": "a100-80gb", "batch": 2, "seq": 100, "task": "infer", "new_tokens": 28})
     assert flops.flops_per_step(gen, 1000, 0, False) == 2 * 1000 * 2 * 128
-    timing = {"step_times_seconds": [2.0, 1.0, 3.0], "parameters": 10**12, "trainable_parameters": 10**12,
-              "tokens_per_step": 600, "samples_per_step": 6}
+    timing = {
+        "step_times_seconds": [2.0, 1.0, 3.0],
+        "parameters": 10**12,
+        "trainable_parameters": 10**12,
+        "tokens_per_step": 600,
+        "samples_per_step": 6,
+    }
     t = flops.throughput(full, timing, False, "cuda", peak=3600.0)
     assert t["step_time_median_seconds"] == 2.0 and t["tokens_per_second"] == 300
     assert t["tflops_achieved"] == pytest.approx(1800.0) and t["mfu"] == pytest.approx(0.5)
@@ -160,13 +194,15 @@ def test_flops_formulas():
 
 
 def test_the_parent_side_never_imports_torch():
-    code = ("import sys, argparse\n"
-            "import bench.run.cli, bench.run.runner, bench.run.executor, bench.run.record\n"
-            "import bench.run.progress, bench.run.machine, bench.run.maxbatch, bench.run.prediction\n"
-            "p = argparse.ArgumentParser(); bench.run.cli.register(p.add_subparsers())\n"
-            "bench.run.machine.gpus(); bench.run.machine.environment('cpu')\n"
-            "bad = [m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, argparse\n"
+        "import bench.run.cli, bench.run.runner, bench.run.executor, bench.run.record\n"
+        "import bench.run.progress, bench.run.machine, bench.run.maxbatch, bench.run.prediction\n"
+        "p = argparse.ArgumentParser(); bench.run.cli.register(p.add_subparsers())\n"
+        "bench.run.machine.gpus(); bench.run.machine.environment('cpu')\n"
+        "bad = [m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
 
 
@@ -196,8 +232,10 @@ def test_live_at_peak_replays_the_allocator_trace():
     r = live_at_peak(ev)
     assert r["peak_bytes"] == 450 and r["blocks"] == 3
     g = {x["where"]: (x["count"], x["bytes"]) for x in r["groups"]}
-    assert g == {"torch/nn/functional.py:5 dropout <- transformers/models/gpt2/modeling_gpt2.py:10 forward": (2, 150),
-                 "transformers/models/gpt2/modeling_gpt2.py:10 forward": (1, 300)}
+    assert g == {
+        "torch/nn/functional.py:5 dropout <- transformers/models/gpt2/modeling_gpt2.py:10 forward": (2, 150),
+        "transformers/models/gpt2/modeling_gpt2.py:10 forward": (1, 300),
+    }
     # a trace without free_completed counts a block free at free_requested
     r2 = live_at_peak([e for e in ev if e["action"] != "free_completed"])
     assert r2["peak_bytes"] == 400

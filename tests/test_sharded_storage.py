@@ -36,9 +36,15 @@ def records(tmp_path_factory):
         "name: sharded\ngpu: a100-80gb\n"
         f"defaults: {{model: {MODEL}, batch: 1, seq: 16, steps: 1, warmup: 0, gpus: 2, precision: bf16}}\n"
         "sweep: {method: [zero3, lora+zero3, zero2, fsdp]}\n"
-        "include: [{method: zero3, zero_init: false}]\n")
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(matrix), "--device", "cpu",
-                           "--results", str(tmp / "r")], cwd=ROOT, capture_output=True, text=True, timeout=1500)
+        "include: [{method: zero3, zero_init: false}]\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(matrix), "--device", "cpu", "--results", str(tmp / "r")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     recs = [json.loads(f.read_text()) for f in (tmp / "r" / "a100-80gb" / "sharded").glob("*.json")]
     return {r["slug"].split("-train-")[1]: r for r in recs}
@@ -64,6 +70,7 @@ def test_each_ranks_storage_is_what_the_predictor_replays(records, method):
 @pytest.mark.slow
 def test_no_rank_materializes_the_whole_model(records):
     """Host RSS while the model is built (the CPU is these ranks' device)."""
+
     def build(prefix, whole=False):
         r = next(r for k, r in records.items() if k.startswith(prefix) and ("nozeroinit" in k) == whole)
         return r["measured"]["build_peak_host_rss_increase_bytes"], r["measured"]["parameters"]

@@ -16,8 +16,18 @@ from bench.store import SCHEMA_VERSION, Store, atomic_write_json, load_record, l
 
 def record(status: str = "ok", batch: int = 1, **extra) -> dict:
     c = normalize({"model": "gpt2", "gpu": "t4", "precision": "fp16", "batch": batch})
-    return {"cell_id": c.cell_id, "slug": c.slug, "label": c.label, "matrix": "m", "cell": c.to_dict(),
-            "status": status, "environment": {"gpu": "Tesla T4"}, "measured": None, "predicted": None, **extra}
+    return {
+        "cell_id": c.cell_id,
+        "slug": c.slug,
+        "label": c.label,
+        "matrix": "m",
+        "cell": c.to_dict(),
+        "status": status,
+        "environment": {"gpu": "Tesla T4"},
+        "measured": None,
+        "predicted": None,
+        **extra,
+    }
 
 
 def test_round_trip(tmp_path):
@@ -64,11 +74,14 @@ def test_another_schema_version_is_refused_with_the_fix(tmp_path):
     assert "delete the file and run its matrix again (`bench run MATRIX`" in line
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{oops", "not a readable result file"),
-    ("[1, 2]", "not a bench result record"),
-    ('{"schema_version": 1}', "not a bench result record"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{oops", "not a readable result file"),
+        ("[1, 2]", "not a bench result record"),
+        ('{"schema_version": 1}', "not a bench result record"),
+    ],
+)
 def test_unreadable_records(tmp_path, content, message):
     path = tmp_path / "r.json"
     path.write_text(content)

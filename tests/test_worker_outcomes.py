@@ -28,9 +28,14 @@ def bench_run(path: Path, results: Path, *flags: str, inject: str | None = None)
     env = {k: v for k, v in os.environ.items() if k != "BENCH_WORKER_INJECT"}
     if inject:
         env["BENCH_WORKER_INJECT"] = inject
-    return subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--device", "cpu",
-                           "--results", str(results), *flags], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(path), "--device", "cpu", "--results", str(results), *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def records(results: Path) -> dict[int, dict]:

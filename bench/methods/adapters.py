@@ -55,8 +55,9 @@ def apply_lora(model: torch.nn.Module, adapters: Adapters, spec: models.ModelSpe
     return model
 
 
-def build_qlora_base(spec: models.ModelSpec, cell: Cell, recipe: Recipe, device: str, local_rank: int,
-                     dtype: torch.dtype) -> torch.nn.Module:
+def build_qlora_base(
+    spec: models.ModelSpec, cell: Cell, recipe: Recipe, device: str, local_rank: int, dtype: torch.dtype
+) -> torch.nn.Module:
     """The 4-bit (nf4) base model on ``cuda:local_rank``, ready for adapters."""
     if device != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("tuning qlora needs bitsandbytes on a CUDA GPU; it cannot run on --device cpu")
@@ -70,8 +71,13 @@ def build_qlora_base(spec: models.ModelSpec, cell: Cell, recipe: Recipe, device:
     extra = {}
     if recipe.sharded:  # 4-bit weights stored in the compute dtype, so ZeRO-3 / FSDP2 can shard them
         extra["bnb_4bit_quant_storage"] = dtype
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype, **extra)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        **extra,
+    )
     keep = None
     if recipe.zero_init:  # from_pretrained builds under zero.Init while a DeepSpeed ZeRO-3 config is live
         from transformers.integrations import HfDeepSpeedConfig
@@ -81,8 +87,13 @@ def build_qlora_base(spec: models.ModelSpec, cell: Cell, recipe: Recipe, device:
         models.build(spec, device="cpu", dtype=dtype, attn=cell.attn).save_pretrained(folder)
         kwargs = {"attn_implementation": cell.attn} if cell.attn else {}
         model = models.model_class(spec).from_pretrained(
-            folder, quantization_config=quant, dtype=dtype, device_map=None if recipe.zero_init else {"": local_rank}, **kwargs)
+            folder,
+            quantization_config=quant,
+            dtype=dtype,
+            device_map=None if recipe.zero_init else {"": local_rank},
+            **kwargs,
+        )
     del keep
     return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=recipe.grad_ckpt,
-        gradient_checkpointing_kwargs={"use_reentrant": False})
+        model, use_gradient_checkpointing=recipe.grad_ckpt, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )

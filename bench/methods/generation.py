@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from bench import models, recipe as recipes
 from bench.cell import Cell
 from bench.dtypes import torch_dtype
-
 
 
 class FirstTokenClock:
@@ -43,8 +43,9 @@ class FirstTokenClock:
         pass
 
 
-def infer(cell: Cell, spec: models.ModelSpec, device: str,
-          before_first_step: Callable[[], None] | None = None) -> dict[str, Any]:
+def infer(
+    cell: Cell, spec: models.ModelSpec, device: str, before_first_step: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Run ``warmup + steps`` generations; returns the timing part of ``measured``."""
     dev = "cuda:0" if device == "cuda" else "cpu"
     model = models.build(spec, device=dev, dtype=torch_dtype(recipes.of(cell).build_dtype), attn=cell.attn)
@@ -70,22 +71,29 @@ def infer(cell: Cell, spec: models.ModelSpec, device: str,
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            out = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=cell.new_tokens,
-                                 min_new_tokens=cell.new_tokens, do_sample=False, use_cache=True,
-                                 pad_token_id=pad, streamer=clock)
+            out = model.generate(
+                input_ids=prompt,
+                attention_mask=mask,
+                max_new_tokens=cell.new_tokens,
+                min_new_tokens=cell.new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=pad,
+                streamer=clock,
+            )
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
             prefill.append((clock.first_token_at or time.perf_counter()) - t0)
             out_len = int(out.shape[-1])
-    measured_times, measured_prefill = times[cell.warmup:], prefill[cell.warmup:]
+    measured_times, measured_prefill = times[cell.warmup :], prefill[cell.warmup :]
     median_prefill, median_total = statistics.median(measured_prefill), statistics.median(measured_times)
     decode_s = median_total - median_prefill
     return {
         "parameters": parameters,
         "trainable_parameters": 0,
         "after_build_torch_allocated_bytes": after_build,
-        "warmup_step_times_seconds": times[:cell.warmup],
+        "warmup_step_times_seconds": times[: cell.warmup],
         "step_times_seconds": measured_times,
         "prefill_seconds": median_prefill,
         "decode_tokens_per_second": cell.batch * (cell.new_tokens - 1) / decode_s if decode_s > 0 else None,

@@ -10,7 +10,7 @@ optimizer; ``adamw-8bit`` is bitsandbytes' and needs CUDA.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

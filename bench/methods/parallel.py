@@ -55,7 +55,7 @@ def _skip_shm_build() -> None:
 
     ds_torch = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm re-exports torch
     if hasattr(ds_torch, "build_shm_op"):
-        ds_torch.build_shm_op = lambda: None
+        ds_torch.build_shm_op = lambda: None  # type: ignore[attr-defined]
 
 
 def zero_init(cell: Cell, hidden_size: int | None, device: str) -> Any:
@@ -70,8 +70,9 @@ def zero_init(cell: Cell, hidden_size: int | None, device: str) -> Any:
     return deepspeed.zero.Init(config_dict_or_path=dsconfig.deepspeed_config(cell, hidden_size))
 
 
-def deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cell: Cell,
-                     hidden_size: int | None, device: str) -> Any:
+def deepspeed_engine(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, cell: Cell, hidden_size: int | None, device: str
+) -> Any:
     """``deepspeed.initialize`` for a ZeRO cell; returns the engine."""
     import deepspeed
 
@@ -98,8 +99,9 @@ def fsdp(model: torch.nn.Module, recipe: Recipe, device: str) -> torch.nn.Module
 
     kwargs: dict[str, Any] = {"mesh": init_device_mesh(device, (world_size(),))}
     if recipe.fsdp_param_dtype is not None:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch_dtype(recipe.fsdp_param_dtype),
-                                                   reduce_dtype=torch.float32)
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch_dtype(recipe.fsdp_param_dtype), reduce_dtype=torch.float32
+        )
     if recipe.offload == "all":
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device == "cuda")
     for block in blocks(model):
@@ -112,7 +114,7 @@ def materialize(model: torch.nn.Module, device: str) -> None:
     """Give a model built on the meta device (and sharded) real storage on ``device``,
     with transformers' own initialization of its weights and buffers."""
     model.to_empty(device=device)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     with torch.no_grad():
         base.init_weights()
 

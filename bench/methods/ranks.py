@@ -11,6 +11,7 @@ before its heavy imports.
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 import socket
 
 
@@ -21,13 +22,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def single_rank_env(env: dict[str, str] | None = None) -> None:
+def single_rank_env(env: MutableMapping[str, str] | None = None) -> None:
     """Give a worker started without torchrun a one-rank world (in place)."""
-    env = os.environ if env is None else env
+    env = os.environ if env is None else env  # type: MutableMapping[str, str]
     if "RANK" in env and "WORLD_SIZE" in env:
         return
-    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+    )
 
 
 def rank() -> int:

@@ -13,7 +13,8 @@ can be compared rank by rank without a GPU.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -61,11 +62,22 @@ def resident_bytes(module: Any, optimizer: Any, deepspeed: bool) -> dict[str, in
 def _deepspeed(engine: Any) -> dict[str, int]:
     opt = engine.optimizer
     params = list(engine.module.parameters())
-    weights = _storages([*(getattr(p, "ds_tensor", None) for p in params), *(p.data for p in params),
-                         *engine.module.buffers(), *getattr(opt, "fp16_partitioned_groups_flat", []),
-                         *getattr(opt, "bit16_groups_flat", [])])
-    grads = _storages([getattr(opt, "grad_partitions_flat_buffer", None), getattr(opt, "grads_in_partition", None),
-                       *(p.grad for p in params if p.grad is not None)])
+    weights = _storages(
+        [
+            *(getattr(p, "ds_tensor", None) for p in params),
+            *(p.data for p in params),
+            *engine.module.buffers(),
+            *getattr(opt, "fp16_partitioned_groups_flat", []),
+            *getattr(opt, "bit16_groups_flat", []),
+        ]
+    )
+    grads = _storages(
+        [
+            getattr(opt, "grad_partitions_flat_buffer", None),
+            getattr(opt, "grads_in_partition", None),
+            *(p.grad for p in params if p.grad is not None),
+        ]
+    )
     masters = [*getattr(opt, "fp32_partitioned_groups_flat", []), *getattr(opt, "single_partition_of_fp32_groups", [])]
     states = _storages([*masters, *_state_tensors(opt.optimizer)])
     return _sum({"weights": weights, "gradients": grads, "optimizer_states": states})

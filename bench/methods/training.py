@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -81,8 +82,11 @@ class Setup:
             self.module.backward(loss)
             self.module.step()  # DeepSpeed steps the optimizer at the accumulation boundary
             return loss.detach()
-        ctx = (torch.autocast(self.input_device.type, dtype=self.autocast) if self.autocast is not None
-               else contextlib.nullcontext())
+        ctx = (
+            torch.autocast(self.input_device.type, dtype=self.autocast)
+            if self.autocast is not None
+            else contextlib.nullcontext()
+        )
         with ctx:
             if self.recipe.holds_output:
                 # `self.out = ...` keeps the previous output (logits, KV cache with use_cache) alive
@@ -145,8 +149,17 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
     total, trainable = count_parameters(model)
     model.train()
     input_device = torch.device(here)
-    s = Setup(cell=cell, recipe=r, module=model, input_device=input_device, vocab_size=vocab,
-              encoder_decoder=enc_dec, parameters=total, trainable_parameters=trainable, build_rss_increase=build_rss)
+    s = Setup(
+        cell=cell,
+        recipe=r,
+        module=model,
+        input_device=input_device,
+        vocab_size=vocab,
+        encoder_decoder=enc_dec,
+        parameters=total,
+        trainable_parameters=trainable,
+        build_rss_increase=build_rss,
+    )
     if r.engine != "plain":
         parallel.init(device)
     if r.deepspeed:
@@ -175,8 +188,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train(cell: Cell, spec: models.ModelSpec, device: str,
-          before_first_step: Callable[[], None] | None = None) -> dict[str, Any]:
+def train(
+    cell: Cell, spec: models.ModelSpec, device: str, before_first_step: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Set the cell up and run its steps; returns the timing part of ``measured``."""
     s = setup(cell, spec, device)
     _sync(device)
@@ -201,10 +215,12 @@ def train(cell: Cell, spec: models.ModelSpec, device: str,
         "after_build_torch_allocated_bytes": after_build,
         "build_peak_host_rss_increase_bytes": s.build_rss_increase,
         "resident_bytes": resident,
-        "warmup_step_times_seconds": times[:cell.warmup],
-        "step_times_seconds": times[cell.warmup:],
+        "warmup_step_times_seconds": times[: cell.warmup],
+        "step_times_seconds": times[cell.warmup :],
         "final_loss": final if math.isfinite(final) else None,
         "samples_per_step": cell.batch * cell.grad_accum * world,
-        "tokens_per_step": cell.batch * cell.grad_accum * world * (
-            cell.seq + (cell.decoder_seq if spec.is_encoder_decoder else 0)),
+        "tokens_per_step": cell.batch
+        * cell.grad_accum
+        * world
+        * (cell.seq + (cell.decoder_seq if spec.is_encoder_decoder else 0)),
     }

@@ -47,7 +47,7 @@ def _block_list(model) -> torch.nn.ModuleList | None:
 
 def attach_marks(model, log: tr.MemoryLog):
     """Hooks that fill a ``Marks`` during a traced micro-step."""
-    marks, hooks = Marks(), []
+    marks, hooks = Marks(), []  # type: Marks, list
     layers = _block_list(model)
     if layers is None:
         return None, hooks
@@ -56,9 +56,11 @@ def attach_marks(model, log: tr.MemoryLog):
     def grad_mark(setter):
         def hook(grad):
             setter(len(events))
+
         return hook
 
     for i, block in enumerate(layers):
+
         def pre(mod, args, kwargs, i=i):
             if log.phase == "backward" or marks.fwd[i] is not None:
                 return
@@ -66,7 +68,9 @@ def attach_marks(model, log: tr.MemoryLog):
             h = args[0] if args else kwargs.get("hidden_states")
             if isinstance(h, torch.Tensor) and h.requires_grad:
                 h.register_hook(grad_mark(lambda n, i=i: marks.bwd_end.__setitem__(i, n)))
+
         hooks.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+
     def post(mod, args, out):
         if log.phase == "backward" or marks.fwd[TRACED] is not None:
             return
@@ -74,6 +78,7 @@ def attach_marks(model, log: tr.MemoryLog):
         h = out[0] if isinstance(out, (tuple, list)) else out
         if isinstance(h, torch.Tensor) and h.requires_grad:
             h.register_hook(grad_mark(lambda n: setattr(marks, "bwd_start_last", n)))
+
     hooks.append(layers[TRACED - 1].register_forward_hook(post))
     return marks, hooks
 
@@ -92,8 +97,11 @@ def replicate(small, depth: int):
     B = {2: (m.bwd_start_last, m.bwd_end[2]), 1: (m.bwd_end[2], m.bwd_end[1])}
     fa = [_allocs(ev, *F[i]) for i in range(TRACED)]
     ba = {i: _allocs(ev, *B[i]) for i in (1, 2)}
-    if not (len(fa[0]) == len(fa[1]) == len(fa[2]) and [n for _, n in fa[1]] == [n for _, n in fa[2]]
-            and [n for _, n in ba[1]] == [n for _, n in ba[2]]):
+    if not (
+        len(fa[0]) == len(fa[1]) == len(fa[2])
+        and [n for _, n in fa[1]] == [n for _, n in fa[2]]
+        and [n for _, n in ba[1]] == [n for _, n in ba[2]]
+    ):
         return None
     pos = {}  # template key -> ("F"|"B", template block, position)
     for i in range(TRACED):
@@ -151,7 +159,7 @@ def replicate(small, depth: int):
                         freed.add(k)
                         out.append((tr.FREE, k, e[2], e[3]))
 
-    out += ev[:F[0][0]]
+    out += ev[: F[0][0]]
     emit(*F[0], 0)
     emit(*F[1], 1)
     for j in range(copies):
@@ -171,9 +179,11 @@ def replicate(small, depth: int):
 
 def _replicate_params(params, copies: int):
     """Block 1's parameters repeated ``copies`` times right after it."""
+
     def index(name):
         block = block_of(name)
         return int(block.rsplit(".", 1)[-1]) if block else None
+
     out = []
     mid = [p for p in params if index(p.name) == 1]
     for p in params:

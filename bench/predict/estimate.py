@@ -53,12 +53,20 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {
-            "peak_bytes": self.peak_bytes, "allocated_bytes": self.allocated_bytes,
-            "reserved_bytes": self.reserved_bytes, "host_bytes": self.host_bytes, "fits": self.fits,
-            "gpu": self.gpu, "capacity_bytes": self.capacity_bytes, "headroom_bytes": self.headroom_bytes,
+            "peak_bytes": self.peak_bytes,
+            "allocated_bytes": self.allocated_bytes,
+            "reserved_bytes": self.reserved_bytes,
+            "host_bytes": self.host_bytes,
+            "fits": self.fits,
+            "gpu": self.gpu,
+            "capacity_bytes": self.capacity_bytes,
+            "headroom_bytes": self.headroom_bytes,
             "allocator_retries": self.allocator_retries,
-            "breakdown": dict(self.breakdown), "resident_bytes": dict(self.resident_bytes),
-            "ranks": self.ranks, "host_node_bytes": self.host_node_bytes, "notes": list(self.notes),
+            "breakdown": dict(self.breakdown),
+            "resident_bytes": dict(self.resident_bytes),
+            "ranks": self.ranks,
+            "host_node_bytes": self.host_node_bytes,
+            "notes": list(self.notes),
         }
 
 
@@ -120,10 +128,20 @@ def predict(cell) -> Prediction:
     parts[CONTEXT] += outside
     peak = sum(parts.values())
     per_node = min(cell.gpus, GPUS_PER_NODE)
-    return Prediction(peak_bytes=peak, allocated_bytes=outcome.peak_allocated, reserved_bytes=reserved,
-                      host_bytes=host, gpu=gpu.name, capacity_bytes=gpu.memory_bytes, fits=fits,
-                      allocator_retries=outcome.retries, breakdown={k: v for k, v in parts.items()},
-                      resident_bytes=dict(outcome.resident), ranks=cell.gpus, host_node_bytes=host * per_node)
+    return Prediction(
+        peak_bytes=peak,
+        allocated_bytes=outcome.peak_allocated,
+        reserved_bytes=reserved,
+        host_bytes=host,
+        gpu=gpu.name,
+        capacity_bytes=gpu.memory_bytes,
+        fits=fits,
+        allocator_retries=outcome.retries,
+        breakdown={k: v for k, v in parts.items()},
+        resident_bytes=dict(outcome.resident),
+        ranks=cell.gpus,
+        host_node_bytes=host * per_node,
+    )
 
 
 def max_batch(cell, limit: int = 1024) -> int:

@@ -34,8 +34,7 @@ from __future__ import annotations
 
 from bench import overhead, recipe as recipes
 from bench.dtypes import BYTES
-from bench.predict import plain
-from bench.predict import optimizer as opt
+from bench.predict import optimizer as opt, plain
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 from bench.predict.sharded import malloc, on_stream, sharded_program, step_trace
 from bench.predict.trace import Param
@@ -63,8 +62,18 @@ def groups(params) -> dict[str, list[Param]]:
 class _Reducer:
     """Holds each group's unsharded gradients until the group is complete, then reduce-scatters."""
 
-    def __init__(self, prog: Program, grps: dict[str, list[Param]], ranks: int, grad_b: int, reduce_b: int,
-                 orig_b: int, offload: bool, keep: bool, on_first) -> None:
+    def __init__(
+        self,
+        prog: Program,
+        grps: dict[str, list[Param]],
+        ranks: int,
+        grad_b: int,
+        reduce_b: int,
+        orig_b: int,
+        offload: bool,
+        keep: bool,
+        on_first,
+    ) -> None:
         self.prog, self.ranks, self.grad_b, self.reduce_b = prog, ranks, grad_b, reduce_b
         self.orig_b, self.offload, self.keep, self.on_first = orig_b, offload, keep, on_first
         self.pending = {g: [p.numel for p in ps if p.trainable] for g, ps in grps.items()}
@@ -155,12 +164,21 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
     states: list[int] | None = None
     for _ in range(plain.STEPS):
         kept: list[int] | None = None
-        for micro in range(cell.grad_accum):
+        for _micro in range(cell.grad_accum):
             # the root stays unsharded, one block runs (across ranks also the last all-gather output)
             live = malloc(prog, unsharded[""], COMM) + [prog.malloc(block, COMM) for _ in range(1 + (ranks > 1))]
             prog.transient(cast, TRANSIENT)
-            red = _Reducer(prog, grps, ranks, grad_b, reduce_b, orig(train[0]), offload, kept is None,
-                           lambda live=live: live.append(prog.malloc(block, COMM)))  # backward prefetch
+            red = _Reducer(
+                prog,
+                grps,
+                ranks,
+                grad_b,
+                reduce_b,
+                orig(train[0]),
+                offload,
+                kept is None,
+                lambda live=live: live.append(prog.malloc(block, COMM)),
+            )  # backward prefetch
             prog.micro_step(tt, keep_grads=False, grad_sink=red)
             red.finish()
             for key in live:
@@ -175,6 +193,10 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
             prog.free(key)
     host = 0
     if offload:  # shards, gradients, optimizer states and step temporaries on the host
-        host = sum(s.nbytes for s in shards) + sum(s.nbytes for s in opt_params) + sum(
-            n for s in opt_params for n in opt.state_tensors(name, s)) + sum(opt.step_transient(name, opt_params))
+        host = (
+            sum(s.nbytes for s in shards)
+            + sum(s.nbytes for s in opt_params)
+            + sum(n for s in opt_params for n in opt.state_tensors(name, s))
+            + sum(opt.step_transient(name, opt_params))
+        )
     return prog.outcome(), overhead.HOST_BASE_BYTES + host, r.outside_allocator_bytes

@@ -29,10 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import models, overhead, recipe as recipes
 from bench.dtypes import torch_dtype
-from bench.predict import model_trace, plain
-from bench.predict import trace as tr
+from bench.predict import model_trace, plain, trace as tr
 from bench.predict.program import ACTS, CONTEXT, KV, LOGITS, TRANSIENT, WEIGHTS, Outcome, Program
-
 
 
 class _Truth(TorchDispatchMode):
@@ -51,8 +49,13 @@ def _cache_tensors(cache, cross: bool = False) -> list[torch.Tensor]:
     caches = [getattr(cache, "self_attention_cache", cache)]
     if cross and hasattr(cache, "cross_attention_cache"):
         caches.append(cache.cross_attention_cache)
-    return [t for c in caches for layer in c.layers for t in (layer.keys, layer.values)
-            if isinstance(t, torch.Tensor) and t.numel()]
+    return [
+        t
+        for c in caches
+        for layer in c.layers
+        for t in (layer.keys, layer.values)
+        if isinstance(t, torch.Tensor) and t.numel()
+    ]
 
 
 def _keys(tensors) -> list[int]:
@@ -66,8 +69,13 @@ def trace(cell, layers: int | None = None) -> dict:
     spec = models.resolve(cell.model)
     attn = cell.attn or models.default_attn(spec)
     overrides = model_trace._layer_overrides(spec, layers) if layers else {}
-    model = models.build(spec, device="meta", dtype=torch_dtype(recipes.of(cell).build_dtype),
-                         attn="sdpa" if attn == "flash_attention_2" else attn, **overrides)
+    model = models.build(
+        spec,
+        device="meta",
+        dtype=torch_dtype(recipes.of(cell).build_dtype),
+        attn="sdpa" if attn == "flash_attention_2" else attn,
+        **overrides,
+    )
     model.eval()
     for t in [*model.parameters(), *model.buffers()]:
         t.untyped_storage()._bench_key = 0
@@ -79,7 +87,9 @@ def trace(cell, layers: int | None = None) -> dict:
     log = tr.MemoryLog(tr.Trace())
     hooks = [model.register_forward_pre_hook(lambda *_: setattr(log, "phase", "forward"))]
     if model.get_output_embeddings() is not None:
-        hooks.append(model.get_output_embeddings().register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")))
+        hooks.append(
+            model.get_output_embeddings().register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits"))
+        )
     marks, slots = [], []
     with torch.inference_mode(), log, tr.AttentionEmulation(), _Truth():
         ids = torch.empty((b, s), dtype=torch.long, device="meta")
@@ -103,10 +113,17 @@ def trace(cell, layers: int | None = None) -> dict:
             del out
     for h in hooks:
         h.remove()
-    return {"params": [p.numel() * p.element_size() for p in model.parameters()],
-            "buffers": sum(x.numel() * x.element_size() for x in model.buffers()),
-            "events": log.trace.events, "marks": marks, "slots": slots, "cache": cached, "keep": keep,
-            "vocab": int(cfg.vocab_size), "enc_dec": enc_dec}
+    return {
+        "params": [p.numel() * p.element_size() for p in model.parameters()],
+        "buffers": sum(x.numel() * x.element_size() for x in model.buffers()),
+        "events": log.trace.events,
+        "marks": marks,
+        "slots": slots,
+        "cache": cached,
+        "keep": keep,
+        "vocab": int(cfg.vocab_size),
+        "enc_dec": enc_dec,
+    }
 
 
 def _window(ev, lo: int, hi: int, old: list[int], new: list[int]) -> list[tuple]:

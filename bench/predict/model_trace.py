@@ -16,18 +16,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
 import transformers
-import warnings
 
 from bench import architectures, models, recipe as recipes
 from bench.dtypes import torch_dtype
 from bench.errors import UserError
 from bench.methods import adapters, freezing
-from bench.predict import blocks, trace_cache
-from bench.predict import trace as tr
+from bench.predict import blocks, trace as tr, trace_cache
 from bench.predict.trace import Param, TrainTrace
 
 
@@ -67,10 +66,21 @@ def shape_key(cell, layers: int | None = None) -> ShapeKey:
     wdt, ac = r.trace_dtypes
     a = r.adapters
     return ShapeKey(
-        model=cell.model, tuning=cell.tuning, weight_dtype=wdt, autocast=ac, batch=cell.batch, seq=cell.seq,
-        target_seq=cell.decoder_seq, grad_ckpt=r.grad_ckpt, attn=attn,
-        lora_r=cell.lora_r, lora_alpha=cell.lora_alpha, lora_dropout=cell.lora_dropout,
-        lora_targets=a.targets if a else None, use_cache=r.use_cache, freeze=r.freeze,
+        model=cell.model,
+        tuning=cell.tuning,
+        weight_dtype=wdt,
+        autocast=ac,
+        batch=cell.batch,
+        seq=cell.seq,
+        target_seq=cell.decoder_seq,
+        grad_ckpt=r.grad_ckpt,
+        attn=attn,
+        lora_r=cell.lora_r,
+        lora_alpha=cell.lora_alpha,
+        lora_dropout=cell.lora_dropout,
+        lora_targets=a.targets if a else None,
+        use_cache=r.use_cache,
+        freeze=r.freeze,
         layers=layers,
     )
 
@@ -83,6 +93,7 @@ def layer_count(spec) -> int:
 def _recompute_context(key: ShapeKey):
     """Checkpoint recomputation runs inside autograd, outside our function
     modes; re-enter them there as the real checkpoint re-enters autocast."""
+
     @contextlib.contextmanager
     def recompute():
         with contextlib.ExitStack() as stack:
@@ -125,20 +136,27 @@ def _build(key: ShapeKey):
     freezing.apply(model, key.freeze)
     if key.grad_ckpt:
         model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": _recompute_context(key)})
+            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": _recompute_context(key)}
+        )
     model.train()
     return model, spec
 
 
 def _adapters(key: ShapeKey, spec) -> recipes.Adapters:
     """The recipe's adapters, from the key's fields (the key is what the trace cache holds)."""
-    return recipes.Adapters(r=key.lora_r, alpha=key.lora_alpha, dropout=key.lora_dropout, targets=key.lora_targets,
-                            task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM", dtype="fp32")
+    return recipes.Adapters(
+        r=key.lora_r,
+        alpha=key.lora_alpha,
+        dropout=key.lora_dropout,
+        targets=key.lora_targets,
+        task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM",
+        dtype="fp32",
+    )
 
 
 def _layer_overrides(spec, n: int) -> dict:
     c = spec.config
-    out = {}
+    out: dict = {}
     for k in ("num_hidden_layers", "n_layer", "num_layers"):
         if k in c:
             out[k] = n
@@ -225,15 +243,19 @@ def _trace_train(key: ShapeKey) -> TrainTrace:
 
 def _trace_train_now(key: ShapeKey) -> TrainTrace:
     model, spec = build(key)
-    params = tuple(Param(n, p.numel(), p.numel() * p.element_size(), p.requires_grad, tuple(p.shape))
-                   for n, p in model.named_parameters())
+    params = tuple(
+        Param(n, p.numel(), p.numel() * p.element_size(), p.requires_grad, tuple(p.shape))
+        for n, p in model.named_parameters()
+    )
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     for t in [*model.parameters(), *model.buffers()]:
         t.untyped_storage()._bench_key = 0  # static: accounted by the caller
     trace = tr.Trace()
     log = tr.MemoryLog(trace)
     out_emb = model.get_output_embeddings()
-    hook = out_emb.register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")) if out_emb is not None else None
+    hook = (
+        out_emb.register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")) if out_emb is not None else None
+    )
     marks, mark_hooks = blocks.attach_marks(model, log) if key.layers is not None else (None, [])
     modes = [tr.AttentionEmulation()]
     if key.autocast:
@@ -263,5 +285,11 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
     for h in mark_hooks:
         h.remove()
     trace.events = [(k, key_, n, "grad" if key_ in trace.grad_keys else tag) for k, key_, n, tag in trace.events]
-    return TrainTrace(params=params, buffers_bytes=buffers, input_bytes=input_bytes, trace=trace,
-                      layers=key.layers or layer_count(spec), marks=marks)
+    return TrainTrace(
+        params=params,
+        buffers_bytes=buffers,
+        input_bytes=input_bytes,
+        trace=trace,
+        layers=key.layers or layer_count(spec),
+        marks=marks,
+    )

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from bench import recipe as recipes
 from bench.predict import optimizer as opt
-from bench.predict.trace import TrainTrace
 from bench.predict.program import COMM, CONTEXT, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
+from bench.predict.trace import TrainTrace
 
 STEPS = 2
 

@@ -83,8 +83,7 @@ class Program:
         if nbytes > 0:
             self.free(self.malloc(nbytes, tag))
 
-    def micro_step(self, tt: TrainTrace, keep_grads: bool, grad_tag: str = GRADS,
-                   grad_sink=None) -> list[int]:
+    def micro_step(self, tt: TrainTrace, keep_grads: bool, grad_tag: str = GRADS, grad_sink=None) -> list[int]:
         """Replay one traced forward+backward; returns the keys of kept gradients.
 
         The previous micro-step's output (its logits, and its KV cache with
@@ -131,5 +130,11 @@ class Program:
 
     def outcome(self) -> Outcome:
         a = self.alloc
-        return Outcome(a.peak_allocated, a.peak_reserved, dict(self.at_peak), a.oom, a.retries,
-                       {k: v for k, v in self.requested.items() if v})
+        return Outcome(
+            a.peak_allocated,
+            a.peak_reserved,
+            dict(self.at_peak),
+            a.oom,
+            a.retries,
+            {k: v for k, v in self.requested.items() if v},
+        )

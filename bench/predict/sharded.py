@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.predict import model_trace
-from bench.predict import trace as tr
+from bench.predict import model_trace, trace as tr
 from bench.predict.program import Program
 from bench.predict.trace import TrainTrace
 from bench.recipe import block_of

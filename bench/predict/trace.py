@@ -81,7 +81,7 @@ class TrainTrace:
     input_bytes: int
     trace: Trace
     layers: int
-    marks: "Marks | None" = None  # noqa: F821  bench.predict.blocks.Marks: where each block's events are
+    marks: Marks | None = None  # noqa: F821  bench.predict.blocks.Marks: where each block's events are
 
 
 class MemoryLog(TorchDispatchMode):
@@ -126,25 +126,69 @@ class MemoryLog(TorchDispatchMode):
         self.trace.events.append((FREE, key, entry[0], entry[1]))
 
 
-
 # --- CUDA autocast, emulated above autograd ---------------------------------
 
 _T = torch.Tensor
 _LOW = {
-    F.linear, torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__, torch.mm, _T.mm, torch.bmm, _T.bmm,
-    torch.addmm, _T.addmm, torch.baddbmm, _T.baddbmm, torch.addbmm, torch.einsum, F.conv1d, F.conv2d,
-    torch.addmv, torch.mv, F.bilinear,
+    F.linear,
+    torch.matmul,
+    _T.matmul,
+    _T.__matmul__,
+    _T.__rmatmul__,
+    torch.mm,
+    _T.mm,
+    torch.bmm,
+    _T.bmm,
+    torch.addmm,
+    _T.addmm,
+    torch.baddbmm,
+    _T.baddbmm,
+    torch.addbmm,
+    torch.einsum,
+    F.conv1d,
+    F.conv2d,
+    torch.addmv,
+    torch.mv,
+    F.bilinear,
 }
 _FP32 = {
-    F.layer_norm, F.group_norm, F.cross_entropy, F.nll_loss, F.mse_loss, F.l1_loss, F.kl_div,
-    F.binary_cross_entropy_with_logits, torch.exp, _T.exp, torch.pow, _T.pow, _T.__pow__, torch.rsqrt,
-    _T.rsqrt, torch.log, _T.log, torch.log1p, torch.reciprocal, torch.logsumexp, F.softplus,
+    F.layer_norm,
+    F.group_norm,
+    F.cross_entropy,
+    F.nll_loss,
+    F.mse_loss,
+    F.l1_loss,
+    F.kl_div,
+    F.binary_cross_entropy_with_logits,
+    torch.exp,
+    _T.exp,
+    torch.pow,
+    _T.pow,
+    _T.__pow__,
+    torch.rsqrt,
+    _T.rsqrt,
+    torch.log,
+    _T.log,
+    torch.log1p,
+    torch.reciprocal,
+    torch.logsumexp,
+    F.softplus,
     F.cosine_similarity,
 }
 # "fp32_set_opt_dtype" ops: run with dtype=float32 (fp32 output, no fp32 copy of the input)
 _FP32_OUT = {
-    F.softmax, torch.softmax, _T.softmax, F.log_softmax, torch.log_softmax, _T.log_softmax,
-    torch.cumsum, _T.cumsum, torch.sum, _T.sum, torch.prod, _T.prod,
+    F.softmax,
+    torch.softmax,
+    _T.softmax,
+    F.log_softmax,
+    torch.log_softmax,
+    _T.log_softmax,
+    torch.cumsum,
+    _T.cumsum,
+    torch.sum,
+    _T.sum,
+    torch.prod,
+    _T.prod,
 }
 
 
@@ -179,7 +223,11 @@ class AutocastEmulation(TorchFunctionMode):
             kwargs = {k: self._cast(v, self.low) for k, v in kwargs.items()}
         elif func in _FP32_OUT:
             x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) and kwargs.get("dtype") is None:
+            if (
+                isinstance(x, torch.Tensor)
+                and x.dtype in (torch.float16, torch.bfloat16)
+                and kwargs.get("dtype") is None
+            ):
                 kwargs["dtype"] = torch.float32
         elif func in _FP32:
             args = [self._cast(a, torch.float32) for a in args]

@@ -18,8 +18,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from bench.predict import blocks
-from bench.predict import trace as tr
+from bench.predict import blocks, trace as tr
 
 FORMAT = 1
 
@@ -61,20 +60,34 @@ def load(key, make):
         try:
             d = json.loads(path.read_text())
             marks = blocks.Marks(**d["marks"]) if d["marks"] else None
-            trace = tr.Trace(events=[tuple(e) for e in d["events"]], grad_keys=set(d["grad_keys"]),
-                             forward_end=d["forward_end"])
-            return TrainTrace(params=tuple(Param(p[0], p[1], p[2], p[3], tuple(p[4])) for p in d["params"]),
-                              buffers_bytes=d["buffers_bytes"], input_bytes=d["input_bytes"], trace=trace,
-                              layers=d["layers"], marks=marks)
+            trace = tr.Trace(
+                events=[tuple(e) for e in d["events"]], grad_keys=set(d["grad_keys"]), forward_end=d["forward_end"]
+            )
+            return TrainTrace(
+                params=tuple(Param(p[0], p[1], p[2], p[3], tuple(p[4])) for p in d["params"]),
+                buffers_bytes=d["buffers_bytes"],
+                input_bytes=d["input_bytes"],
+                trace=trace,
+                layers=d["layers"],
+                marks=marks,
+            )
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable entry: trace again and overwrite it
     tt = make(key)
     if path is not None:
-        store(path, {"params": [[p.name, p.numel, p.nbytes, p.trainable, list(p.shape)] for p in tt.params],
-                     "buffers_bytes": tt.buffers_bytes, "input_bytes": tt.input_bytes, "layers": tt.layers,
-                     "events": tt.trace.events, "grad_keys": sorted(tt.trace.grad_keys),
-                     "forward_end": tt.trace.forward_end,
-                     "marks": dataclasses.asdict(tt.marks) if tt.marks else None})
+        store(
+            path,
+            {
+                "params": [[p.name, p.numel, p.nbytes, p.trainable, list(p.shape)] for p in tt.params],
+                "buffers_bytes": tt.buffers_bytes,
+                "input_bytes": tt.input_bytes,
+                "layers": tt.layers,
+                "events": tt.trace.events,
+                "grad_keys": sorted(tt.trace.grad_keys),
+                "forward_end": tt.trace.forward_end,
+                "marks": dataclasses.asdict(tt.marks) if tt.marks else None,
+            },
+        )
     return tt
 
 

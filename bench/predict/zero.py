@@ -31,14 +31,14 @@ the device partition, one temporary the partition's size.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from bench import dsconfig, overhead, recipe as recipes
 from bench.dtypes import BYTES
-from bench.predict import plain
-from bench.predict import optimizer as opt
+from bench.predict import optimizer as opt, plain
+from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 from bench.predict.sharded import empty_cache, malloc, on_stream, sharded_program, step_trace, use_order
 from bench.predict.trace import Param
-from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 
 NORM_BYTES = 8  # gradient norms in fp64 (zero/utils.py:59-63)
 NORM_CHUNK = 250_000_000  # stage3.py:1960 _constant_buffered_norm2
@@ -96,7 +96,11 @@ class _Buckets:
         self.buffers: list[int] | None = None
         self.grads: int | None = None  # grads_in_partition (ZeRO-2)
         self.held: list[int] = []  # per-parameter grads between ZeRO-1 boundaries
-        self.elements, self.params, self.own, self.gathered, self.on_first = 0, [], [], [], None
+        self.elements = 0
+        self.params: list[int] = []
+        self.own: list[int] = []
+        self.gathered: list[int] = []
+        self.on_first: Any = None
 
     def __call__(self, nbytes: int) -> None:
         prog, s, k = self.prog, self.s, nbytes // self.wb
@@ -223,6 +227,7 @@ def _step(prog: Program, name: str, numel: int, wb: int, held: list[int], states
 def _host_optimizer(name: str, numel: int, largest: int) -> int:
     return sum(opt.state_tensors(name, flat_param(numel))) + sum(opt.step_transient(name, [flat_param(largest)]))
 
+
 def _stage12(prog, tt, keys, cell, s, wb, name) -> int:
     ranks, off = cell.gpus, s.offload_optimizer
     train = [p for p in tt.params if p.trainable]
@@ -318,6 +323,7 @@ def _stage3(prog, tt, keys, cell, s, wb, name, eb) -> int:
                 if fwd > low:
                     prog.free(b.gathered.pop())
                 b.gathered += malloc(prog, (bwd - low) * wb, COMM)
+
             b.on_first = backward
         return b
 

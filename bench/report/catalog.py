@@ -11,8 +11,9 @@ lookup answers ``None`` and the record's own numbers are used instead
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from bench.errors import UserError
 
@@ -20,6 +21,7 @@ from bench.errors import UserError
 def _catalog_params(model: str) -> int | None:
     try:
         from bench import hub, models
+
         if hub.looks_like_repo_id(model.strip()) and not models.is_catalogued(model):
             return None  # a hub model outside the catalog: no published count, and no network call from a report
         return models.resolve(model).published_params
@@ -30,6 +32,7 @@ def _catalog_params(model: str) -> int | None:
 def _catalog_gpu(gpu: str) -> Any | None:
     try:
         from bench import gpus
+
         return gpus.resolve(gpu)
     except (ImportError, UserError, KeyError, ValueError):
         return None

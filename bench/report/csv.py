@@ -12,7 +12,8 @@ where some cells have no value.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from bench.report.catalog import DEFAULT, Catalog
 from bench.report.table import ordered

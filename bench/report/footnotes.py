@@ -9,14 +9,21 @@ GPU, driver, CUDA and library versions, so a mixed report shows that it is mixed
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 ENVIRONMENT_KEYS = (
-    (("gpu_name", "gpu", "device_name"), "GPU"), (("driver",), "driver"), (("cuda", "cuda_version"), "CUDA"),
-    (("torch", "torch_version"), "torch"), (("transformers", "transformers_version"), "transformers"),
-    (("peft", "peft_version"), "peft"), (("deepspeed", "deepspeed_version"), "deepspeed"),
-    (("bitsandbytes", "bitsandbytes_version"), "bitsandbytes"), (("python", "python_version"), "Python"),
-    (("PYTORCH_CUDA_ALLOC_CONF",), "PYTORCH_CUDA_ALLOC_CONF"), (("git_commit",), "bench commit"),
+    (("gpu_name", "gpu", "device_name"), "GPU"),
+    (("driver",), "driver"),
+    (("cuda", "cuda_version"), "CUDA"),
+    (("torch", "torch_version"), "torch"),
+    (("transformers", "transformers_version"), "transformers"),
+    (("peft", "peft_version"), "peft"),
+    (("deepspeed", "deepspeed_version"), "deepspeed"),
+    (("bitsandbytes", "bitsandbytes_version"), "bitsandbytes"),
+    (("python", "python_version"), "Python"),
+    (("PYTORCH_CUDA_ALLOC_CONF",), "PYTORCH_CUDA_ALLOC_CONF"),
+    (("git_commit",), "bench commit"),
 )
 """Environment keys shown, each with its aliases, in this order."""
 
@@ -38,15 +45,16 @@ def environment_line(records: list[Mapping[str, Any]]) -> str | None:
 
 def _sampling(records: list[Mapping[str, Any]]) -> str:
     key = "nvml_sample_interval_seconds"
-    intervals = _distinct((r.get("environment") or {}).get(key, (r.get("measured") or {}).get(key))
-                          for r in records)
+    intervals = _distinct((r.get("environment") or {}).get(key, (r.get("measured") or {}).get(key)) for r in records)
     text = "sampled during the measured steps"
     if intervals:
         text = f"sampled every {', '.join(f'{float(s) * 1000:g}' for s in intervals)} ms during the measured steps"
     modes = _distinct((r.get("measured") or {}).get("nvml_mode") for r in records)
     if "device-delta" in modes:
-        text += ("; where the driver could not attribute memory to the process (nvml_mode device-delta), "
-                 "device-wide used memory minus its level before the cell")
+        text += (
+            "; where the driver could not attribute memory to the process (nvml_mode device-delta), "
+            "device-wide used memory minus its level before the cell"
+        )
     return text
 
 

@@ -9,6 +9,7 @@ file, offline, and can be mailed or attached as is.
 from __future__ import annotations
 
 from html import escape
+
 from bench.report import plots, speed_plot
 from bench.report.catalog import DEFAULT, Catalog
 from bench.report.table import Table
@@ -58,9 +59,13 @@ def _table(table: Table) -> list[str]:
 
 def render(table: Table, title: str = "bench report", catalog: Catalog = DEFAULT) -> str:
     """The page for ``table``; in ``measured`` mode its rows' records feed the three plots."""
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{escape(title)}</title>", f"<style>\n{CSS}\n</style></head><body>",
-           f"<h1>{escape(title)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title>",
+        f"<style>\n{CSS}\n</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+    ]
     if not table.rows:
         out.append("<p>No result records.</p>")
     out += _table(table)
@@ -69,9 +74,12 @@ def render(table: Table, title: str = "bench report", catalog: Catalog = DEFAULT
     out.append("</ul>")
     if table.mode == "measured":
         ordered = [row.record for row in table.rows]
-        figures = (plots.peak_vs_batch(ordered, catalog), plots.predicted_vs_measured(ordered),
-                   plots.throughput_vs_memory(ordered))
-        captions = CAPTIONS
+        figures = (
+            plots.peak_vs_batch(ordered, catalog),
+            plots.predicted_vs_measured(ordered),
+            plots.throughput_vs_memory(ordered),
+        )
+        captions: tuple[str, ...] = CAPTIONS
         if speed_plot.pairs(ordered):  # records that carry a step-time prediction
             figures += (speed_plot.predicted_vs_measured_throughput(ordered),)
             captions += (speed_plot.CAPTION,)

@@ -9,11 +9,13 @@ measured" and "zero" are different facts.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from bench.cell import model_label
 from bench.dtypes import GiB as GIB
 from bench.recipe import ADAPTER_TUNINGS
+
 MISSING = "–"
 
 _TUNING = {"full": "Full", "lora": "LoRA", "qlora": "QLoRA"}
@@ -111,7 +113,9 @@ def yes_no(flag: bool | None) -> str:
 
 def status(value: str | None) -> str:
     """``ok`` stays quiet; failures are spelled so they stand out (``OOM``)."""
-    return {"oom": "OOM", None: MISSING}.get(value, value)  # type: ignore[arg-type]
+    if value is None:
+        return MISSING
+    return "OOM" if value == "oom" else value
 
 
 def duration(seconds: float | None) -> str:

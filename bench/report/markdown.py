@@ -22,10 +22,7 @@ def render(table: Table, title: str | None = None) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
 
     def line(cells: list[str]) -> str:
-        padded = [
-            cell.rjust(w) if col.numeric else cell.ljust(w)
-            for cell, w, col in zip(cells, widths, table.columns)
-        ]
+        padded = [cell.rjust(w) if col.numeric else cell.ljust(w) for cell, w, col in zip(cells, widths, table.columns)]
         return "| " + " | ".join(padded) + " |"
 
     rule = ["-" * (w - 1) + ":" if col.numeric else "-" * w for w, col in zip(widths, table.columns)]

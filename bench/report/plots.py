@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bench.report import labels
 from bench.report.catalog import DEFAULT, Catalog
@@ -42,7 +43,7 @@ def svg(fig, prefix: str) -> str:
     with matplotlib.rc_context({"svg.hashsalt": "bench", "svg.fonttype": "path"}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)
     text = text.replace(' id="', f' id="{prefix}-').replace('href="#', f'href="#{prefix}-')
     return text.replace("url(#", f"url(#{prefix}-")
@@ -80,7 +81,7 @@ def _panels(fig, models: Sequence[str]):
     ncols = min(len(models), 2) or 1
     nrows = max(1, -(-len(models) // ncols))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(models):]:
+    for ax in axes[len(models) :]:
         ax.set_visible(False)
     return dict(zip(models, axes))
 
@@ -102,8 +103,12 @@ def _empty(fig, message: str) -> None:
 
 def peak_vs_batch(records: Sequence[Record], catalog: Catalog = DEFAULT) -> str:
     """Peak VRAM (GiB) against batch size per model and setup, with the GPU's memory."""
-    train = [r for r in records if r["cell"].get("task", "train") == "train"
-             and (r.get("status") == "oom" or (r.get("status") == "ok" and _peak(r) is not None))]
+    train = [
+        r
+        for r in records
+        if r["cell"].get("task", "train") == "train"
+        and (r.get("status") == "oom" or (r.get("status") == "ok" and _peak(r) is not None))
+    ]
     models = _models(train)
     fig = _figure(12, 4.2 * max(1, -(-len(models) // 2)) + 1.2)
     if not models:
@@ -116,11 +121,18 @@ def peak_vs_batch(records: Sequence[Record], catalog: Catalog = DEFAULT) -> str:
         mine = [r for r in train if r["cell"]["model"] == model]
         for cap in sorted({catalog.capacity_of(r) for r in mine} - {None}):
             ax.axhline(cap / GIB, color="0.3", linestyle="--", linewidth=1)
-            ax.annotate(f"GPU memory {cap / GIB:.1f} GiB", (0.01, cap / GIB), xycoords=("axes fraction", "data"),
-                        va="bottom", fontsize=8, color="0.3")
+            ax.annotate(
+                f"GPU memory {cap / GIB:.1f} GiB",
+                (0.01, cap / GIB),
+                xycoords=("axes fraction", "data"),
+                va="bottom",
+                fontsize=8,
+                color="0.3",
+            )
         for setup in sorted({setups[id(r)] for r in mine}):
-            ok = sorted((r["cell"]["batch"], _peak(r) / GIB) for r in mine
-                        if setups[id(r)] == setup and r.get("status") == "ok")
+            ok = sorted(
+                (r["cell"]["batch"], _peak(r) / GIB) for r in mine if setups[id(r)] == setup and r.get("status") == "ok"
+            )
             if ok:
                 ax.plot(*zip(*ok), marker="o", color=colors[setup])
             for r in mine:
@@ -150,8 +162,11 @@ def _line(color, label: str, marker: str = "o"):
 
 def predicted_vs_measured(records: Sequence[Record]) -> str:
     """Predicted against measured peak (GiB) per method, with ``y = x``."""
-    pairs = [r for r in records if r.get("status") == "ok" and _peak(r) is not None
-             and (r.get("predicted") or {}).get("peak_bytes") is not None]
+    pairs = [
+        r
+        for r in records
+        if r.get("status") == "ok" and _peak(r) is not None and (r.get("predicted") or {}).get("peak_bytes") is not None
+    ]
     fig = _figure(7, 6)
     if not pairs:
         _empty(fig, "No cell has both a prediction and a measured peak.")
@@ -182,8 +197,14 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
 
 def throughput_vs_memory(records: Sequence[Record]) -> str:
     """Training tokens/s against peak VRAM per model, with each model's Pareto front."""
-    train = [r for r in records if r.get("status") == "ok" and r["cell"].get("task", "train") == "train"
-             and _peak(r) is not None and (r.get("measured") or {}).get("tokens_per_second")]
+    train = [
+        r
+        for r in records
+        if r.get("status") == "ok"
+        and r["cell"].get("task", "train") == "train"
+        and _peak(r) is not None
+        and (r.get("measured") or {}).get("tokens_per_second")
+    ]
     models = _models(train)
     fig = _figure(12, 4.2 * max(1, -(-len(models) // 2)) + 0.8)
     if not models:

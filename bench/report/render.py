@@ -12,10 +12,11 @@ counts and GPU memory are the only other input; see ``bench.report.catalog``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from bench.errors import allowed, UserError
+from bench.errors import UserError, allowed
 from bench.record import Record
 from bench.report import table as tablemod
 from bench.report.catalog import DEFAULT, Catalog
@@ -24,8 +25,13 @@ FORMATS = ("md", "html", "csv")
 _SUFFIXES = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".csv": "csv"}
 
 
-def render(records: Iterable[Mapping[str, Any]], fmt: str = "md", mode: str = "measured",
-           title: str | None = None, catalog: Catalog = DEFAULT) -> str:
+def render(
+    records: Iterable[Mapping[str, Any]],
+    fmt: str = "md",
+    mode: str = "measured",
+    title: str | None = None,
+    catalog: Catalog = DEFAULT,
+) -> str:
     """``records`` as Markdown, HTML or CSV text; ``mode`` is ``measured`` or ``plan``.
 
     CSV is the flat records in any mode; Markdown and HTML are the table of
@@ -36,17 +42,21 @@ def render(records: Iterable[Mapping[str, Any]], fmt: str = "md", mode: str = "m
         raise UserError(allowed("--format", fmt, FORMATS))
     if fmt == "csv":
         from bench.report import csv
+
         return csv.render(records, catalog)
     table = tablemod.build(records, mode, catalog)
     if fmt == "md":
         from bench.report import markdown
+
         return markdown.render(table, title)
     from bench.report import html
+
     return html.render(table, title or ("bench plan" if mode == "plan" else "bench report"), catalog)
 
 
-def render_plan(records: Iterable[Mapping[str, Any]], fmt: str = "md", title: str | None = None,
-                catalog: Catalog = DEFAULT) -> str:
+def render_plan(
+    records: Iterable[Mapping[str, Any]], fmt: str = "md", title: str | None = None, catalog: Catalog = DEFAULT
+) -> str:
     """The plan table (predicted columns only: Predicted GiB, % of GPU, Fits).
 
     ``records`` need only ``cell`` (a normalized cell as a dict) and
@@ -58,8 +68,9 @@ def render_plan(records: Iterable[Mapping[str, Any]], fmt: str = "md", title: st
 
 def plan_record(cell: Any, predicted: Mapping[str, Any] | None) -> dict[str, Any]:
     """A record-shaped dict for one predicted ``bench.cell.Cell`` (nothing measured)."""
-    return Record.of(cell, matrix=None, status=None,
-                     predicted=dict(predicted) if predicted is not None else None).to_dict(with_times=False)
+    return Record.of(
+        cell, matrix=None, status=None, predicted=dict(predicted) if predicted is not None else None
+    ).to_dict(with_times=False)
 
 
 def format_of(output: str | Path | None, fmt: str | None) -> str:
@@ -70,6 +81,8 @@ def format_of(output: str | Path | None, fmt: str | None) -> str:
         return "md"
     suffix = Path(output).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise UserError(f"-o {output}: cannot tell the format from {suffix or 'no suffix'!r}; "
-                        f"name it .md, .html or .csv, or give --format md|html|csv")
+        raise UserError(
+            f"-o {output}: cannot tell the format from {suffix or 'no suffix'!r}; "
+            f"name it .md, .html or .csv, or give --format md|html|csv"
+        )
     return _SUFFIXES[suffix]

@@ -24,8 +24,9 @@ precision, context length, batch, accumulation, checkpointing, then cell id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from bench import cell as cellmod
 from bench.report import labels
@@ -44,20 +45,33 @@ class Column:
 
 
 _SHAPE = (
-    Column("model", "Model"), Column("params", "Params", True), Column("context", "Context length", True),
-    Column("method", "Method"), Column("gpu", "GPU"), Column("precision", "Precision"),
-    Column("batch", "Batch size per GPU", True), Column("grad_accum", "Gradient accumulation", True),
+    Column("model", "Model"),
+    Column("params", "Params", True),
+    Column("context", "Context length", True),
+    Column("method", "Method"),
+    Column("gpu", "GPU"),
+    Column("precision", "Precision"),
+    Column("batch", "Batch size per GPU", True),
+    Column("grad_accum", "Gradient accumulation", True),
     Column("grad_ckpt", "Grad ckpt"),
 )
 COLUMNS = {
-    "measured": _SHAPE + (
-        Column("peak", "Peak VRAM per GPU (GiB)", True), Column("share", "% of GPU", True),
-        Column("predicted", "Predicted (GiB)", True), Column("error", "Error", True),
-        Column("tokens", "Tokens/s", True), Column("mfu", "MFU", True), Column("status", "Status"),
+    "measured": _SHAPE
+    + (
+        Column("peak", "Peak VRAM per GPU (GiB)", True),
+        Column("share", "% of GPU", True),
+        Column("predicted", "Predicted (GiB)", True),
+        Column("error", "Error", True),
+        Column("tokens", "Tokens/s", True),
+        Column("mfu", "MFU", True),
+        Column("status", "Status"),
     ),
-    "plan": _SHAPE + (
-        Column("predicted", "Predicted per GPU (GiB)", True), Column("share", "% of GPU", True),
-        Column("fits", "Fits"), Column("host", "Host RAM per node (GiB)", True),
+    "plan": _SHAPE
+    + (
+        Column("predicted", "Predicted per GPU (GiB)", True),
+        Column("share", "% of GPU", True),
+        Column("fits", "Fits"),
+        Column("host", "Host RAM per node (GiB)", True),
     ),
 }
 
@@ -83,10 +97,12 @@ def columns_for(records: list[Mapping[str, Any]], mode: str) -> tuple[Column, ..
 def _speed_values(p: Mapping[str, Any]) -> dict[str, str]:
     step, run = p.get("step_time_seconds"), p.get("run") or {}
     usd = run.get("usd")
-    return {"step": f"{step:.3f}" if step is not None else labels.MISSING,
-            "ptokens": labels.count(p.get("tokens_per_second")),
-            "time": labels.duration(run.get("seconds")) if run else labels.MISSING,
-            "cost": f"{usd:,.2f}" if usd is not None else labels.MISSING}
+    return {
+        "step": f"{step:.3f}" if step is not None else labels.MISSING,
+        "ptokens": labels.count(p.get("tokens_per_second")),
+        "time": labels.duration(run.get("seconds")) if run else labels.MISSING,
+        "cost": f"{usd:,.2f}" if usd is not None else labels.MISSING,
+    }
 
 
 @dataclass(frozen=True)
@@ -125,11 +141,22 @@ def sort_key(record: Mapping[str, Any], catalog: Catalog = DEFAULT) -> tuple:
     c = record["cell"]
     n = catalog.params_of(record)
     return (
-        n is None, n or 0, c["model"], c["gpu"], _index(cellmod.TASKS, c.get("task", "train")),
-        _index(cellmod.TUNINGS, c.get("tuning")), _index(cellmod.STRATEGIES, c.get("strategy")),
-        _index(cellmod.OFFLOADS, c.get("offload")), c.get("gpus", 1),
-        _index(cellmod.PRECISIONS, c.get("precision")), c.get("seq", 0), c.get("batch", 0),
-        c.get("grad_accum", 1), bool(c.get("grad_ckpt")), c.get("optimizer") or "", c.get("attn") or "",
+        n is None,
+        n or 0,
+        c["model"],
+        c["gpu"],
+        _index(cellmod.TASKS, c.get("task", "train")),
+        _index(cellmod.TUNINGS, c.get("tuning")),
+        _index(cellmod.STRATEGIES, c.get("strategy")),
+        _index(cellmod.OFFLOADS, c.get("offload")),
+        c.get("gpus", 1),
+        _index(cellmod.PRECISIONS, c.get("precision")),
+        c.get("seq", 0),
+        c.get("batch", 0),
+        c.get("grad_accum", 1),
+        bool(c.get("grad_ckpt")),
+        c.get("optimizer") or "",
+        c.get("attn") or "",
         record.get("cell_id", ""),
     )
 
@@ -148,9 +175,13 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
     infer = c.get("task", "train") == "infer"
     capacity = catalog.capacity_of(record)
     v = {
-        "model": labels.model(c["model"]), "params": labels.params(catalog.params_of(record)),
-        "context": labels.context(c), "method": labels.method(c), "gpu": catalog.gpu_label(c["gpu"]),
-        "precision": labels.precision(c), "batch": str(c.get("batch", labels.MISSING)),
+        "model": labels.model(c["model"]),
+        "params": labels.params(catalog.params_of(record)),
+        "context": labels.context(c),
+        "method": labels.method(c),
+        "gpu": catalog.gpu_label(c["gpu"]),
+        "precision": labels.precision(c),
+        "batch": str(c.get("batch", labels.MISSING)),
         "grad_accum": labels.MISSING if infer else str(c.get("grad_accum", 1)),
         "grad_ckpt": labels.MISSING if infer else labels.yes_no(c.get("grad_ckpt")),
         "predicted": labels.gib(p.get("peak_bytes")),

@@ -59,8 +59,9 @@ def gpus(nvml: Any | None = None) -> list[GpuInfo]:
     try:
         for i in range(nv.nvmlDeviceGetCount()):
             facts = nvmlmod.device_facts(nv, nv.nvmlDeviceGetHandleByIndex(i))
-            found.append(GpuInfo(index=i, name=facts["gpu_name"], uuid=facts["gpu_uuid"],
-                                 memory_bytes=facts["gpu_memory_bytes"]))
+            found.append(
+                GpuInfo(index=i, name=facts["gpu_name"], uuid=facts["gpu_uuid"], memory_bytes=facts["gpu_memory_bytes"])
+            )
     except nv.NVMLError:
         return _nvidia_smi()
     return found
@@ -91,8 +92,13 @@ def versions() -> dict[str, str | None]:
 def git_commit() -> str | None:
     """``git describe --always --dirty`` of the bench checkout, if it is one."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

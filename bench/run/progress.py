@@ -12,9 +12,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from bench.run.record import measured_peak
-
 from bench.dtypes import GiB as GIB
+from bench.run.record import measured_peak
 
 
 def line(record: dict[str, Any], done: int, total: int) -> str:
@@ -63,9 +62,11 @@ class Progress:
     def bar(self, width: int = 30) -> str:
         filled = int(width * self.done / self.total) if self.total else width
         eta = self.eta_seconds()
-        return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-                f"  elapsed {_clock(time.monotonic() - self.started)}"
-                f"  ETA {_clock(eta) if eta is not None else '?'}")
+        return (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+            f"  elapsed {_clock(time.monotonic() - self.started)}"
+            f"  ETA {_clock(eta) if eta is not None else '?'}"
+        )
 
     def _clear(self) -> None:
         if self.tty:

@@ -34,8 +34,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from bench import gpus
 from bench.errors import UserError
@@ -80,8 +81,10 @@ def accelerator_types(gpu: str) -> tuple[str, ...]:
     """Ray labels of a catalog GPU (any name ``bench.gpus.resolve`` accepts), most precise first."""
     name = gpus.resolve(gpu).name
     if name not in ACCELERATOR_TYPES:
-        raise UserError(f"--require-gpu-type: no Ray accelerator_type is known for {name}; "
-                        f"known: {', '.join(sorted(ACCELERATOR_TYPES))}")
+        raise UserError(
+            f"--require-gpu-type: no Ray accelerator_type is known for {name}; "
+            f"known: {', '.join(sorted(ACCELERATOR_TYPES))}"
+        )
     return ACCELERATOR_TYPES[name]
 
 
@@ -97,15 +100,22 @@ def pick_accelerator_type(gpu: str, cluster: dict[str, float]) -> tuple[str, lis
     notes = []
     shared = sorted(n for n, lbs in ACCELERATOR_TYPES.items() if label in lbs and n != gpus.resolve(gpu).name)
     if shared:
-        notes.append(f"Ray labels {', '.join(shared)} nodes {label} too; a cell that lands on one is recorded as "
-                     f"error (give {gpu} nodes --resources '{{\"{LABEL_PREFIX}{labels[0]}\": 1}}')")
+        notes.append(
+            f"Ray labels {', '.join(shared)} nodes {label} too; a cell that lands on one is recorded as "
+            f"error (give {gpu} nodes --resources '{{\"{LABEL_PREFIX}{labels[0]}\": 1}}')"
+        )
     return label, notes
 
 
 def task_options(job: Job, accelerator_type: str | None = None, retries: int = RETRIES) -> dict[str, Any]:
     """``.options(...)`` of one cell's task (``max_calls=1`` is set on the remote function itself)."""
-    options: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0 if job.device == "cpu" else job.gpus,
-                               "max_retries": retries, "retry_exceptions": False, "name": f"bench:{job.slug}"}
+    options: dict[str, Any] = {
+        "num_cpus": 1,
+        "num_gpus": 0 if job.device == "cpu" else job.gpus,
+        "max_retries": retries,
+        "retry_exceptions": False,
+        "name": f"bench:{job.slug}",
+    }
     if accelerator_type is not None:
         options["accelerator_type"] = accelerator_type
     return options
@@ -117,8 +127,10 @@ def card_problem(target: str, found: list[machine.GpuInfo], ids: list[int]) -> s
     for info in (g for g in found if g.index in ids):
         have = gpus.from_nvml_name(info.name, info.memory_bytes)
         if have is None or have.name != want.name:
-            return (f"--require-gpu-type: this node's GPU {info.index} is {info.name!r} "
-                    f"({have.name if have else 'not in the catalog'}), the matrix targets {want.name}")
+            return (
+                f"--require-gpu-type: this node's GPU {info.index} is {info.name!r} "
+                f"({have.name if have else 'not in the catalog'}), the matrix targets {want.name}"
+            )
     return None
 
 
@@ -164,8 +176,13 @@ def place_files(cell: dict[str, Any], files: dict[str, dict[str, Any]], root: Pa
     return cell
 
 
-def run_on_node(job_dict: dict[str, Any], files: dict[str, dict[str, Any]], env: dict[str, str],
-                require_gpu_type: bool = False, accelerator_type: str | None = None) -> dict[str, Any]:
+def run_on_node(
+    job_dict: dict[str, Any],
+    files: dict[str, dict[str, Any]],
+    env: dict[str, str],
+    require_gpu_type: bool = False,
+    accelerator_type: str | None = None,
+) -> dict[str, Any]:
     """The Ray task: run one cell's worker on this node as ``LocalExecutor`` would; return its result."""
     import ray
 
@@ -175,9 +192,12 @@ def run_on_node(job_dict: dict[str, Any], files: dict[str, dict[str, Any]], env:
         else:
             os.environ.pop(key, None)
     device = job_dict["device"]
-    node = {**machine.environment(device), "executor": "ray",
-            "ray_node_id": ray.get_runtime_context().get_node_id(),
-            "ray_node_ip": ray.util.get_node_ip_address()}
+    node = {
+        **machine.environment(device),
+        "executor": "ray",
+        "ray_node_id": ray.get_runtime_context().get_node_id(),
+        "ray_node_ip": ray.util.get_node_ip_address(),
+    }
     if accelerator_type is not None:
         node["ray_accelerator_type"] = accelerator_type
     ids: list[int] = []
@@ -186,8 +206,10 @@ def run_on_node(job_dict: dict[str, Any], files: dict[str, dict[str, Any]], env:
         try:
             ids = [int(i) for i in ray.get_gpu_ids()]
         except ValueError:
-            problem = (f"Ray gave this cell GPUs by UUID ({ray.get_gpu_ids()}); "
-                       f"start the node's raylet with CUDA_VISIBLE_DEVICES as indices, or unset")
+            problem = (
+                f"Ray gave this cell GPUs by UUID ({ray.get_gpu_ids()}); "
+                f"start the node's raylet with CUDA_VISIBLE_DEVICES as indices, or unset"
+            )
         if problem is None and require_gpu_type:
             problem = card_problem(job_dict["cell"]["gpu"], machine.gpus(), ids)
     if problem is not None:
@@ -206,7 +228,7 @@ def failure(error: Exception, retries: int) -> dict[str, Any]:
     import ray.exceptions as rex
 
     lines = str(error).strip().splitlines()
-    text = "\n".join(lines[-outcome.TAIL_LINES:])[-outcome.TAIL_CHARS:]
+    text = "\n".join(lines[-outcome.TAIL_LINES :])[-outcome.TAIL_CHARS :]
     name = type(error).__name__
     if isinstance(error, rex.OutOfMemoryError):  # Ray's memory monitor: the host ran out, as the OOM killer locally
         return outcome.failed(f"ray: {name}: the node ran out of host memory\n{text}".rstrip(), "oom")
@@ -224,9 +246,11 @@ def describe_cluster(nodes: list[dict[str, Any]]) -> str:
     for n in alive:
         for k, v in (n.get("Resources") or {}).items():
             total[k] = total.get(k, 0) + v
-    labels = sorted(k[len(LABEL_PREFIX):] for k in total if k.startswith(LABEL_PREFIX))
-    return (f"{len(alive)} node{'s' if len(alive) != 1 else ''}, {total.get('CPU', 0):g} CPU, "
-            f"{total.get('GPU', 0):g} GPU" + (f" ({', '.join(labels)})" if labels else ""))
+    labels = sorted(k[len(LABEL_PREFIX) :] for k in total if k.startswith(LABEL_PREFIX))
+    return (
+        f"{len(alive)} node{'s' if len(alive) != 1 else ''}, {total.get('CPU', 0):g} CPU, "
+        f"{total.get('GPU', 0):g} GPU" + (f" ({', '.join(labels)})" if labels else "")
+    )
 
 
 def fits_somewhere(options: dict[str, Any], nodes: list[dict[str, Any]]) -> bool:
@@ -234,8 +258,9 @@ def fits_somewhere(options: dict[str, Any], nodes: list[dict[str, Any]]) -> bool
     need = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0)}
     if options.get("accelerator_type"):
         need[LABEL_PREFIX + options["accelerator_type"]] = 0.001
-    return any(all((n.get("Resources") or {}).get(k, 0) >= v for k, v in need.items() if v)
-               for n in nodes if n.get("Alive"))
+    return any(
+        all((n.get("Resources") or {}).get(k, 0) >= v for k, v in need.items() if v) for n in nodes if n.get("Alive")
+    )
 
 
 def needs(options: dict[str, Any]) -> str:
@@ -259,8 +284,13 @@ class RayExecutor:
     remote = True
     """Cells run on other hosts: this host's GPUs (or their absence) say nothing about them."""
 
-    def __init__(self, address: str | None = None, require_gpu_type: bool = False, retries: int = RETRIES,
-                 err: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        require_gpu_type: bool = False,
+        retries: int = RETRIES,
+        err: TextIO | None = None,
+    ) -> None:
         if importlib.util.find_spec("ray") is None:  # before the runner writes anything
             raise UserError(NO_RAY)
         self.address = address
@@ -283,9 +313,11 @@ class RayExecutor:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise UserError(f"--executor ray: cannot connect to a Ray cluster at {address!r} ({first}); "
-                                f"start one (`ray start --head`) or give --address HOST:PORT or "
-                                f"ray://HOST:10001") from None
+                raise UserError(
+                    f"--executor ray: cannot connect to a Ray cluster at {address!r} ({first}); "
+                    f"start one (`ray start --head`) or give --address HOST:PORT or "
+                    f"ray://HOST:10001"
+                ) from None
             print(f"ray: connected to {address}: {describe_cluster(ray.nodes())}", file=self.err, flush=True)
         self._ray = ray
         return ray
@@ -319,10 +351,14 @@ class RayExecutor:
                 need = needs(options)
                 if need not in warned and not fits_somewhere(options, nodes):
                     warned.add(need)
-                    print(f"note: no node has {need} now; such cells wait until one joins (Ctrl-C stops)",
-                          file=self.err, flush=True)
-                ref = task.options(**options).remote(job.to_dict(), files_of(job.cell), env,
-                                                     self.require_gpu_type, label)
+                    print(
+                        f"note: no node has {need} now; such cells wait until one joins (Ctrl-C stops)",
+                        file=self.err,
+                        flush=True,
+                    )
+                ref = task.options(**options).remote(
+                    job.to_dict(), files_of(job.cell), env, self.require_gpu_type, label
+                )
                 pending[ref] = job
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

@@ -32,16 +32,24 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.methods import ranks
-from bench.worker import nvml
 from bench.status import ERROR, EXIT_OOM, OK, OOM, is_oom_text
+from bench.worker import nvml
 
 INJECT_ENV = "BENCH_WORKER_INJECT"
-PEAK_KEYS = ("peak_nvml_process_bytes", "peak_nvml_device_bytes", "peak_torch_allocated_bytes",
-             "peak_torch_reserved_bytes", "peak_host_rss_bytes", "alloc_retries", "ooms")
+PEAK_KEYS = (
+    "peak_nvml_process_bytes",
+    "peak_nvml_device_bytes",
+    "peak_torch_allocated_bytes",
+    "peak_torch_reserved_bytes",
+    "peak_host_rss_bytes",
+    "alloc_retries",
+    "ooms",
+)
 
 
 RUNNER_PID_ENV = "BENCH_RUNNER_PID"
@@ -115,28 +123,43 @@ def cap_memory(cell: Any, enabled: bool) -> dict[str, Any]:
     overhead = recipe.of(cell).outside_allocator_bytes
     fraction = max(0.0, (target - overhead) / total)
     torch.cuda.set_per_process_memory_fraction(fraction, index)
-    return {"emulated_target": True, "memory_fraction": fraction, "target_memory_bytes": target,
-            "overhead_estimate_bytes": overhead}
+    return {
+        "emulated_target": True,
+        "memory_fraction": fraction,
+        "target_memory_bytes": target,
+        "overhead_estimate_bytes": overhead,
+    }
 
 
 def torch_peaks(device: str) -> dict[str, Any]:
     import torch
 
     if device != "cuda" or not torch.cuda.is_initialized():
-        return {"peak_torch_allocated_bytes": None, "peak_torch_reserved_bytes": None,
-                "alloc_retries": None, "ooms": None}
+        return {
+            "peak_torch_allocated_bytes": None,
+            "peak_torch_reserved_bytes": None,
+            "alloc_retries": None,
+            "ooms": None,
+        }
     stats = torch.cuda.memory_stats()
-    return {"peak_torch_allocated_bytes": torch.cuda.max_memory_allocated(),
-            "peak_torch_reserved_bytes": torch.cuda.max_memory_reserved(),
-            "alloc_retries": stats.get("num_alloc_retries", 0), "ooms": stats.get("num_ooms", 0)}
+    return {
+        "peak_torch_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "peak_torch_reserved_bytes": torch.cuda.max_memory_reserved(),
+        "alloc_retries": stats.get("num_alloc_retries", 0),
+        "ooms": stats.get("num_ooms", 0),
+    }
 
 
 def runtime_environment(device: str, sampler: nvml.Sampler) -> dict[str, Any]:
     """What only the child knows: the CUDA runtime and the card it runs on."""
     import torch
 
-    env: dict[str, Any] = {"device": device, "torch_version": torch.__version__, "cuda": torch.version.cuda,
-                           "world_size": ranks.world_size()}
+    env: dict[str, Any] = {
+        "device": device,
+        "torch_version": torch.__version__,
+        "cuda": torch.version.cuda,
+        "world_size": ranks.world_size(),
+    }
     if device == "cuda" and sampler.nvml is not None:
         try:
             env.update(nvml.device_facts(sampler.nvml, sampler.handle))
@@ -159,8 +182,13 @@ def combine_ranks(measured: dict[str, Any]) -> dict[str, Any]:
     for key in PEAK_KEYS:
         values = [m.get(key) for m in everyone if m and m.get(key) is not None]
         out[key] = max(values) if values else None
-    for key in ("peak_nvml_process_bytes", "peak_torch_allocated_bytes", "peak_torch_reserved_bytes",
-                "peak_host_rss_bytes", "resident_bytes"):
+    for key in (
+        "peak_nvml_process_bytes",
+        "peak_torch_allocated_bytes",
+        "peak_torch_reserved_bytes",
+        "peak_host_rss_bytes",
+        "resident_bytes",
+    ):
         out[f"{key}_per_rank"] = [m.get(key) for m in everyone]
     return out
 

@@ -66,8 +66,9 @@ def peak_tflops(cell: Cell, gpu_name: str | None = None, memory_bytes: int | Non
         return None, card.name
 
 
-def throughput(cell: Cell, timing: dict[str, Any], encoder_decoder: bool, device: str,
-               peak: float | None = None) -> dict[str, Any]:
+def throughput(
+    cell: Cell, timing: dict[str, Any], encoder_decoder: bool, device: str, peak: float | None = None
+) -> dict[str, Any]:
     """``step_time_median_seconds``, tokens/samples per second, TFLOP/s and MFU.
 
     ``peak`` is the card's dense peak TFLOP/s (``peak_tflops``); MFU is ``None``
@@ -75,8 +76,13 @@ def throughput(cell: Cell, timing: dict[str, Any], encoder_decoder: bool, device
     """
     times = timing.get("step_times_seconds") or []
     if not times:
-        return {"step_time_median_seconds": None, "tokens_per_second": None, "samples_per_second": None,
-                "tflops_achieved": None, "mfu": None}
+        return {
+            "step_time_median_seconds": None,
+            "tokens_per_second": None,
+            "samples_per_second": None,
+            "tflops_achieved": None,
+            "mfu": None,
+        }
     median = statistics.median(times)
     flops = flops_per_step(cell, timing["parameters"], timing["trainable_parameters"], encoder_decoder)
     tflops = flops / median / 1e12

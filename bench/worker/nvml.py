@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.worker import procmem
 
@@ -101,11 +102,20 @@ class Sampler:
     ``memory_samples``.
     """
 
-    def __init__(self, *, device: str = "cuda", index: int | str = 0, interval_s: float | None = None,
-                 nvml: Any | None = None, root_pid: int | None = None,
-                 pids: Callable[[], set[int]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        device: str = "cuda",
+        index: int | str = 0,
+        interval_s: float | None = None,
+        nvml: Any | None = None,
+        root_pid: int | None = None,
+        pids: Callable[[], set[int]] | None = None,
+    ) -> None:
         self.device = device
-        self.interval_s = interval_s if interval_s is not None else (INTERVAL_S if device == "cuda" else HOST_INTERVAL_S)
+        self.interval_s = (
+            interval_s if interval_s is not None else (INTERVAL_S if device == "cuda" else HOST_INTERVAL_S)
+        )
         self.root_pid = os.getpid() if root_pid is None else root_pid
         self._pids_fn = pids or (lambda: procmem.tree(self.root_pid))
         self._pids: set[int] = {self.root_pid}
@@ -162,7 +172,7 @@ class Sampler:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def start(self, threaded: bool = True) -> "Sampler":
+    def start(self, threaded: bool = True) -> Sampler:
         """Take the baseline and the first reading; sample on a thread unless ``threaded=False``."""
         if self.nvml is not None:
             self.baseline_device = self._device_used()
@@ -204,7 +214,7 @@ class Sampler:
             "memory_samples": self.samples,
         }
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -19,7 +19,8 @@ import argparse
 import json
 import sys
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 MODEL_CODE = ("/transformers/", "/peft/", "/deepspeed/", "/bench/")
 """Frames that name the model code responsible for an allocation."""
@@ -72,9 +73,12 @@ def live_at_peak(events: Iterable[dict[str, Any]], top: int = 30) -> dict[str, A
         groups[where][0] += 1
         groups[where][1] += size
     ordered = sorted(groups.items(), key=lambda kv: -kv[1][1])
-    return {"peak_bytes": peak, "blocks": len(peak_live),
-            "groups": [{"where": w, "count": c, "bytes": b} for w, (c, b) in ordered[:top]],
-            "other_bytes": sum(b for _, (_, b) in ordered[top:])}
+    return {
+        "peak_bytes": peak,
+        "blocks": len(peak_live),
+        "groups": [{"where": w, "count": c, "bytes": b} for w, (c, b) in ordered[:top]],
+        "other_bytes": sum(b for _, (_, b) in ordered[top:]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.memory._record_memory_history(enabled=None)
     result = live_at_peak(snap["device_traces"][0], top=a.top)
     result.update(cell=cell.slug, max_memory_allocated=torch.cuda.max_memory_allocated())
-    print(f"{cell.slug}: max_memory_allocated {result['max_memory_allocated'] / 2**30:.3f} GiB, "
-          f"traced peak {result['peak_bytes'] / 2**30:.3f} GiB in {result['blocks']} blocks")
+    print(
+        f"{cell.slug}: max_memory_allocated {result['max_memory_allocated'] / 2**30:.3f} GiB, "
+        f"traced peak {result['peak_bytes'] / 2**30:.3f} GiB in {result['blocks']} blocks"
+    )
     for g in result["groups"]:
         print(f"  {g['bytes'] / 2**20:10.1f} MiB  {g['count']:5d}  {g['where']}")
     print(f"  {result['other_bytes'] / 2**20:10.1f} MiB         (the rest)")
