@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError, allowed
+from bench.limits import CELL_MAX, short
 
 TASKS = ("train", "infer")
 TUNINGS = ("full", "lora", "qlora")
@@ -217,7 +218,11 @@ def _file_token(value: str) -> str:
 def _int(raw: dict, key: str, problems: list[str], where: str, minimum: int = 1) -> int | None:
     v = raw.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        problems.append(f"{where}{key}: {v!r} is not allowed; allowed: an integer >= {minimum}")
+        problems.append(f"{where}{key}: {short(v)} is not allowed; allowed: an integer >= {minimum}")
+        return None
+    most = CELL_MAX.get(key)
+    if most is not None and v > most:
+        problems.append(f"{where}{key}: {short(v)} is not allowed; allowed: an integer from {minimum} to {most:,}")
         return None
     return v
 

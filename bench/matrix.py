@@ -1,6 +1,6 @@
 """Matrix files: load, apply overrides, expand into cells, validate.
 
-A matrix is YAML (loaded with ``yaml.safe_load``)::
+A matrix is YAML (loaded with ``bench.yamlsafe``: safe, no duplicate keys, bounded depth and aliases)::
 
     name: v100                 # results go to results/<gpu>/<name>/
     gpu: v100-16gb
@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import cell as cellmod
-from bench import dsconfig, gpus, models, recipe
+from bench import dsconfig, gpus, models, recipe, yamlsafe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
+from bench.limits import short
 
 TOP_KEYS = ("name", "gpu", "description", "defaults", "sweep", "exclude", "include")
 CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
@@ -67,9 +66,9 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key or "" in key.split("."):
             raise UserError(f"override {a!r} is not key=value (e.g. batch=[1,2], gpu=a100-80gb or defaults.seq=512)")
         try:
-            out.append((key, yaml.safe_load(value)))
-        except yaml.YAMLError:
-            raise UserError(f"override {key}: {value!r} is not a valid value; allowed: a YAML scalar or [list]") from None
+            out.append((key, yamlsafe.loads(value, f"override {key}")))
+        except yamlsafe.NotYaml:
+            raise UserError(f"override {key}: {short(value)} is not a valid value; allowed: a YAML scalar or [list]") from None
     return out
 
 
@@ -108,12 +107,15 @@ def _override_field(doc: dict[str, Any], key: str, value: Any) -> None:
             doc[section] = {}
         sections[section] = doc[section] if isinstance(doc[section], dict) else {}  # a bad one is reported by load
     sweep, defaults = sections["sweep"], sections["defaults"]
+    was_axis = any(k in sweep for k in drop)
     for k in drop:
         defaults.pop(k, None)
         if k != key:
             sweep.pop(k, None)
     if isinstance(value, list):
         sweep[key] = value  # keeps the axis's place when the sweep had it
+    elif was_axis:
+        sweep[key] = [value]  # a one-value axis: the only axis of a sweep must not vanish
     else:
         sweep.pop(key, None)
         defaults[key] = value
@@ -356,12 +358,8 @@ def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
 def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     """Read, override, expand and validate a matrix; every problem at once."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UserError(f"matrix: {str(path)!r} cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"matrix: {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+    text = yamlsafe.read_text(path, "matrix")
+    doc = yamlsafe.loads(text, f"matrix: {str(path)!r}")
     if not isinstance(doc, dict):
         raise UserError(f"matrix: {str(path)!r} must be a YAML mapping with keys {', '.join(TOP_KEYS)}")
     doc = apply_overrides(doc, parse_overrides(overrides or []))
