@@ -13,13 +13,14 @@ own defaults for absent keys (``deepspeed/runtime/zero/config.py``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import userfile
 from bench.dtypes import HALF_OF
 from bench.errors import UserError
+from bench.limits import DS_MAX_ELEMENTS, short
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 """The strategies DeepSpeed runs, and their ZeRO stage."""
@@ -74,21 +75,22 @@ def _load(path: str) -> dict[str, Any]:
     p = Path(path)
     path = _shown(path)
     try:
-        data = json.loads(p.read_text())
-    except OSError as e:
-        raise UserError(f"ds_config: {path!r} cannot be read ({e.strerror}); give a path to a DeepSpeed JSON file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"ds_config: {path!r} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        text = userfile.read_text(p, "ds_config")
+    except UserError as e:
+        raise UserError(f"{e.problems[0]}; give a path to a DeepSpeed JSON file") from None
+    data = userfile.loads_json(text, f"ds_config {path!r}")  # NaN and Infinity are no JSON numbers
     if not isinstance(data, dict):
         raise UserError(f"ds_config: {path!r} must hold a JSON object")
     return data
 
 
 def _num(v: Any, auto: float, key: str, path: str) -> int:
+    """A size or threshold in elements: a number from 0 to ``DS_MAX_ELEMENTS``, or ``"auto"``."""
     if v == "auto":
         return int(auto)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise UserError(f"ds_config {path}: {key}: {v!r} is not allowed; allowed: a number or \"auto\"")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= DS_MAX_ELEMENTS:
+        raise UserError(f"ds_config {path}: {key}: {short(v)} is not allowed; "
+                        f"allowed: a number of elements from 0 to {DS_MAX_ELEMENTS:.0e}, or \"auto\"")
     return int(v)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cell as cellmod
-from bench import dsconfig, gpus, models, recipe, yamlsafe
+from bench import dsconfig, gpus, models, recipe, userfile, yamlsafe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
 from bench.limits import short
@@ -358,7 +358,7 @@ def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
 def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     """Read, override, expand and validate a matrix; every problem at once."""
     path = Path(path)
-    text = yamlsafe.read_text(path, "matrix")
+    text = userfile.read_text(path, "matrix")
     doc = yamlsafe.loads(text, f"matrix: {str(path)!r}")
     if not isinstance(doc, dict):
         raise UserError(f"matrix: {str(path)!r} must be a YAML mapping with keys {', '.join(TOP_KEYS)}")

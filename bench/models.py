@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from bench import configcheck, userfile
 from bench.errors import UserError
+from bench.limits import short
 
 # model_type -> (config key, default) of a fixed-size position table: learned
 # absolute embeddings, or the precomputed sin/cos table of GPT-J/CodeGen, which
@@ -30,7 +32,6 @@ _POSITION_TABLES = {
     "gptj": ("n_positions", 2048),
     "codegen": ("n_positions", 2048),
 }
-_ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "encoder-decoder"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class ModelSpec:
 
     @property
     def is_encoder_decoder(self) -> bool:
-        return bool(self.config.get("is_encoder_decoder")) or self.model_type in _ENCODER_DECODER_TYPES
+        return configcheck.is_encoder_decoder(self.config)
 
     @property
     def layers(self) -> int | None:
@@ -141,12 +142,16 @@ def resolve(model) -> ModelSpec:
 
 
 def _load_user_config(model: str, path: Path) -> ModelSpec:
+    what = f"model {str(path)!r}"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"model: {model!r} is not a readable JSON config ({exc})") from None
+        config = userfile.load_json(path, "model")
+    except UserError as e:
+        raise UserError(f"model: {model!r} is not a readable JSON config ({e.problems[0].removeprefix(what + ': ').removeprefix(what + ' ')})") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise UserError(f"model: {model!r} has no 'model_type'; give a Hugging Face config.json")
+    found = configcheck.problems(config, f"model: {model!r}: ")
+    if found:
+        raise UserError(*found)
     return ModelSpec(name=str(path), hub_id=None, config=config)
 
 
@@ -183,15 +188,21 @@ def build(spec: ModelSpec, *, device="meta", dtype=None, attn: str | None = None
 
     if attn is not None:
         config_overrides.setdefault("attn_implementation", attn)
-    cfg = hf_config(spec, **config_overrides)
     auto = AutoModelForSeq2SeqLM if spec.is_encoder_decoder else AutoModelForCausalLM
     kwargs = {}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if attn is not None:
         kwargs["attn_implementation"] = attn
-    with torch.device(device):
-        model = auto.from_config(cfg, **kwargs)
+    try:
+        cfg = hf_config(spec, **config_overrides)
+        with torch.device(device):
+            model = auto.from_config(cfg, **kwargs)
+    except Exception as e:  # what transformers (and huggingface_hub's validators) raise for a bad config
+        if spec.name in _catalog()[0] or isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
+            raise  # a shipped config that does not build is a bug; an OOM is a measurement
+        raise UserError(f"model: {spec.name}: transformers cannot build this config "
+                        f"({type(e).__name__}: {short(str(e))})") from None
     if spec.config.get("tie_word_embeddings") is False:
         _untie_output_embeddings(model)
     return model

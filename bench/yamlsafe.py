@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from bench.errors import UserError
-from bench.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, short
+from bench.limits import MAX_DEPTH, MAX_NODES, short
+from bench.userfile import read_text
 
 
 class NotYaml(UserError):
@@ -119,22 +120,6 @@ def loads(text: str, what: str) -> Any:
         raise UserError(f"{what}: a value cannot be read ({type(e).__name__}: {short(str(e))})") from None
     finally:
         loader.dispose()
-
-
-def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of a user file of at most ``MAX_FILE_BYTES``."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise UserError(f"{what}: {str(path)!r} cannot be read ({e.strerror or e})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise UserError(f"{what}: {str(path)!r} is larger than {MAX_FILE_BYTES // 2**20} MiB; allowed: a smaller file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what}: {str(path)!r} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
-                        f"allowed: a UTF-8 file") from None
 
 
 def load(path: Path | str, what: str = "file") -> Any:
