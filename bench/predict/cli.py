@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from bench.errors import UserError
 
@@ -202,9 +201,11 @@ def plan_entries(m, want_max_batch: bool, tokens: int | None = None, price_table
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from bench import matrix
+    from bench import destination, matrix
     from bench.report.render import plan_record, render_plan
 
+    if a.output:
+        destination.check_file(a.output)  # before any work: never fail after the table was shown
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
@@ -216,8 +217,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         table = render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}")
         sys.stdout.write(table)
         if a.output:
-            Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.output).write_text(table)
+            destination.write_text(a.output, table)
     errors = [e for e in entries if "error" in e]
     for e in errors:
         print(f"error: cell {e['cell_id']} ({e['cell']['model']}): {e['error']}", file=sys.stderr)

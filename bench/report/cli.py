@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from bench import store
+from bench import destination, store
 from bench.errors import UserError
 from bench.report import compare as comparemod
 from bench.report.render import FORMATS, format_of, render
@@ -31,13 +30,13 @@ def _records(paths: list[str], what: str) -> list[dict]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     fmt = format_of(args.output, args.format)
+    if args.output is not None:
+        destination.check_file(args.output)
     text = render(_records(args.results, "report"), fmt, title=args.title)
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out = destination.write_text(args.output, text)
     print(f"wrote {out} ({fmt})", file=sys.stderr)
     return 0
 
