@@ -25,8 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from bench import record, status
+from bench import record, status, userfile
 from bench.errors import UserError
+from bench.limits import short
 
 SCHEMA_VERSION = record.SCHEMA_VERSION
 STATUSES = status.ALL
@@ -72,11 +73,13 @@ def load_record(path: Path) -> dict[str, Any]:
     """Read one record; refuse other schema versions with the fix."""
     path = Path(path)
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise UserError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from None
+        rec = userfile.load_json(path, "record", finite=False)
+    except UserError as e:  # unreadable, not UTF-8, not JSON, too large or too deep
+        raise UserError(f"{path}: not a readable result file ({e.problems[0]})") from None
     if not isinstance(rec, dict) or "cell_id" not in rec:
         raise UserError(f"{path}: not a bench result record (no cell_id)")
+    if not isinstance(rec["cell_id"], str) or not rec["cell_id"]:
+        raise UserError(f"{path}: not a bench result record (cell_id {short(rec['cell_id'])} is not text)")
     version = rec.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(
@@ -92,12 +95,31 @@ def record_files(paths: Iterable[Path | str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += [f for f in p.rglob("*.json") if f.name != "machine.json" and not f.name.startswith(".tmp")]
+            out += [f for f in _json_files(p) if f.name != "machine.json" and not f.name.startswith(".tmp")]
         elif p.is_file():
             out.append(p)
         else:
             raise UserError(f"results: {str(p)!r} does not exist; give result folders or record files")
     return sorted(set(out))
+
+
+def _json_files(folder: Path) -> list[Path]:
+    """Every ``*.json`` below ``folder`` (symlinked folders followed once); a folder that
+    cannot be listed is a ``UserError``, never a silent gap in a report."""
+
+    def unreadable(e: OSError) -> None:
+        raise UserError(f"results: {str(e.filename)!r} cannot be read ({e.strerror or e}); "
+                        f"allowed: folders bench can list")
+
+    out, seen = [], set()
+    for top, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        out += [Path(top) / f for f in files if f.endswith(".json")]
+    return out
 
 
 def load_records(paths: Iterable[Path | str]) -> list[dict[str, Any]]:

@@ -15,14 +15,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import destination, store
+from bench import destination, recordshape, store
 from bench.errors import UserError
 from bench.report import compare as comparemod
 from bench.report.render import FORMATS, format_of, render
 
 
+MAX_WARNINGS = 20
+"""Skipped records named one by one; past this many, one line counts the rest."""
+
+
 def _records(paths: list[str], what: str) -> list[dict]:
-    records = store.load_records(paths)
+    """The sound records under ``paths``; each unsound one is left out with one warning line."""
+    records, skipped = [], []
+    for path in store.record_files(paths):
+        rec = store.load_record(path)
+        bad = recordshape.problems(rec)
+        if bad:
+            skipped.append(f"warning: {path}: left out: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        else:
+            records.append(rec)
+    for line in skipped[:MAX_WARNINGS]:
+        print(line, file=sys.stderr)
+    if len(skipped) > MAX_WARNINGS:
+        print(f"warning: {len(skipped) - MAX_WARNINGS} more records left out", file=sys.stderr)
     if not records:
         raise UserError(f"{what}: no result records under {', '.join(paths)}; run `bench run MATRIX` first")
     return records

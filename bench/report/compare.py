@@ -1,6 +1,7 @@
 """Comparison of two result sets, cell by cell (matched by ``cell_id``).
 
-For each cell, measured peak VRAM (NVML per process) and throughput
+For each cell, the measured peak (NVML per process on a GPU, host RSS on
+``--device cpu``: ``bench.run.record.measured_peak``) and throughput
 (tokens/s) of B against A, and a mark:
 
 - ``new failure``: ok in A, OOM/timeout/error in B (a regression)
@@ -24,6 +25,7 @@ from typing import Any, Iterable, Mapping
 from bench import status
 from bench.errors import UserError
 from bench.report import labels
+from bench.run.record import measured_peak
 
 MARKS = ("new failure", "worse", "better", "fixed", "not comparable", "only in A", "only in B", "same")
 REGRESSIONS = ("new failure", "worse")
@@ -89,8 +91,10 @@ def _delta(a: float | None, b: float | None) -> float | None:
 
 
 def _metrics(record: Mapping[str, Any] | None) -> tuple[float | None, float | None]:
+    """(peak, tokens/s); the peak that decides a fit on the record's device (host RSS on the CPU)."""
     m = (record or {}).get("measured") or {}
-    return m.get("peak_nvml_process_bytes"), m.get("tokens_per_second")
+    device = ((record or {}).get("environment") or {}).get("device") or "cuda"
+    return measured_peak(m, device), m.get("tokens_per_second")
 
 
 def _mark(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds) -> str:
