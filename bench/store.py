@@ -15,12 +15,15 @@ A record is plain data (never executed)::
 
 Files are written to a temporary name in the same folder and renamed, so a
 killed writer leaves either the old file or the new one, never half of one.
+The temporary name says who writes it (``.tmp-<pid>@<host>-*.json``), so that
+``writer_gone`` can tell a leftover of a killed writer from a file being written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -36,11 +39,46 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
+def _host_tag(host: str) -> str:
+    """A host name as it can stand in a file name (no ``-``, which separates the parts)."""
+    return "".join(ch if ch.isalnum() or ch == "." else "_" for ch in host)[:64]
+
+
+def temp_prefix() -> str:
+    """The prefix of this process's temporary files: ``.tmp-<pid>@<host>-``."""
+    return f".tmp-{os.getpid()}@{_host_tag(socket.gethostname())}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def writer_gone(name: str) -> bool | None:
+    """Whether the writer of the temporary file ``name`` is gone: ``None`` when the name
+    says no writer on this host (an older bench, or another host sharing the folder)."""
+    parts = name.split("-", 2)
+    if len(parts) < 3 or "@" not in parts[1]:
+        return None
+    pid, _, host = parts[1].partition("@")
+    if not pid.isdigit() or host != _host_tag(socket.gethostname()):
+        return None
+    return not pid_alive(int(pid))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` via temp file + fsync + rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)

@@ -7,6 +7,7 @@ Registers the ``run`` verb with the top-level parser. Importing this module
 from __future__ import annotations
 
 import argparse
+import math
 
 EXECUTORS = ("local", "ray")
 
@@ -44,8 +45,8 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0 seconds")
+    if not 0 < value < math.inf:  # also refuses nan, which compares false and would disable the timeout
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout must be > 0 seconds and finite")
     return value
 
 

@@ -148,7 +148,7 @@ class LocalExecutor:
         running: list[_Running] = []
         capacity = 1 if not self.gpu_ids else len(self.gpu_ids)
         free = list(self.gpu_ids) or [-1]
-        with tempfile.TemporaryDirectory(prefix="bench-run-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"bench-run-{os.getpid()}-") as scratch:  # bench.run.leftovers
             try:
                 while pending or running:
                     for job in list(pending):

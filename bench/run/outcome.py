@@ -4,7 +4,8 @@ An OOM is a measurement, not a crash. The worker catches
 ``torch.OutOfMemoryError`` itself and writes ``OUT.json`` with status ``oom``
 and the peaks it reached; ``classify`` also recognises an OOM the worker could
 not report (another rank's traceback in the output, or the kernel's OOM killer
-sending SIGKILL when host memory ran out, e.g. under CPU offload). Whatever is
+sending SIGKILL when host memory ran out, e.g. under CPU offload, or a host
+allocation that failed on ``--device cpu``). Whatever is
 not ``ok`` keeps the tail of the child's output, so the store says why.
 """
 

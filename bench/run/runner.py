@@ -18,15 +18,20 @@ ended ``error`` or ``timeout``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from bench import cell as cellmod, matrix as matrixmod
+from bench import cell as cellmod, destination, matrix as matrixmod
 from bench.cell import Cell
 from bench.errors import UserError
-from bench.run import machine, maxbatch, prediction, record
+from bench.run import fallback, leftovers, machine, maxbatch, prediction, record
+from bench.run.leftovers import clean_stale_temps
+from bench.run.lock import RunnerLock
 from bench.run.executor import Executor, Job, LocalExecutor
 from bench.run.progress import Progress
 from bench.store import Store
@@ -78,13 +83,6 @@ def visible_gpu_ids(found: list[machine.GpuInfo], env: dict[str, str] | None = N
     return ids
 
 
-def clean_stale_temps(folder: Path) -> None:
-    """Remove half-written ``.tmp-*`` files a killed writer left in a matrix folder."""
-    if folder.is_dir():
-        for f in folder.glob(".tmp-*"):
-            f.unlink(missing_ok=True)
-
-
 class Runner:
     """One ``bench run``: the matrix, the store, the executor and the progress."""
 
@@ -98,6 +96,9 @@ class Runner:
         found = machine.gpus() if opts.device != "cpu" and not remote else []
         usable = visible_gpu_ids(found)
         self.device = (opts.device or "cuda") if remote else pick_device(opts.device, usable)
+        destination.check_folder(opts.results)  # before anything is printed or run
+        if executor is None:
+            destination.check_folder(tempfile.gettempdir(), "the temporary folder (TMPDIR)")
         self.store = Store(opts.results)
         self.executor = executor or LocalExecutor(usable if self.device == "cuda" else [])
         self.found = found
@@ -117,7 +118,7 @@ class Runner:
         def on_done(job: Job, result: dict[str, Any]) -> None:
             c = by_id[job.cell_id]
             rec = record.build(job, c, result, predicted.get(c.cell_id), self.environment)
-            self.store.write(rec)
+            self.write(rec)
             self.statuses[c.cell_id] = rec["status"]
             progress.cell_done(rec)
             if then is not None:
@@ -125,7 +126,24 @@ class Runner:
 
         self.executor.run([self.job(c) for c in cells], on_done)
 
+    def write(self, rec: dict[str, Any]) -> None:
+        """Persist one record; if the store cannot take it, keep it elsewhere and stop."""
+        try:
+            self.store.write(rec)
+        except OSError as e:
+            raise fallback.keep(rec, self.store.path(self.matrix.gpu, rec["matrix"], rec["cell_id"]),
+                                e, self.err) from None
+
     def run(self) -> int:
+        """Take the results folder's lock, run (``_run``), and always let go of it."""
+        folder = self.store.folder(self.matrix.gpu, self.matrix.name)
+        held = RunnerLock(folder).acquire(self.matrix.path)
+        try:
+            return self._run()
+        finally:
+            held.release()
+
+    def _run(self) -> int:
         m, opts = self.matrix, self.opts
         done = set() if opts.force else self.store.completed(m.gpu, m.name, opts.retry_failed)
         todo = [c for c in m.cells if c.cell_id not in done]
@@ -133,7 +151,12 @@ class Runner:
         print(f"{m.path}: {len(m.cells)} cells, {len(m.cells) - len(todo)} already in {folder}, "
               f"{len(todo)} to run on {self.device}", file=self.out, flush=True)
         clean_stale_temps(folder)
-        self.store.write_machine(m.gpu, {**machine.describe(self.device, self.found), "executor": opts.executor})
+        leftovers.clean_scratch()
+        try:
+            self.store.write_machine(m.gpu, {**machine.describe(self.device, self.found), "executor": opts.executor})
+        except OSError as e:
+            raise UserError(f"--results {str(self.store.root)!r}: machine.json cannot be written "
+                            f"({e.strerror or e}); nothing was run") from None
         self.environment = machine.environment(self.device)
         if opts.find_max_batch:
             self.find_max_batch(list(m.cells), done)
@@ -147,6 +170,12 @@ class Runner:
 
     def run_cells(self, todo: list[Cell]) -> None:
         predicted = prediction.Pending(todo)
+        try:
+            self._run_cells(todo, predicted)
+        finally:
+            predicted.close()  # the predictor's child never outlives the runner's loop
+
+    def _run_cells(self, todo: list[Cell], predicted: prediction.Pending) -> None:
         progress = Progress(len(todo), out=self.out, err=self.err)
         if self.opts.skip_predicted_oom:
             predicted.wait()
@@ -154,7 +183,7 @@ class Runner:
             for c in todo:
                 if prediction.fits(predicted.get(c.cell_id)) is False:
                     rec = record.skipped(c, self.matrix.name, predicted.get(c.cell_id), self.environment, self.device)
-                    self.store.write(rec)
+                    self.write(rec)
                     self.statuses[c.cell_id] = "skipped"
                     progress.cell_done(rec)
                 else:
@@ -230,6 +259,19 @@ class Runner:
         return starts, predicted
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run the way Ctrl-C does: children killed, scratch removed, lock let go."""
+    print("error: terminated (SIGTERM); the cells in flight were stopped", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
 def run(opts: RunOptions, executor: Executor | None = None) -> int:
     """``bench run``: returns the exit code (see the module docstring)."""
-    return Runner(opts, executor).run()
+    runner = Runner(opts, executor)
+    if threading.current_thread() is not threading.main_thread():
+        return runner.run()
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return runner.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
