@@ -35,7 +35,7 @@ from bench import cell as cellmod
 from bench import dsconfig, gpus, models, recipe, userfile, yamlsafe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
-from bench.limits import short
+from bench.limits import clip_line, short
 
 TOP_KEYS = ("name", "gpu", "description", "defaults", "sweep", "exclude", "include")
 CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
@@ -175,11 +175,11 @@ def _refs(refs: list[int | str], most: int = 8) -> str:
 def _describe(raw: dict[str, Any]) -> str:
     """A short reading of a raw cell for messages: ``gpt2-xl zero2-offload fp16 b8 s1024``."""
     if raw.get("label"):
-        return str(raw["label"])
+        return clip_line(str(raw["label"]), 80)
     parts = [raw.get("model"), raw.get("method") or "-".join(str(raw[k]) for k in _TRIPLE if k in raw) or None,
              raw.get("precision")]
     parts += [f"{prefix}{raw[k]}" for k, prefix in (("batch", "b"), ("seq", "s")) if k in raw]
-    return " ".join(str(p) for p in parts if p is not None)
+    return clip_line(" ".join(str(p) for p in parts if p is not None), 80)
 
 
 def _triple(raw: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -99,7 +99,10 @@ def _expanded_size(root: yaml.Node) -> tuple[int, int]:
 
 def loads(text: str, what: str) -> Any:
     """Parse one YAML document of ``text``; ``what`` names it in messages (``matrix 'm.yaml'``)."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as e:  # the reader refuses control characters at once
+        raise NotYaml(f"{what} is not valid YAML ({' '.join(str(e).split())[:300]})") from None
     try:
         root = loader.get_single_node()
         if root is None:
