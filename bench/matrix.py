@@ -285,8 +285,9 @@ def _despite(raw: dict[str, Any], found: list[str], catalog: bool) -> list[str]:
     bad = set()
     for m in found:
         hit = re.match(r"unknown key '([^']*)'|([a-z_]+)", m)
-        if hit:
-            bad.add(hit.group(1) or hit.group(2))
+        key = hit and (hit.group(1) if hit.group(1) is not None else hit.group(2))
+        if key:  # an empty unknown key names nothing to drop
+            bad.add(key)
     if bad & {"method", *_TRIPLE}:
         bad |= {"method", *_TRIPLE}
     rest = {k: v for k, v in raw.items() if k in CELL_KEYS and k not in bad}
