@@ -67,7 +67,7 @@ def _shown(path: str) -> str:
     """``path`` relative to the working directory when it lies below it (for messages)."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
+    except (ValueError, OSError):
         return path
 
 

@@ -338,11 +338,14 @@ def _ds_path(value: Any, matrix_path: Path) -> Any:
     """A relative ``ds_config`` is relative to the matrix file (then to the working directory)."""
     if not isinstance(value, str):
         return value
-    ds = Path(value).expanduser()
+    ds = userfile.expand(value)
     if not ds.is_absolute():
         beside = matrix_path.parent / ds
-        ds = beside if beside.exists() or not ds.exists() else ds
-    return str(ds.resolve())
+        ds = beside if userfile.exists(beside) or not userfile.exists(ds) else ds
+    try:
+        return str(ds.resolve())
+    except (OSError, ValueError):  # a name no filesystem holds: reported when the file is read
+        return value
 
 
 def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
@@ -351,7 +354,7 @@ def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
         return models.resolve(value)
     except UserError:
         beside = matrix_path.parent / value
-        if Path(value).is_absolute() or not beside.exists():
+        if Path(value).is_absolute() or not userfile.exists(beside):
             raise
         return models.resolve(str(beside))
 

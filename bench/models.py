@@ -126,12 +126,12 @@ def resolve(model) -> ModelSpec:
     found = keys.get(model.strip().lower())
     if found is not None:
         return specs[found]
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = userfile.expand(model)
+    if userfile.exists(path, "dir"):
         if not (path / "config.json").is_file():
             raise UserError(f"model: {model!r} is a folder without a config.json")
         path = path / "config.json"
-    if path.is_file():
+    if userfile.exists(path, "file"):
         return _load_user_config(model, path.resolve())
     if model.endswith(".json") or model.startswith(("/", "./", "../", "~")):
         raise UserError(f"model: {model!r} does not exist; give a catalog name or a path to a config.json")

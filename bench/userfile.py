@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from bench.limits import MAX_DEPTH, MAX_FILE_BYTES
+from bench.limits import MAX_DEPTH, MAX_FILE_BYTES, short
 
 
 def read_text(path: Path | str, what: str) -> str:
@@ -24,7 +24,9 @@ def read_text(path: Path | str, what: str) -> str:
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise UserError(f"{what}: {str(path)!r} cannot be read ({e.strerror or e})") from None
+        raise UserError(f"{what}: {short(str(path))} cannot be read ({e.strerror or e})") from None
+    except ValueError:  # a NUL byte in the name
+        raise UserError(f"{what}: {short(str(path))} is not a usable file name (it holds a NUL byte)") from None
     if len(data) > MAX_FILE_BYTES:
         raise UserError(f"{what}: {str(path)!r} is larger than {MAX_FILE_BYTES // 2**20} MiB; "
                         f"allowed: a smaller file")
@@ -33,6 +35,24 @@ def read_text(path: Path | str, what: str) -> str:
     except UnicodeDecodeError as e:
         raise UserError(f"{what}: {str(path)!r} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
                         f"allowed: a UTF-8 file") from None
+
+
+def expand(path: str) -> Path:
+    """``path`` with ``~`` expanded where it can be (``~nobody`` stays as written)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # an unknown user's home
+        return Path(path)
+
+
+def exists(path: Path | str, kind: str = "any") -> bool:
+    """Whether ``path`` exists (``kind``: ``any``, ``file`` or ``dir``); ``False`` for a name
+    no filesystem can hold (too long, a NUL byte) instead of an exception."""
+    p = Path(path)
+    try:
+        return p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def depth(value: Any) -> int:

@@ -119,7 +119,8 @@ def loads(text: str, what: str) -> Any:
         raise UserError(f"{what}: {e}") from None
     except yaml.YAMLError as e:
         raise NotYaml(f"{what} is not valid YAML ({' '.join(str(e).split())[:300]})") from None
-    except (ValueError, RecursionError) as e:  # int() of 5000 digits; nesting the composer could not count
+    except (ValueError, RecursionError, IndexError, TypeError, KeyError, AttributeError, OverflowError) as e:
+        # PyYAML's constructors on hostile scalars: int() of 5000 digits, an empty "!!int", ...
         raise UserError(f"{what}: a value cannot be read ({type(e).__name__}: {short(str(e))})") from None
     finally:
         loader.dispose()
