@@ -9,7 +9,8 @@ hang or gigabytes of memory. The numbers are far above anything real:
 - structure: ``MAX_DEPTH`` levels of nesting, ``MAX_NODES`` values after YAML
   aliases are expanded (a 600-byte alias bomb expands to billions);
 - cell fields: ``CELL_MAX`` per integer field (a batch of 2**20, a context of
-  2**22 tokens);
+  2**22 tokens; 2**15 generated tokens: the predictor replays every decode
+  step, about 5 ms each, and every micro-step of 2**12 accumulated ones);
 - model dimensions: ``MODEL_MAX`` per config key ("too large to trace"): the
   predictor builds every layer on the meta device, so a million layers would
   take minutes and gigabytes (the largest published models have ~130 layers).
@@ -30,7 +31,7 @@ MAX_LINE_CHARS = 2000
 """Longest ``error:`` line; longer ones are shortened in the middle."""
 
 CELL_MAX = {
-    "batch": 2**20, "seq": 2**22, "target_seq": 2**22, "new_tokens": 2**22, "grad_accum": 2**16,
+    "batch": 2**20, "seq": 2**22, "target_seq": 2**22, "new_tokens": 2**15, "grad_accum": 2**12,
     "gpus": 4096, "lora_r": 2**16, "lora_alpha": 2**20, "steps": 10**6, "warmup": 10**6,
 }
 """Largest value of each integer cell field."""

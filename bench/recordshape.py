@@ -20,8 +20,8 @@ from bench.store import STATUSES
 _TEXT_FIELDS = ("slug", "label", "matrix", "error", "started_at", "finished_at")
 _SECTIONS = ("environment", "measured", "predicted")
 _CELL_INTS = ("batch", "seq", "gpus", "grad_accum", "new_tokens", "steps", "warmup", "lora_r", "lora_alpha")
-_CELL_TEXTS = ("task", "tuning", "strategy", "offload", "precision", "optimizer", "quant", "attn", "ds_config",
-               "label")
+_CELL_TEXTS = ("task", "tuning", "strategy", "offload", "precision", "optimizer", "quant")
+_CELL_OPTIONAL_TEXTS = ("attn", "ds_config", "label")
 _CELL_FLAGS = ("grad_ckpt", "use_cache")
 _NUMBER_SUFFIXES = ("_bytes", "_seconds", "_per_second", "_params", "_parameters", "_per_step", "_tokens",
                     "_samples", "_retries", "_fraction", "_error")
@@ -78,6 +78,9 @@ def _cell(cell: Any) -> list[str]:
                                                    and not isinstance(cell["target_seq"], bool)):
         out.append(f"cell.target_seq: {short(cell['target_seq'])} is not allowed; allowed: an integer or null")
     for key in _CELL_TEXTS:
+        if key in cell and not isinstance(cell[key], str):
+            out.append(f"cell.{key}: {short(cell[key])} is not allowed; allowed: text")
+    for key in _CELL_OPTIONAL_TEXTS:
         if cell.get(key) is not None and not isinstance(cell[key], str):
             out.append(f"cell.{key}: {short(cell[key])} is not allowed; allowed: text or null")
     for key in _CELL_FLAGS:

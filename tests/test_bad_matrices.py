@@ -116,3 +116,13 @@ def test_a_huge_value_gives_a_short_line(write_matrix):
 
 def test_a_file_too_large(write_matrix):
     refused(["validate", str(write_matrix("# " + "x" * (5 * 2**20) + "\ngpu: h200\n"))], "larger than 4 MiB")
+
+
+@pytest.mark.parametrize("field, value, most", [("new_tokens", 40_000, "32,768"), ("grad_accum", 5000, "4,096"),
+                                                ("batch", 2**21, "1,048,576")])
+def test_fields_that_would_make_the_predictor_run_for_hours(write_matrix, field, value, most):
+    task = "infer" if field == "new_tokens" else "train"
+    path = write_matrix(f"gpu: h200\ndefaults: {{model: tiny-llama, task: {task}, {field}: {value}}}\nsweep: {{seq: [64]}}\n")
+    refused(["validate", str(path)], f"{field}: {value} is not allowed; allowed: an integer from 1 to {most}")
+    refused(["predict", "--model", "tiny-llama", "--gpu", "h200", "--task", task,
+             f"--{field.replace('_', '-')}", str(value)], f"allowed: an integer from 1 to {most}")
