@@ -8,6 +8,7 @@ peak on a GPU and the peak host RSS on ``--device cpu``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bench.cell import Cell
@@ -23,7 +24,8 @@ def measured_peak(measured: dict[str, Any] | None, device: str) -> int | None:
         return None
     key = "peak_host_rss_bytes" if device == "cpu" else "peak_nvml_process_bytes"
     value = measured.get(key)
-    return int(value) if isinstance(value, (int, float)) else None
+    ok = isinstance(value, int) or isinstance(value, float) and math.isfinite(value)  # NaN/inf: none
+    return int(value) if ok and not isinstance(value, bool) else None
 
 
 def prediction_error(status: str, predicted: dict[str, Any] | None, measured: dict[str, Any] | None,
