@@ -12,10 +12,11 @@ all (no ``cell_id`` string, another schema version).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from bench.limits import short
-from bench.store import STATUSES
+from bench.status import ALL as STATUSES
 
 _TEXT_FIELDS = ("slug", "label", "matrix", "error", "started_at", "finished_at")
 _SECTIONS = ("environment", "measured", "predicted")

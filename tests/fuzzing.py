@@ -23,8 +23,7 @@ from collections import Counter
 from datetime import timedelta
 
 from badinput import cli
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 
 EXAMPLES = int(os.environ.get("BENCH_FUZZ_EXAMPLES", "25"))
 DEADLINE = timedelta(seconds=float(os.environ.get("BENCH_FUZZ_DEADLINE_S", "10")))

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 
 from fuzzing import EXAMPLES, FUZZ, JSON_VALUES, NUMBERS, SCALARS, check_memory, outcome, peak_rss_bytes
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from bench import configcheck, models
 

@@ -10,11 +10,9 @@ import json
 
 import yaml
 from fuzzing import FUZZ, JSON_VALUES, SCALARS, check_memory, outcome, peak_rss_bytes
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from bench import cell as cellmod
-from bench import gpus
+from bench import cell as cellmod, gpus
 from bench.matrix import CELL_KEYS, TOP_KEYS
 
 GOOD = "name: t\ngpu: h200\ndefaults: {model: tiny-gpt2, method: full, seq: 64}\nsweep: {batch: [1, 2]}\n"

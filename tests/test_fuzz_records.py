@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 from fuzzing import FUZZ, JSON_VALUES, SCALARS, check_memory, outcome, peak_rss_bytes
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = json.loads((ROOT / "tests" / "golden" / "records" / "gpt2-train-full-bf16-b4-s1024.json").read_text())

@@ -16,7 +16,6 @@ import time
 
 from bench.cell import Cell, normalize
 
-
 _CHILDREN: set[subprocess.Popen] = set()
 """Predictor children running now (``stop_children`` kills them)."""
 

@@ -20,7 +20,6 @@ from bench.errors import UserError
 from bench.report import compare as comparemod
 from bench.report.render import FORMATS, format_of, render
 
-
 MAX_WARNINGS = 20
 """Skipped records named one by one; past this many, one line counts the rest."""
 

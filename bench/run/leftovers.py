@@ -30,7 +30,7 @@ def scratch_prefix(pid: int | None = None) -> str:
 
 def clean_stale_temps(folder: Path) -> list[Path]:
     """Remove the ``.tmp-*`` files in a matrix folder whose writer is gone; returns them."""
-    removed = []
+    removed: list[Path] = []
     if folder.is_dir():
         for f in folder.glob(".tmp-*"):
             if writer_gone(f.name) is not False:
@@ -42,7 +42,7 @@ def clean_stale_temps(folder: Path) -> list[Path]:
 def clean_scratch(root: Path | str | None = None) -> list[Path]:
     """Remove ``bench-run-<pid>-*`` folders under the temp directory whose runner is gone."""
     root = Path(root or tempfile.gettempdir())
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(root.glob(f"{SCRATCH_PREFIX}*"))
     except OSError:

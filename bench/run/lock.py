@@ -43,7 +43,7 @@ class RunnerLock:
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self, what: str = "") -> "RunnerLock":
+    def acquire(self, what: str = "") -> RunnerLock:
         """Take the lock or raise ``UserError`` naming the runner that holds it."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ class RunnerLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    def __enter__(self) -> "RunnerLock":
+    def __enter__(self) -> RunnerLock:
         return self.acquire() if self._fd is None else self
 
     def __exit__(self, *exc: object) -> None:

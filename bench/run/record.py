@@ -24,8 +24,9 @@ def measured_peak(measured: dict[str, Any] | None, device: str) -> int | None:
         return None
     key = "peak_host_rss_bytes" if device == "cpu" else "peak_nvml_process_bytes"
     value = measured.get(key)
-    ok = isinstance(value, int) or isinstance(value, float) and math.isfinite(value)  # NaN/inf: none
-    return int(value) if ok and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None  # missing, or NaN/infinity in a hand-edited record
+    return int(value)
 
 
 def prediction_error(status: str, predicted: dict[str, Any] | None, measured: dict[str, Any] | None,

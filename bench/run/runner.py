@@ -23,16 +23,15 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from bench import cell as cellmod, destination, matrix as matrixmod
 from bench.cell import Cell
 from bench.errors import UserError
 from bench.run import fallback, leftovers, machine, maxbatch, prediction, record
+from bench.run.executor import Executor, Job, LocalExecutor
 from bench.run.leftovers import clean_stale_temps
 from bench.run.lock import RunnerLock
-from bench.run.executor import Executor, Job, LocalExecutor
 from bench.run.progress import Progress
 from bench.store import Store
 
