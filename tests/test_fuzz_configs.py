@@ -62,7 +62,7 @@ PREDICTABLE = st.tuples(st.sampled_from(BASES[:2]), st.dictionaries(
     st.one_of(SMALL_INTS, st.sampled_from([None, 0.5, "x", 1024, 4096])), max_size=3)).map(lambda t: {**t[0], **t[1]})
 
 
-@settings(FUZZ, max_examples=max(3, EXAMPLES // 5), deadline=None)
+@settings(FUZZ, max_examples=max(3, EXAMPLES // 20), deadline=None)  # seconds per example
 @given(config=PREDICTABLE)
 def test_fuzz_predict_what_validate_accepts(tmp_path_factory, config):
     folder = tmp_path_factory.mktemp("c")

@@ -2,13 +2,19 @@
 
 ``run(options)`` reads as the pipeline it is:
 
-1. load and validate the whole matrix (``bench.matrix.load``) and find the
-   device, before anything is written (a bad input leaves the store untouched);
-2. drop cells the store already has (``Store.completed``; ``--force`` keeps
+1. load and validate the whole matrix (``bench.matrix.load``), find the
+   device and check the results folder (``bench.destination``), before
+   anything is written (a bad input leaves the store untouched);
+2. take the matrix folder's lock (``bench.run.lock``: a second runner exits 2)
+   and clear what killed runners left (``bench.run.leftovers``);
+3. drop cells the store already has (``Store.completed``; ``--force`` keeps
    none, ``--retry-failed`` reruns ``error``/``timeout``/``skipped``);
-3. write ``machine.json`` and ask the predictor about the rest;
-4. hand the cells to an executor and write each record the moment its cell
-   ends (atomically: Ctrl-C or ``kill -9`` loses at most the cells in flight).
+4. write ``machine.json`` and ask the predictor about the rest;
+5. hand the cells to an executor and write each record the moment its cell
+   ends (atomically: Ctrl-C or ``kill -9`` loses at most the cells in flight;
+   a record the store cannot take is kept by ``bench.run.fallback`` and the
+   run stops). SIGTERM ends the run as Ctrl-C does: children, the predictor
+   and the scratch folder go with it.
 
 The parent never imports torch. The exit code is 0 when every cell ended
 ``ok``, ``oom`` or ``skipped`` (an OOM is a measurement) and 1 when any cell
