@@ -27,6 +27,8 @@ MAX_DEPTH = 32
 """Deepest nesting of mappings and lists in any input document."""
 MAX_NODES = 100_000
 """Most values in one document, counting each YAML alias as the copy it expands to."""
+MAX_CELLS = 100_000
+"""Most cells one sweep may expand to (before excludes): a few aliased lists multiply fast."""
 MAX_LINE_CHARS = 2000
 """Longest ``error:`` line; longer ones are shortened in the middle."""
 

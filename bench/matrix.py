@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from bench import cell as cellmod
 from bench import dsconfig, gpus, models, recipe, userfile, yamlsafe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
-from bench.limits import clip_line, short
+from bench.limits import MAX_CELLS, clip_line, short
 
 TOP_KEYS = ("name", "gpu", "description", "defaults", "sweep", "exclude", "include")
 CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
@@ -312,13 +313,18 @@ def _raw_cells(doc: dict[str, Any], problems: _Problems) -> list[tuple[int | str
     axes = []
     for k, v in sweep.items():
         if not isinstance(v, list) or not v:
-            problems.add(f"sweep.{k}: {v!r} is not allowed; allowed: a non-empty list")
+            problems.add(f"sweep.{k}: {short(v)} is not allowed; allowed: a non-empty list")
             if isinstance(v, list):
                 continue
             v = [v]
         axes.append((k, v))
     base = {**defaults, "gpu": doc.get("gpu")}
     out: list[tuple[int | str, dict[str, Any], bool]] = []
+    size = math.prod(len(v) for _, v in axes)
+    if size > MAX_CELLS:
+        problems.add(f"sweep: {' x '.join(f'{len(v)} {k}' for k, v in axes)} expands to {size:,} cells; "
+                     f"allowed: at most {MAX_CELLS:,} (split the matrix, or exclude combinations in it)")
+        axes = []
     if axes:
         for n, combo in enumerate(itertools.product(*(v for _, v in axes)), start=1):
             out.append((n, {**base, **dict(zip([k for k, _ in axes], combo))}, False))

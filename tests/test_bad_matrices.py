@@ -126,3 +126,11 @@ def test_fields_that_would_make_the_predictor_run_for_hours(write_matrix, field,
     refused(["validate", str(path)], f"{field}: {value} is not allowed; allowed: an integer from 1 to {most}")
     refused(["predict", "--model", "tiny-llama", "--gpu", "h200", "--task", task,
              f"--{field.replace('_', '-')}", str(value)], f"allowed: an integer from 1 to {most}")
+
+
+def test_a_sweep_that_multiplies_into_millions_of_cells(write_matrix):
+    text = ("gpu: h200\nlists: &n [" + ",".join(map(str, range(1, 301))) + "]\n"
+            "defaults: {model: gpt2}\nsweep: {batch: *n, seq: *n, lora_r: *n}\n").replace("lists:", "description:")
+    start = time.monotonic()
+    refused(["validate", str(write_matrix(text))], "expands to 27,000,000 cells; allowed: at most 100,000", lines=None)
+    assert time.monotonic() - start < 2
