@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,8 @@ import time
 
 from bench.cell import Cell, normalize
 
+PARENT_ENV = "BENCH_PREDICTOR_PARENT"
+"""The pid of the process that started the predictor child."""
 _CHILDREN: set[subprocess.Popen] = set()
 """Predictor children running now (``stop_children`` kills them)."""
 
@@ -35,8 +38,9 @@ def predict_in_subprocess(cells: list[Cell], timeout: float = 1800) -> list[dict
     parent dies.
     """
     payload = json.dumps([c.to_dict() for c in cells])
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen([sys.executable, "-m", "bench.predict.batch"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _CHILDREN.add(proc)
     try:
         stdout, stderr = proc.communicate(payload, timeout=timeout)
@@ -53,8 +57,23 @@ def predict_in_subprocess(cells: list[Cell], timeout: float = 1800) -> list[dict
 
 
 def _exit_with_parent(interval_s: float = 0.5) -> None:
-    """Exit as soon as the parent (the runner) is gone, even after ``kill -9``."""
-    parent = os.getppid()
+    """Exit as soon as the parent (the runner) is gone, even after ``kill -9``.
+
+    The parent's pid comes from ``BENCH_PREDICTOR_PARENT``: a parent killed
+    while this process was still starting is noticed too. On Linux the kernel
+    also sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``), which
+    works while a long import holds the interpreter.
+    """
+    parent = int(os.environ.get(PARENT_ENV, "0") or 0) or os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:
