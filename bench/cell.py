@@ -23,6 +23,7 @@ from typing import Any
 
 from bench import optimizer_names
 from bench.errors import UserError, allowed
+from bench.limits import CELL_MAX, short
 
 TASKS = ("train", "infer")
 TUNINGS = ("full", "lora", "qlora")
@@ -230,7 +231,11 @@ def _file_token(value: str) -> str:
 def _int(raw: dict, key: str, problems: list[str], where: str, minimum: int = 1) -> int | None:
     v = raw.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        problems.append(f"{where}{key}: {v!r} is not allowed; allowed: an integer >= {minimum}")
+        problems.append(f"{where}{key}: {short(v)} is not allowed; allowed: an integer >= {minimum}")
+        return None
+    most = CELL_MAX.get(key)
+    if most is not None and v > most:
+        problems.append(f"{where}{key}: {short(v)} is not allowed; allowed: an integer from {minimum} to {most:,}")
         return None
     return v
 
@@ -248,8 +253,10 @@ def _bad_method(method: Any) -> str:
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     plain = [m for m in METHODS if "+" not in m]
     combined = [m for m in plain if m not in TUNINGS]
-    return (f"method: {method!r} is not allowed{hint}; allowed: {', '.join(plain)}, "
-            f"and lora+M or qlora+M for M in {', '.join(combined)} (e.g. lora+zero3-offload)")
+    return (
+        f"method: {method!r} is not allowed{hint}; allowed: {', '.join(plain)}, "
+        f"and lora+M or qlora+M for M in {', '.join(combined)} (e.g. lora+zero3-offload)"
+    )
 
 
 def unknown_key(key: Any) -> str:
@@ -282,13 +289,21 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
             triple = METHODS[method]
             for k, v in zip(("tuning", "strategy", "offload"), triple):
                 if k in raw and raw[k] != v:
-                    problems.append(f"{where}{k}: {raw[k]!r} contradicts method {method!r}; allowed: {v!r} (what the method sets), or leave {k} out")
+                    problems.append(
+                        f"{where}{k}: {raw[k]!r} contradicts method {method!r}; allowed: {v!r} (what the method sets), or leave {k} out"
+                    )
                 raw[k] = v
     for k in ("model", "gpu"):
         if not isinstance(raw.get(k), str) or not raw.get(k):
             problems.append(f"{where}{k}: {raw.get(k)!r} is not allowed; allowed: a non-empty name")
-    for key, choices in (("task", TASKS), ("tuning", TUNINGS), ("strategy", STRATEGIES),
-                         ("offload", OFFLOADS), ("precision", PRECISIONS), ("quant", QUANTS)):
+    for key, choices in (
+        ("task", TASKS),
+        ("tuning", TUNINGS),
+        ("strategy", STRATEGIES),
+        ("offload", OFFLOADS),
+        ("precision", PRECISIONS),
+        ("quant", QUANTS),
+    ):
         if key in raw and raw[key] not in choices:
             problems.append(f"{where}" + allowed(key, raw[key], choices))
     if "optimizer" in raw:  # bench's names or the HF Trainer's ``optim`` spellings
@@ -352,16 +367,22 @@ def _consistency(c: Cell, where: str) -> list[str]:
         if c.precision not in INFER_PRECISIONS:
             p.append(f"{where}" + allowed("precision (task infer: the weights' dtype)", c.precision, INFER_PRECISIONS))
         if c.gpus != 1:
-            p.append(f"{where}gpus: {c.gpus} is not allowed for task 'infer'; allowed: 1 (layer-wise split is not supported yet)")
+            p.append(
+                f"{where}gpus: {c.gpus} is not allowed for task 'infer'; allowed: 1 (layer-wise split is not supported yet)"
+            )
     else:
         if c.quant != "none":
             p.append(f"{where}quant: {c.quant!r} is not allowed for task 'train'; allowed: none (use tuning: qlora)")
     if c.offload != "none" and c.strategy not in ("zero1", "zero2", "zero3", "fsdp"):
         p.append(f"{where}offload: {c.offload!r} needs a ZeRO or FSDP strategy, not strategy {c.strategy!r}")
     if c.offload == "all" and c.strategy in ("zero1", "zero2"):
-        p.append(f"{where}offload: 'all' (parameters too) needs zero3 or fsdp, not {c.strategy!r}; allowed: none, optimizer")
+        p.append(
+            f"{where}offload: 'all' (parameters too) needs zero3 or fsdp, not {c.strategy!r}; allowed: none, optimizer"
+        )
     if c.strategy == "fsdp" and c.offload == "optimizer":
-        p.append(f"{where}offload: 'optimizer' is not allowed with fsdp (FSDP2 offloads parameters, gradients and optimizer together); allowed: none, all")
+        p.append(
+            f"{where}offload: 'optimizer' is not allowed with fsdp (FSDP2 offloads parameters, gradients and optimizer together); allowed: none, all"
+        )
     if c.strategy == "none" and c.gpus > 1:
         p.append(f"{where}gpus: {c.gpus} needs a strategy (ddp, zero1-3, fsdp); strategy is 'none'")
     if c.tuning == "qlora" and c.precision not in ("fp16", "bf16"):
@@ -369,11 +390,17 @@ def _consistency(c: Cell, where: str) -> list[str]:
     if c.attn == "flash_attention_2" and c.precision == "fp32":
         p.append(f"{where}attn: 'flash_attention_2' needs fp16 or bf16, not precision 'fp32'")
     if c.freeze and (c.task != "train" or c.tuning != "full"):
-        p.append(f"{where}freeze: {c.freeze} needs full tuning of a train cell; allowed: 0 (LoRA/QLoRA freeze the base already)")
+        p.append(
+            f"{where}freeze: {c.freeze} needs full tuning of a train cell; allowed: 0 (LoRA/QLoRA freeze the base already)"
+        )
     if c.zero_init is not None and c.strategy != "zero3":
-        p.append(f"{where}zero_init: {c.zero_init!r} applies to strategy zero3 only, not {c.strategy!r}; allowed: leave zero_init out")
+        p.append(
+            f"{where}zero_init: {c.zero_init!r} applies to strategy zero3 only, not {c.strategy!r}; allowed: leave zero_init out"
+        )
     if c.ds_config is not None and c.strategy not in ("zero1", "zero2", "zero3"):
-        p.append(f"{where}ds_config: given but strategy is {c.strategy!r}; a DeepSpeed config needs zero1, zero2 or zero3")
+        p.append(
+            f"{where}ds_config: given but strategy is {c.strategy!r}; a DeepSpeed config needs zero1, zero2 or zero3"
+        )
     return p
 
 

@@ -13,13 +13,14 @@ own defaults for absent keys (``deepspeed/runtime/zero/config.py``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import userfile
 from bench.dtypes import HALF_OF
 from bench.errors import UserError
+from bench.limits import DS_MAX_ELEMENTS, short
 
 ZERO_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 """The strategies DeepSpeed runs, and their ZeRO stage."""
@@ -66,7 +67,7 @@ def _shown(path: str) -> str:
     """``path`` relative to the working directory when it lies below it (for messages)."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
+    except (ValueError, OSError):
         return path
 
 
@@ -74,21 +75,24 @@ def _load(path: str) -> dict[str, Any]:
     p = Path(path)
     path = _shown(path)
     try:
-        data = json.loads(p.read_text())
-    except OSError as e:
-        raise UserError(f"ds_config: {path!r} cannot be read ({e.strerror}); give a path to a DeepSpeed JSON file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"ds_config: {path!r} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        text = userfile.read_text(p, "ds_config")
+    except UserError as e:
+        raise UserError(f"{e.problems[0]}; give a path to a DeepSpeed JSON file") from None
+    data = userfile.loads_json(text, f"ds_config {path!r}")  # NaN and Infinity are no JSON numbers
     if not isinstance(data, dict):
         raise UserError(f"ds_config: {path!r} must hold a JSON object")
     return data
 
 
 def _num(v: Any, auto: float, key: str, path: str) -> int:
+    """A size or threshold in elements: a number from 0 to ``DS_MAX_ELEMENTS``, or ``"auto"``."""
     if v == "auto":
         return int(auto)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise UserError(f"ds_config {path}: {key}: {v!r} is not allowed; allowed: a number or \"auto\"")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= DS_MAX_ELEMENTS:
+        raise UserError(
+            f"ds_config {path}: {key}: {short(v)} is not allowed; "
+            f'allowed: a number of elements from 0 to {DS_MAX_ELEMENTS:.0e}, or "auto"'
+        )
     return int(v)
 
 
@@ -111,7 +115,9 @@ def _section(zo: dict[str, Any], key: str, path: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise UserError(f"ds_config {path}: zero_optimization.{key}: {value!r} is not allowed; allowed: an object such as {{\"device\": \"cpu\"}}")
+        raise UserError(
+            f'ds_config {path}: zero_optimization.{key}: {value!r} is not allowed; allowed: an object such as {{"device": "cpu"}}'
+        )
     return value
 
 
@@ -146,7 +152,9 @@ def settings(cell, hidden_size: int | None = None) -> ZeroSettings:
     path = _shown(cell.ds_config)
     zo = data.get("zero_optimization") or {}
     if not isinstance(zo, dict):
-        raise UserError(f"ds_config {path}: zero_optimization: {zo!r} is not allowed; allowed: an object with \"stage\": {stage}")
+        raise UserError(
+            f'ds_config {path}: zero_optimization: {zo!r} is not allowed; allowed: an object with "stage": {stage}'
+        )
     h = hidden_size or 4096
     file_stage = zo.get("stage", 0)
     problems = []
@@ -179,7 +187,7 @@ def settings(cell, hidden_size: int | None = None) -> ZeroSettings:
         fix = f"{cell_prec}.enabled true" if cell_prec != "fp32" else "no fp16/bf16 section enabled"
         problems.append(
             f"ds_config {path}: precision {precision!r} contradicts the cell's precision {cell.precision!r}; "
-            f"allowed: {fix}, or \"enabled\": \"auto\""
+            f'allowed: {fix}, or "enabled": "auto"'
         )
     if problems:
         raise UserError(*problems)
@@ -195,7 +203,9 @@ def settings(cell, hidden_size: int | None = None) -> ZeroSettings:
         reduce_bucket_size=_num(g("reduce_bucket_size"), h * h, "reduce_bucket_size", path),
         allgather_bucket_size=_num(g("allgather_bucket_size"), 5e8, "allgather_bucket_size", path),
         prefetch_bucket_size=_num(g("stage3_prefetch_bucket_size"), 0.9 * h * h, "stage3_prefetch_bucket_size", path),
-        param_persistence_threshold=_num(g("stage3_param_persistence_threshold"), 10 * h, "stage3_param_persistence_threshold", path),
+        param_persistence_threshold=_num(
+            g("stage3_param_persistence_threshold"), 10 * h, "stage3_param_persistence_threshold", path
+        ),
         max_live_parameters=_num(g("stage3_max_live_parameters"), 1e9, "stage3_max_live_parameters", path),
         max_reuse_distance=_num(g("stage3_max_reuse_distance"), 1e9, "stage3_max_reuse_distance", path),
         precision=precision,

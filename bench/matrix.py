@@ -1,6 +1,6 @@
 """Matrix files: load, apply overrides, expand into cells, validate.
 
-A matrix is YAML (loaded with ``yaml.safe_load``)::
+A matrix is YAML (loaded with ``bench.yamlsafe``: safe, no duplicate keys, bounded depth and aliases)::
 
     name: v100                 # results go to results/<gpu>/<name>/
     gpu: v100-16gb
@@ -27,26 +27,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bench import cell as cellmod
-from bench import architectures, dsconfig, gpus, models, optimizer_names, recipe
+from bench import architectures, cell as cellmod, dsconfig, gpus, models, optimizer_names, recipe, userfile, yamlsafe
 from bench.cell import Cell
 from bench.errors import UserError, allowed
+from bench.limits import MAX_CELLS, clip_line, short
 
 TOP_KEYS = ("name", "gpu", "description", "defaults", "sweep", "exclude", "include")
 CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TRIPLE = ("tuning", "strategy", "offload")
-_CHOICES = {"task": cellmod.TASKS, "tuning": cellmod.TUNINGS, "strategy": cellmod.STRATEGIES,
-            "offload": cellmod.OFFLOADS, "precision": cellmod.PRECISIONS,
-            "optimizer": optimizer_names.allowed_names(),
-            "quant": cellmod.QUANTS, "attn": cellmod.ATTNS, "method": tuple(cellmod.METHODS)}
+_CHOICES = {
+    "task": cellmod.TASKS,
+    "tuning": cellmod.TUNINGS,
+    "strategy": cellmod.STRATEGIES,
+    "offload": cellmod.OFFLOADS,
+    "precision": cellmod.PRECISIONS,
+    "optimizer": optimizer_names.allowed_names(),
+    "quant": cellmod.QUANTS,
+    "attn": cellmod.ATTNS,
+    "method": tuple(cellmod.METHODS),
+}
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,11 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key or "" in key.split("."):
             raise UserError(f"override {a!r} is not key=value (e.g. batch=[1,2], gpu=a100-80gb or defaults.seq=512)")
         try:
-            out.append((key, yaml.safe_load(value)))
-        except yaml.YAMLError:
-            raise UserError(f"override {key}: {value!r} is not a valid value; allowed: a YAML scalar or [list]") from None
+            out.append((key, yamlsafe.loads(value, f"override {key}")))
+        except yamlsafe.NotYaml:
+            raise UserError(
+                f"override {key}: {short(value)} is not a valid value; allowed: a YAML scalar or [list]"
+            ) from None
     return out
 
 
@@ -95,12 +103,16 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
             for p in parents:
                 node = node.setdefault(p, {}) if isinstance(node, dict) else None
                 if not isinstance(node, dict):
-                    raise UserError(f"override {key}: {p!r} is not a mapping in the matrix; allowed: a path through mappings such as defaults.seq")
+                    raise UserError(
+                        f"override {key}: {p!r} is not a mapping in the matrix; allowed: a path through mappings such as defaults.seq"
+                    )
             node[leaf] = value
         elif key in CELL_KEYS:
             _override_field(doc, key, value)
         else:
-            raise UserError(f"override {key}: unknown key; allowed: name, gpu, description, a dotted path (defaults.seq) or a cell field ({', '.join(CELL_KEYS)})")
+            raise UserError(
+                f"override {key}: unknown key; allowed: name, gpu, description, a dotted path (defaults.seq) or a cell field ({', '.join(CELL_KEYS)})"
+            )
     return doc
 
 
@@ -112,12 +124,15 @@ def _override_field(doc: dict[str, Any], key: str, value: Any) -> None:
             doc[section] = {}
         sections[section] = doc[section] if isinstance(doc[section], dict) else {}  # a bad one is reported by load
     sweep, defaults = sections["sweep"], sections["defaults"]
+    was_axis = any(k in sweep for k in drop)
     for k in drop:
         defaults.pop(k, None)
         if k != key:
             sweep.pop(k, None)
     if isinstance(value, list):
         sweep[key] = value  # keeps the axis's place when the sweep had it
+    elif was_axis:
+        sweep[key] = [value]  # a one-value axis: the only axis of a sweep must not vanish
     else:
         sweep.pop(key, None)
         defaults[key] = value
@@ -177,11 +192,14 @@ def _refs(refs: list[int | str], most: int = 8) -> str:
 def _describe(raw: dict[str, Any]) -> str:
     """A short reading of a raw cell for messages: ``gpt2-xl zero2-offload fp16 b8 s1024``."""
     if raw.get("label"):
-        return str(raw["label"])
-    parts = [raw.get("model"), raw.get("method") or "-".join(str(raw[k]) for k in _TRIPLE if k in raw) or None,
-             raw.get("precision")]
+        return clip_line(str(raw["label"]), 80)
+    parts = [
+        raw.get("model"),
+        raw.get("method") or "-".join(str(raw[k]) for k in _TRIPLE if k in raw) or None,
+        raw.get("precision"),
+    ]
     parts += [f"{prefix}{raw[k]}" for k, prefix in (("batch", "b"), ("seq", "s")) if k in raw]
-    return " ".join(str(p) for p in parts if p is not None)
+    return clip_line(" ".join(str(p) for p in parts if p is not None), 80)
 
 
 def _triple(raw: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -218,8 +236,11 @@ def _rules(doc: dict[str, Any], problems: _Problems) -> list[dict[str, list[Any]
                         bad += [f"exclude[{j}].{m}" for m in e.problems]
                 options = names
             elif k in _CHOICES:
-                bad += [f"exclude[{j}].{allowed(k, o, _CHOICES[k])}"
-                        for o in options if not isinstance(o, str) or o not in _CHOICES[k]]
+                bad += [
+                    f"exclude[{j}].{allowed(k, o, _CHOICES[k])}"
+                    for o in options
+                    if not isinstance(o, str) or o not in _CHOICES[k]
+                ]
                 if k == "optimizer" and not bad:
                     options = [optimizer_names.canonical(o) for o in options]
             checked[k] = options
@@ -251,7 +272,13 @@ def _excluded(raw: dict[str, Any], rule: dict[str, list[Any]]) -> bool:
 
 def _same_number(a: Any, b: Any) -> bool:
     numbers = (int, float)
-    return not isinstance(a, bool) and not isinstance(b, bool) and isinstance(a, numbers) and isinstance(b, numbers) and a == b
+    return (
+        not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and isinstance(a, numbers)
+        and isinstance(b, numbers)
+        and a == b
+    )
 
 
 def validate_cell(c: Cell, where: str = "") -> list[str]:
@@ -263,7 +290,9 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
     if c.precision in ("bf16", "pure-bf16") and not gpu.bf16:
         p.append(f"{where}precision: {c.precision!r} is not supported on {gpu.name} (no bf16); allowed: fp32, fp16")
     if c.attn == "flash_attention_2" and not gpu.supports_flash_attention:
-        p.append(f"{where}attn: 'flash_attention_2' needs compute capability >= 8.0; {gpu.name} has {gpu.compute_capability}; allowed: sdpa, eager")
+        p.append(
+            f"{where}attn: 'flash_attention_2' needs compute capability >= 8.0; {gpu.name} has {gpu.compute_capability}; allowed: sdpa, eager"
+        )
     limit = spec.max_positions
     total = c.seq + (c.new_tokens if c.task == "infer" else 0)
     if limit is not None and not spec.is_encoder_decoder and total > limit:
@@ -292,8 +321,9 @@ def _despite(raw: dict[str, Any], found: list[str], catalog: bool) -> list[str]:
     bad = set()
     for m in found:
         hit = re.match(r"unknown key '([^']*)'|([a-z_]+)", m)
-        if hit:
-            bad.add(hit.group(1) or hit.group(2))
+        key = hit and (hit.group(1) if hit.group(1) is not None else hit.group(2))
+        if key:  # an empty unknown key names nothing to drop
+            bad.add(key)
     if bad & {"method", *_TRIPLE}:
         bad |= {"method", *_TRIPLE}
     rest = {k: v for k, v in raw.items() if k in CELL_KEYS and k not in bad}
@@ -305,8 +335,9 @@ def _despite(raw: dict[str, Any], found: list[str], catalog: bool) -> list[str]:
     return [m for m in more if m not in found and not any(re.search(rf"\b{re.escape(k)}\b", m) for k in bad)]
 
 
-def _raw_cells(doc: dict[str, Any], problems: _Problems, matrix_path: Path,
-               notes: dict[str, tuple[str, ...]]) -> list[tuple[int | str, dict[str, Any], bool]]:
+def _raw_cells(
+    doc: dict[str, Any], problems: _Problems, matrix_path: Path, notes: dict[str, tuple[str, ...]]
+) -> list[tuple[int | str, dict[str, Any], bool]]:
     """(reference, raw cell, from include) in expansion order: sweep first, then includes."""
     defaults = doc.get("defaults") or {}
     sweep = doc.get("sweep") or {}
@@ -319,13 +350,20 @@ def _raw_cells(doc: dict[str, Any], problems: _Problems, matrix_path: Path,
     axes = []
     for k, v in sweep.items():
         if not isinstance(v, list) or not v:
-            problems.add(f"sweep.{k}: {v!r} is not allowed; allowed: a non-empty list")
+            problems.add(f"sweep.{k}: {short(v)} is not allowed; allowed: a non-empty list")
             if isinstance(v, list):
                 continue
             v = [v]
         axes.append((k, v))
     base = {**defaults, "gpu": doc.get("gpu")}
     out: list[tuple[int | str, dict[str, Any], bool]] = []
+    size = math.prod(len(v) for _, v in axes)
+    if size > MAX_CELLS:
+        problems.add(
+            f"sweep: {' x '.join(f'{len(v)} {k}' for k, v in axes)} expands to {size:,} cells; "
+            f"allowed: at most {MAX_CELLS:,} (split the matrix, or exclude combinations in it)"
+        )
+        axes = []
     if axes:
         for n, combo in enumerate(itertools.product(*(v for _, v in axes)), start=1):
             out.append((n, {**base, **dict(zip([k for k, _ in axes], combo))}, False))
@@ -345,8 +383,9 @@ def _raw_cells(doc: dict[str, Any], problems: _Problems, matrix_path: Path,
     return out
 
 
-def _from_job(inc: dict[str, Any], i: int, matrix_path: Path, problems: _Problems,
-              notes: dict[str, tuple[str, ...]]) -> dict[str, Any] | None:
+def _from_job(
+    inc: dict[str, Any], i: int, matrix_path: Path, problems: _Problems, notes: dict[str, tuple[str, ...]]
+) -> dict[str, Any] | None:
     """An include ``{from: FILE, ...}``: the job file's cell fields under the include's own keys.
 
     ``FILE`` is relative to the matrix file (then the working directory). A
@@ -382,18 +421,26 @@ def _ds_path(value: Any, matrix_path: Path) -> Any:
     """A relative ``ds_config`` is relative to the matrix file (then to the working directory)."""
     if not isinstance(value, str):
         return value
-    ds = Path(value).expanduser()
+    ds = userfile.expand(value)
     if not ds.is_absolute():
         beside = matrix_path.parent / ds
-        ds = beside if beside.exists() or not ds.exists() else ds
-    return str(ds.resolve())
+        ds = beside if userfile.exists(beside) or not userfile.exists(ds) else ds
+    try:
+        return str(ds.resolve())
+    except (OSError, ValueError):  # a name no filesystem holds: reported when the file is read
+        return value
 
 
 def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
     """A catalog name or hub id, else a config path (relative to the matrix file, then the working
     directory), else a hub repository id not in the catalog (its config.json fetched)."""
     beside = matrix_path.parent / value
-    if not models.is_catalogued(value) and not Path(value).is_absolute() and beside.exists() and not Path(value).exists():
+    if (
+        not models.is_catalogued(value)
+        and not Path(value).is_absolute()
+        and userfile.exists(beside)
+        and not userfile.exists(Path(value))
+    ):
         return models.resolve(str(beside))
     return models.resolve(value)
 
@@ -401,12 +448,8 @@ def _resolve_model(value: str, matrix_path: Path) -> models.ModelSpec:
 def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     """Read, override, expand and validate a matrix; every problem at once."""
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise UserError(f"matrix: {str(path)!r} cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"matrix: {str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+    text = userfile.read_text(path, "matrix")
+    doc = yamlsafe.loads(text, f"matrix: {str(path)!r}")
     if not isinstance(doc, dict):
         raise UserError(f"matrix: {str(path)!r} must be a YAML mapping with keys {', '.join(TOP_KEYS)}")
     doc = apply_overrides(doc, parse_overrides(overrides or []))
@@ -418,7 +461,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     if isinstance(name, (int, float)) and not isinstance(name, bool):
         name = str(name)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        problems.add(f"name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-' (it names the results folder)")
+        problems.add(
+            f"name: {name!r} is not allowed; allowed: letters, digits, '.', '_' and '-' (it names the results folder)"
+        )
     gpu = None
     if doc.get("gpu") is None:
         problems.add(f"gpu: missing; allowed: {', '.join(gpus.names())}")
@@ -430,10 +475,14 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     doc["gpu"] = gpu or str(doc.get("gpu"))
     for section in ("defaults", "sweep"):
         if isinstance(doc.get(section), dict) and "gpu" in doc[section]:
-            problems.add(f"{section}.gpu: a matrix targets one GPU; allowed: the top-level gpu (or the override gpu=NAME)")
+            problems.add(
+                f"{section}.gpu: a matrix targets one GPU; allowed: the top-level gpu (or the override gpu=NAME)"
+            )
     for i, inc in enumerate(doc.get("include") or [] if isinstance(doc.get("include"), list) else []):
         if isinstance(inc, dict) and "gpu" in inc:
-            problems.add(f"include[{i}].gpu: a matrix targets one GPU; allowed: the top-level gpu (or the override gpu=NAME)")
+            problems.add(
+                f"include[{i}].gpu: a matrix targets one GPU; allowed: the top-level gpu (or the override gpu=NAME)"
+            )
     rules = _rules(doc, problems)
 
     cells: dict[str, Cell] = {}
@@ -443,8 +492,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         where = (ref, _describe(raw))
         spec, model_problems = None, []
         if not isinstance(raw.get("model"), str) or not raw["model"]:
-            model_problems.append(f"model: {raw.get('model')!r} is not allowed; allowed: a catalog name "
-                                  f"({', '.join(models.names())}), a hub id or a path to a config.json")
+            model_problems.append(
+                f"model: {raw.get('model')!r} is not allowed; allowed: a catalog name "
+                f"({', '.join(models.names())}), a hub id or a path to a config.json"
+            )
         else:
             try:
                 spec = _resolve_model(raw["model"], path)

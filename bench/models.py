@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from bench import architectures, hub
+from bench import architectures, configcheck, hub, userfile
 from bench.errors import UserError
+from bench.limits import short
 
 # model_type -> (config key, default) of a fixed-size position table: learned
 # absolute embeddings, or the precomputed sin/cos table of GPT-J/CodeGen, which
@@ -34,7 +35,6 @@ _POSITION_TABLES = {
 }
 ALL_LINEAR = "all-linear"
 """PEFT's shortcut for every linear layer but the output head."""
-_ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart", "encoder-decoder"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ModelSpec:
 
     @property
     def is_encoder_decoder(self) -> bool:
-        return bool(self.config.get("is_encoder_decoder")) or self.model_type in _ENCODER_DECODER_TYPES
+        return configcheck.is_encoder_decoder(self.config)
 
     @property
     def layers(self) -> int | None:
@@ -98,7 +98,7 @@ def _spec(doc: dict, name: str | None = None) -> ModelSpec:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _catalog() -> tuple[dict[str, ModelSpec], dict[str, str]]:
     """(short name -> spec, lower-cased name/hub id/alias -> short name)."""
     specs: dict[str, ModelSpec] = {}
@@ -134,12 +134,12 @@ def resolve(model) -> ModelSpec:
     found = keys.get(model.strip().lower())
     if found is not None:
         return specs[found]
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = userfile.expand(model)
+    if userfile.exists(path, "dir"):
         if not (path / "config.json").is_file():
             raise UserError(f"model: {model!r} is a folder without a config.json")
         path = path / "config.json"
-    if path.is_file():
+    if userfile.exists(path, "file"):
         return _load_user_config(model, path.resolve())
     if model.endswith(".json") or model.startswith(("/", "./", "../", "~")):
         raise UserError(f"model: {model!r} does not exist; give a catalog name or a path to a config.json")
@@ -153,18 +153,24 @@ def resolve(model) -> ModelSpec:
 
 
 def _load_user_config(model: str, path: Path) -> ModelSpec:
+    what = f"model {str(path)!r}"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"model: {model!r} is not a readable JSON config ({exc})") from None
+        config = userfile.load_json(path, "model")
+    except UserError as e:
+        raise UserError(
+            f"model: {model!r} is not a readable JSON config ({e.problems[0].removeprefix(what + ': ').removeprefix(what + ' ')})"
+        ) from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise UserError(f"model: {model!r} has no 'model_type'; give a Hugging Face config.json")
+    found = configcheck.problems(config, f"model: {model!r}: ")
+    if found:
+        raise UserError(*found)
     return ModelSpec(name=str(path), hub_id=None, config=config)
 
 
 def hf_config(spec: ModelSpec, **overrides):
     """The ``transformers`` config for ``spec``, with ``overrides`` applied."""
-    from transformers import AutoConfig, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, AutoConfig
 
     if spec.model_type not in CONFIG_MAPPING:
         raise UserError(f"model: {spec.name}: model_type {spec.model_type!r} is not supported by this transformers")
@@ -180,7 +186,11 @@ def model_class(spec: ModelSpec):
     import transformers
     from transformers.models.auto import modeling_auto as auto
 
-    table = auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES if spec.is_encoder_decoder else auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    table = (
+        auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+        if spec.is_encoder_decoder
+        else auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    )
     name = table.get(spec.model_type)
     if name is None:
         kind = "sequence-to-sequence" if spec.is_encoder_decoder else "causal language"
@@ -195,7 +205,6 @@ def build(spec: ModelSpec, *, device="meta", dtype=None, attn: str | None = None
 
     if attn is not None:
         config_overrides.setdefault("attn_implementation", attn)
-    cfg = hf_config(spec, **config_overrides)
     auto = AutoModelForSeq2SeqLM if spec.is_encoder_decoder else AutoModelForCausalLM
     kwargs = {}
     if dtype is not None:
@@ -205,8 +214,18 @@ def build(spec: ModelSpec, *, device="meta", dtype=None, attn: str | None = None
     experts = architectures.experts_implementation(spec, kwargs.get("dtype"))
     if experts is not None:
         kwargs["experts_implementation"] = experts
-    with torch.device(device):
-        model = auto.from_config(cfg, **kwargs)
+    try:
+        cfg = hf_config(spec, **config_overrides)
+        with torch.device(device):
+            model = auto.from_config(cfg, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # what transformers (and huggingface_hub's validators) raise for a bad config
+        if spec.name in _catalog()[0] or isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
+            raise  # a shipped config that does not build is a bug; an OOM is a measurement
+        raise UserError(
+            f"model: {spec.name}: transformers cannot build this config ({type(e).__name__}: {short(str(e))})"
+        ) from None
     if spec.config.get("tie_word_embeddings") is False:
         _untie_output_embeddings(model)
     return model

@@ -28,8 +28,18 @@ REPORTED = (OK, OOM, ERROR)
 
 EXIT_OOM = 3
 """The worker's exit code after it recorded an OOM."""
-OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory", "CUDA error: out of memory",
-               "CUBLAS_STATUS_ALLOC_FAILED", "Cuda failure 'out of memory'")
+OOM_MARKERS = (
+    "OutOfMemoryError",
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "Cuda failure 'out of memory'",
+    # host memory: torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"),
+    # Python's own MemoryError, and errno ENOMEM spelled out
+    "can't allocate memory",
+    "MemoryError",
+    "Cannot allocate memory",
+)
 
 
 def is_oom_text(text: str) -> bool:

@@ -15,18 +15,23 @@ A record is plain data (never executed)::
 
 Files are written to a temporary name in the same folder and renamed, so a
 killed writer leaves either the old file or the new one, never half of one.
+The temporary name says who writes it (``.tmp-<pid>@<host>-*.json``), so that
+``writer_gone`` can tell a leftover of a killed writer from a file being written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from bench import record, status
+from bench import record, status, userfile
 from bench.errors import UserError
+from bench.limits import short
 
 SCHEMA_VERSION = record.SCHEMA_VERSION
 STATUSES = status.ALL
@@ -35,11 +40,46 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once, at import: os.umask can only be read by setting it
 
 
+def _host_tag(host: str) -> str:
+    """A host name as it can stand in a file name (no ``-``, which separates the parts)."""
+    return "".join(ch if ch.isalnum() or ch == "." else "_" for ch in host)[:64]
+
+
+def temp_prefix() -> str:
+    """The prefix of this process's temporary files: ``.tmp-<pid>@<host>-``."""
+    return f".tmp-{os.getpid()}@{_host_tag(socket.gethostname())}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def writer_gone(name: str) -> bool | None:
+    """Whether the writer of the temporary file ``name`` is gone: ``None`` when the name
+    says no writer on this host (an older bench, or another host sharing the folder)."""
+    parts = name.split("-", 2)
+    if len(parts) < 3 or "@" not in parts[1]:
+        return None
+    pid, _, host = parts[1].partition("@")
+    if not pid.isdigit() or host != _host_tag(socket.gethostname()):
+        return None
+    return not pid_alive(int(pid))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` via temp file + fsync + rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, sort_keys=True)
@@ -72,11 +112,13 @@ def load_record(path: Path) -> dict[str, Any]:
     """Read one record; refuse other schema versions with the fix."""
     path = Path(path)
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise UserError(f"{path}: not a readable result file ({e.__class__.__name__}: {e})") from None
+        rec = userfile.load_json(path, "record", finite=False)
+    except UserError as e:  # unreadable, not UTF-8, not JSON, too large or too deep
+        raise UserError(f"{path}: not a readable result file ({e.problems[0]})") from None
     if not isinstance(rec, dict) or "cell_id" not in rec:
         raise UserError(f"{path}: not a bench result record (no cell_id)")
+    if not isinstance(rec["cell_id"], str) or not rec["cell_id"]:
+        raise UserError(f"{path}: not a bench result record (cell_id {short(rec['cell_id'])} is not text)")
     version = rec.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(
@@ -92,12 +134,32 @@ def record_files(paths: Iterable[Path | str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += [f for f in p.rglob("*.json") if f.name != "machine.json" and not f.name.startswith(".tmp")]
+            out += [f for f in _json_files(p) if f.name != "machine.json" and not f.name.startswith(".tmp")]
         elif p.is_file():
             out.append(p)
         else:
             raise UserError(f"results: {str(p)!r} does not exist; give result folders or record files")
     return sorted(set(out))
+
+
+def _json_files(folder: Path) -> list[Path]:
+    """Every ``*.json`` below ``folder`` (symlinked folders followed once); a folder that
+    cannot be listed is a ``UserError``, never a silent gap in a report."""
+
+    def unreadable(e: OSError) -> None:
+        raise UserError(
+            f"results: {str(e.filename)!r} cannot be read ({e.strerror or e}); allowed: folders bench can list"
+        )
+
+    out, seen = [], set()
+    for top, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        out += [Path(top) / f for f in files if f.endswith(".json")]
+    return out
 
 
 def load_records(paths: Iterable[Path | str]) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ before its heavy imports.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
 import socket
+from collections.abc import MutableMapping
 
 
 def free_port() -> int:

@@ -21,21 +21,25 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
-
-from bench.errors import UserError
 
 from bench.dtypes import GiB
+from bench.errors import UserError
 
-
-_CLI_DEFAULTS = {"task": "train", "precision": "fp32", "batch": 1, "seq": 512, "grad_accum": 1, "gpus": 1,
-                 "optimizer": "adamw", "new_tokens": 128}
+_CLI_DEFAULTS = {
+    "task": "train",
+    "precision": "fp32",
+    "batch": 1,
+    "seq": 512,
+    "grad_accum": 1,
+    "gpus": 1,
+    "optimizer": "adamw",
+    "new_tokens": 128,
+}
 
 
 def _cell_from_args(a: argparse.Namespace, gpu: str):
     """(cell, notes): the flags, over the job file of ``--from`` when given (a flag wins over the file)."""
-    from bench import cell as cellmod
-    from bench import jobfile, matrix, models
+    from bench import cell as cellmod, jobfile, matrix, models
 
     raw: dict = {}
     notes: list[str] = []
@@ -64,7 +68,18 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
     if a.grad_ckpt:
         raw["grad_ckpt"] = True
     raw.setdefault("grad_ckpt", False)
-    for key in ("method", "tuning", "strategy", "offload", "attn", "ds_config", "target_seq", "lora_r", "zero_init", "freeze"):
+    for key in (
+        "method",
+        "tuning",
+        "strategy",
+        "offload",
+        "attn",
+        "ds_config",
+        "target_seq",
+        "lora_r",
+        "zero_init",
+        "freeze",
+    ):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     c = cellmod.normalize(raw, "")
@@ -72,7 +87,9 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
     if problems:
         raise UserError(*problems)
     if a.from_file and c.strategy != "none" and a.gpus is None:
-        notes.append(f"the file does not say how many GPUs share the {c.strategy} run: predicted for gpus {c.gpus} (--gpus)")
+        notes.append(
+            f"the file does not say how many GPUs share the {c.strategy} run: predicted for gpus {c.gpus} (--gpus)"
+        )
     return c, tuple(notes)
 
 
@@ -84,8 +101,9 @@ def _host_verdict(p, host_memory: int | None) -> str:
     return f"  {100 * need / host_memory:.0f}% of {host_memory / GiB:.0f} GiB: {'fits' if need <= host_memory else 'does NOT fit'}"
 
 
-def speed_fields(c, calibration: dict | None = None, tokens: int | None = None,
-                 price_table: dict | None = None) -> dict:
+def speed_fields(
+    c, calibration: dict | None = None, tokens: int | None = None, price_table: dict | None = None
+) -> dict:
     """The predicted-speed keys of a cell's ``predicted`` object (and ``run`` for ``tokens``)."""
     from bench.predict import cost
     from bench.predict.speed import speed
@@ -115,8 +133,10 @@ def _speed_text(c, sp: dict) -> str:
     else:
         parts = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in sp["step_time_parts"].items() if v > 0)
         lines.append(f"  {'step time (optimizer step)':<32} {sp['step_time_seconds']:8.3f} s  ({parts})")
-        lines.append(f"  {'throughput':<32} {sp['tokens_per_second']:8.0f} tokens/s"
-                     f"  {sp['samples_per_second']:.2f} samples/s  MFU {100 * sp['mfu']:.1f}%")
+        lines.append(
+            f"  {'throughput':<32} {sp['tokens_per_second']:8.0f} tokens/s"
+            f"  {sp['samples_per_second']:.2f} samples/s  MFU {100 * sp['mfu']:.1f}%"
+        )
     run = sp.get("run")
     if run:
         usd = f"  ${run['usd']:,.2f} at ${run['usd_per_hour']:.2f}/h" if run["usd"] is not None else "  (no price)"
@@ -140,14 +160,15 @@ def _breakdown_text(c, p, host_memory: int | None = None) -> str:
     for name, n in p.breakdown.items():
         lines.append(f"  {name.replace('_', ' '):<32} {n / GiB:8.2f} GiB")
     verdict = "fits" if p.fits else "does NOT fit"
-    lines.append(f"  {'peak GPU memory (NVML, process)':<32} {p.peak_bytes / GiB:8.2f} GiB"
-                 f"  {100 * p.peak_bytes / p.capacity_bytes:.0f}% of {p.gpu}: {verdict}"
-                 f" ({p.headroom_bytes / GiB:+.2f} GiB headroom)")
+    lines.append(
+        f"  {'peak GPU memory (NVML, process)':<32} {p.peak_bytes / GiB:8.2f} GiB"
+        f"  {100 * p.peak_bytes / p.capacity_bytes:.0f}% of {p.gpu}: {verdict}"
+        f" ({p.headroom_bytes / GiB:+.2f} GiB headroom)"
+    )
     lines.append(f"  {'torch max_memory_allocated':<32} {p.allocated_bytes / GiB:8.2f} GiB")
     if p.ranks > 1:
         lines.append(f"  {'host RAM per rank':<32} {p.host_bytes / GiB:8.2f} GiB")
-        lines.append(f"  {'host RAM per node':<32} {p.host_node_bytes / GiB:8.2f} GiB"
-                     f"{_host_verdict(p, host_memory)}")
+        lines.append(f"  {'host RAM per node':<32} {p.host_node_bytes / GiB:8.2f} GiB{_host_verdict(p, host_memory)}")
     else:
         lines.append(f"  {'host RAM':<32} {p.host_bytes / GiB:8.2f} GiB{_host_verdict(p, host_memory)}")
     lines += [f"  note: {n}" for n in p.notes]
@@ -161,8 +182,7 @@ def _host_memory(a: argparse.Namespace) -> int | None:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from bench import cell as cellmod
-    from bench import gpus
+    from bench import cell as cellmod, gpus
     from bench.predict import max_batch, predict
 
     tokens, table, calibration = _run_args(a)
@@ -199,8 +219,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
         rows.append((name, g.memory_bytes, predict(cellmod.replace(base, gpu=name))))
     rows.sort(key=lambda r: (not (r[2] and r[2].fits), r[1]))
     if a.json:
-        print(json.dumps([{"gpu": n, "predicted": p.to_dict() if p else None,
-                           "error": None if p else f"{base.precision} is not supported on {n}"} for n, _, p in rows], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "gpu": n,
+                        "predicted": p.to_dict() if p else None,
+                        "error": None if p else f"{base.precision} is not supported on {n}",
+                    }
+                    for n, _, p in rows
+                ],
+                indent=1,
+            )
+        )
         return 0
     per = " per GPU" if base.gpus > 1 else ""
     print(f"{base.slug}: peak GPU memory{per} by card (smallest card that fits first), host RAM per node")
@@ -208,16 +239,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if p is None:
             print(f"  {n:<12} {cap / GiB:7.1f} GiB  -- no {base.precision} support")
         else:
-            print(f"  {n:<12} {cap / GiB:7.1f} GiB  {p.peak_bytes / GiB:7.2f} GiB  "
-                  f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB  "
-                  f"host {(p.host_node_bytes or p.host_bytes) / GiB:7.1f} GiB{_host_verdict(p, _host_memory(a))}")
+            print(
+                f"  {n:<12} {cap / GiB:7.1f} GiB  {p.peak_bytes / GiB:7.2f} GiB  "
+                f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB  "
+                f"host {(p.host_node_bytes or p.host_bytes) / GiB:7.1f} GiB{_host_verdict(p, _host_memory(a))}"
+            )
     for n in notes:
         print(f"  note: {n}")
     return 0
 
 
-def plan_entries(m, want_max_batch: bool, tokens: int | None = None, price_table: dict | None = None,
-                 calibration: dict | None = None) -> list[dict]:
+def plan_entries(
+    m, want_max_batch: bool, tokens: int | None = None, price_table: dict | None = None, calibration: dict | None = None
+) -> list[dict]:
     """One JSON-ready entry per cell of a loaded matrix, in matrix order."""
     from bench.predict import max_batch, predict
 
@@ -240,9 +274,11 @@ def plan_entries(m, want_max_batch: bool, tokens: int | None = None, price_table
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from bench import matrix
+    from bench import destination, matrix
     from bench.report.render import plan_record, render_plan
 
+    if a.output:
+        destination.check_file(a.output)  # before any work: never fail after the table was shown
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
@@ -254,8 +290,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         table = render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}")
         sys.stdout.write(table)
         if a.output:
-            Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.output).write_text(table)
+            destination.write_text(a.output, table)
     for e in entries:
         for n in e.get("notes", []):
             print(f"note: cell {e['cell_id']} ({e['cell']['model']}): {n}", file=sys.stderr)
@@ -273,8 +308,12 @@ def register(sub) -> None:
     calibration.register(sub)
     p = sub.add_parser("predict", help="predict one cell's peak GPU memory, with a breakdown")
     p.add_argument("--model", help="catalog name, hub id or config.json path (default: the --from file's model)")
-    p.add_argument("--from", dest="from_file", metavar="FILE",
-                   help="a DeepSpeed JSON, HF TrainingArguments JSON/YAML, axolotl or LLaMA-Factory YAML; flags win over it")
+    p.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        help="a DeepSpeed JSON, HF TrainingArguments JSON/YAML, axolotl or LLaMA-Factory YAML; flags win over it",
+    )
     p.add_argument("--method")
     p.add_argument("--tuning")
     p.add_argument("--strategy")
@@ -293,16 +332,29 @@ def register(sub) -> None:
     p.add_argument("--task")
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--gpu", required=True, help="a catalog GPU, or 'all'")
-    p.add_argument("--host-memory", metavar="SIZE",
-                   help="host RAM of one node (e.g. 256GiB): adds a host-RAM verdict beside the GPU's")
-    p.add_argument("--freeze", type=int, metavar="N",
-                   help="full tuning: freeze the embeddings and the first N blocks [0]")
-    p.add_argument("--zero-init", dest="zero_init", action=argparse.BooleanOptionalAction, default=None,
-                   help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first")
+    p.add_argument(
+        "--host-memory",
+        metavar="SIZE",
+        help="host RAM of one node (e.g. 256GiB): adds a host-RAM verdict beside the GPU's",
+    )
+    p.add_argument(
+        "--freeze", type=int, metavar="N", help="full tuning: freeze the embeddings and the first N blocks [0]"
+    )
+    p.add_argument(
+        "--zero-init",
+        dest="zero_init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first",
+    )
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--rank", choices=("cost", "time", "memory"), default=None,
-                   help="--gpu all: order the cards that fit (default: cost with --tokens, else memory)")
+    p.add_argument(
+        "--rank",
+        choices=("cost", "time", "memory"),
+        default=None,
+        help="--gpu all: order the cards that fit (default: cost with --tokens, else memory)",
+    )
     add_run_flags(p)
     p.set_defaults(func=cmd_predict)
 

@@ -14,16 +14,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from bench import store
+from bench import destination, recordshape, store
 from bench.errors import UserError
 from bench.report import compare as comparemod
 from bench.report.render import FORMATS, format_of, render
 
+MAX_WARNINGS = 20
+"""Skipped records named one by one; past this many, one line counts the rest."""
+
 
 def _records(paths: list[str], what: str) -> list[dict]:
-    records = store.load_records(paths)
+    """The sound records under ``paths``; each unsound one is left out with one warning line."""
+    records, skipped = [], []
+    for path in store.record_files(paths):
+        rec = store.load_record(path)
+        bad = recordshape.problems(rec)
+        if bad:
+            skipped.append(
+                f"warning: {path}: left out: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+            )
+        else:
+            records.append(rec)
+    for line in skipped[:MAX_WARNINGS]:
+        print(line, file=sys.stderr)
+    if len(skipped) > MAX_WARNINGS:
+        print(f"warning: {len(skipped) - MAX_WARNINGS} more records left out", file=sys.stderr)
     if not records:
         raise UserError(f"{what}: no result records under {', '.join(paths)}; run `bench run MATRIX` first")
     return records
@@ -31,13 +47,13 @@ def _records(paths: list[str], what: str) -> list[dict]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     fmt = format_of(args.output, args.format)
+    if args.output is not None:
+        destination.check_file(args.output)
     text = render(_records(args.results, "report"), fmt, title=args.title)
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    out = destination.write_text(args.output, text)
     print(f"wrote {out} ({fmt})", file=sys.stderr)
     return 0
 
@@ -51,20 +67,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report`` and ``compare`` to the ``bench`` command line."""
-    p = subparsers.add_parser("report", help="tables and plots of results (Markdown, HTML, CSV)",
-                              description=__doc__.split("\n\n")[1])
+    p = subparsers.add_parser(
+        "report", help="tables and plots of results (Markdown, HTML, CSV)", description=__doc__.split("\n\n")[1]
+    )
     p.add_argument("results", nargs="+", metavar="RESULTS", help="result folders or record files")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     p.add_argument("--format", choices=FORMATS, help="md, html or csv [from -o's suffix, else md]")
     p.add_argument("--title", help="heading of the report")
     p.set_defaults(func=cmd_report)
 
-    p = subparsers.add_parser("compare", help="compare two result sets cell by cell; exit 1 on a regression",
-                              description=__doc__.split("\n\n")[2])
+    p = subparsers.add_parser(
+        "compare",
+        help="compare two result sets cell by cell; exit 1 on a regression",
+        description=__doc__.split("\n\n")[2],
+    )
     p.add_argument("a", metavar="A", help="baseline results (folder or record file)")
     p.add_argument("b", metavar="B", help="new results (folder or record file)")
-    p.add_argument("--threshold", metavar="SPEC", default=None,
-                   help="allowed rise of the peak and fall of tokens/s before a cell counts as worse "
-                        f"[{comparemod.THRESHOLD_FORM.replace('%', '%%')}]")
+    p.add_argument(
+        "--threshold",
+        metavar="SPEC",
+        default=None,
+        help="allowed rise of the peak and fall of tokens/s before a cell counts as worse "
+        f"[{comparemod.THRESHOLD_FORM.replace('%', '%%')}]",
+    )
     p.add_argument("--all", action="store_true", help="list unchanged cells too")
     p.set_defaults(func=cmd_compare)

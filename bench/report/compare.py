@@ -1,6 +1,7 @@
 """Comparison of two result sets, cell by cell (matched by ``cell_id``).
 
-For each cell, measured peak VRAM (NVML per process) and throughput
+For each cell, the measured peak (NVML per process on a GPU, host RSS on
+``--device cpu``: ``bench.run.record.measured_peak``) and throughput
 (tokens/s) of B against A, and a mark:
 
 - ``new failure``: ok in A, OOM/timeout/error in B (a regression)
@@ -18,12 +19,14 @@ Thresholds are fractions (``--threshold peak=5%,throughput=5%``, the default).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from bench import status
 from bench.errors import UserError
 from bench.report import labels
+from bench.run.record import measured_peak
 
 MARKS = ("new failure", "worse", "better", "fixed", "not comparable", "only in A", "only in B", "same")
 REGRESSIONS = ("new failure", "worse")
@@ -57,8 +60,10 @@ def parse_thresholds(spec: str | None) -> Thresholds:
             except ValueError:
                 number = math.nan
             if not number >= 0 or math.isinf(number):
-                problems.append(f"--threshold {key}: {raw!r} is not allowed; allowed: a percentage >= 0 "
-                                f"such as 5%, as in {THRESHOLD_FORM}")
+                problems.append(
+                    f"--threshold {key}: {raw!r} is not allowed; allowed: a percentage >= 0 "
+                    f"such as 5%, as in {THRESHOLD_FORM}"
+                )
             else:
                 values[key] = number / 100
     if problems:
@@ -89,8 +94,10 @@ def _delta(a: float | None, b: float | None) -> float | None:
 
 
 def _metrics(record: Mapping[str, Any] | None) -> tuple[float | None, float | None]:
+    """(peak, tokens/s); the peak that decides a fit on the record's device (host RSS on the CPU)."""
     m = (record or {}).get("measured") or {}
-    return m.get("peak_nvml_process_bytes"), m.get("tokens_per_second")
+    device = ((record or {}).get("environment") or {}).get("device") or "cuda"
+    return measured_peak(m, device), m.get("tokens_per_second")
 
 
 def _mark(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds) -> str:
@@ -118,14 +125,17 @@ def _by_id(records: Iterable[Mapping[str, Any]], side: str) -> dict[str, Mapping
     out: dict[str, Mapping[str, Any]] = {}
     for r in records:
         if r["cell_id"] in out:
-            raise UserError(f"{side}: cell {r['cell_id']} ({r.get('slug')}) appears twice "
-                            f"(in two matrices?); give one matrix folder per side")
+            raise UserError(
+                f"{side}: cell {r['cell_id']} ({r.get('slug')}) appears twice "
+                f"(in two matrices?); give one matrix folder per side"
+            )
         out[r["cell_id"]] = r
     return out
 
 
-def compare(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]],
-            thresholds: Thresholds = Thresholds()) -> list[Change]:
+def compare(
+    a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]], thresholds: Thresholds = Thresholds()
+) -> list[Change]:
     """One ``Change`` per cell id in A or B, regressions first, then by slug."""
     ra, rb = _by_id(a, "A"), _by_id(b, "B")
     changes = []
@@ -133,12 +143,16 @@ def compare(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]],
         ca, cb = ra.get(cid), rb.get(cid)
         either = ca or cb
         assert either is not None
-        changes.append(Change(
-            cell_id=cid, slug=either.get("slug") or cid, mark=_mark(ca, cb, thresholds),
-            status=((ca or {}).get("status"), (cb or {}).get("status")),
-            peak_bytes=(_metrics(ca)[0], _metrics(cb)[0]),
-            tokens_per_second=(_metrics(ca)[1], _metrics(cb)[1]),
-        ))
+        changes.append(
+            Change(
+                cell_id=cid,
+                slug=either.get("slug") or cid,
+                mark=_mark(ca, cb, thresholds),
+                status=((ca or {}).get("status"), (cb or {}).get("status")),
+                peak_bytes=(_metrics(ca)[0], _metrics(cb)[0]),
+                tokens_per_second=(_metrics(ca)[1], _metrics(cb)[1]),
+            )
+        )
     return sorted(changes, key=lambda c: (MARKS.index(c.mark), c.slug, c.cell_id))
 
 
@@ -150,24 +164,36 @@ def summary(changes: list[Change], thresholds: Thresholds) -> str:
     """One line: counts per mark, the thresholds and the verdict."""
     counts = ", ".join(f"{sum(c.mark == m for c in changes)} {m}" for m in MARKS)
     verdict = "REGRESSED" if regressed(changes) else "no regression"
-    return (f"{len(changes)} cells: {counts} (thresholds: peak +{thresholds.peak * 100:g}%, "
-            f"throughput -{thresholds.throughput * 100:g}%): {verdict}")
+    return (
+        f"{len(changes)} cells: {counts} (thresholds: peak +{thresholds.peak * 100:g}%, "
+        f"throughput -{thresholds.throughput * 100:g}%): {verdict}"
+    )
 
 
 def render(changes: list[Change], thresholds: Thresholds, show_all: bool = False) -> str:
     """A text table of the cells that changed (all with ``show_all``), then ``summary``."""
-    header = ("mark", "cell", "status A -> B", "peak A (GiB)", "peak B (GiB)", "peak", "tok/s A", "tok/s B",
-              "tok/s")
-    rows = [(c.mark, c.slug, f"{c.status[0] or '-'} -> {c.status[1] or '-'}",
-             labels.gib(c.peak_bytes[0]), labels.gib(c.peak_bytes[1]), labels.percent(c.peak_delta, True),
-             labels.count(c.tokens_per_second[0]), labels.count(c.tokens_per_second[1]),
-             labels.percent(c.throughput_delta, True))
-            for c in changes if show_all or c.mark != "same"]
+    header = ("mark", "cell", "status A -> B", "peak A (GiB)", "peak B (GiB)", "peak", "tok/s A", "tok/s B", "tok/s")
+    rows = [
+        (
+            c.mark,
+            c.slug,
+            f"{c.status[0] or '-'} -> {c.status[1] or '-'}",
+            labels.gib(c.peak_bytes[0]),
+            labels.gib(c.peak_bytes[1]),
+            labels.percent(c.peak_delta, True),
+            labels.count(c.tokens_per_second[0]),
+            labels.count(c.tokens_per_second[1]),
+            labels.percent(c.throughput_delta, True),
+        )
+        for c in changes
+        if show_all or c.mark != "same"
+    ]
     lines = []
     if rows:
         widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
         for r in (header, *rows):
-            lines.append("  ".join(v.ljust(w) if i < 3 else v.rjust(w)
-                                   for i, (v, w) in enumerate(zip(r, widths))).rstrip())
+            lines.append(
+                "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+            )
     lines.append(summary(changes, thresholds))
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ Registers the ``run`` verb with the top-level parser. Importing this module
 from __future__ import annotations
 
 import argparse
+import math
 
 EXECUTORS = ("local", "ray")
 
@@ -44,8 +45,8 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0 seconds")
+    if not 0 < value < math.inf:  # also refuses nan, which compares false and would disable the timeout
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout must be > 0 seconds and finite")
     return value
 
 
@@ -71,35 +72,72 @@ def _accept_trailing_overrides(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``run`` to the ``bench`` command line."""
     p = subparsers.add_parser(
-        "run", help="measure a matrix's cells on this machine, one child process per cell",
+        "run",
+        help="measure a matrix's cells on this machine, one child process per cell",
         description="Measure every cell of MATRIX in its own child process and write one record per "
-                    "cell to RESULTS/<gpu>/<matrix>/ as soon as it ends. A re-run resumes "
-                    "(e.g. `bench run m.yaml --device cpu batch=[1,2]`).")
+        "cell to RESULTS/<gpu>/<matrix>/ as soon as it ends. A re-run resumes "
+        "(e.g. `bench run m.yaml --device cpu batch=[1,2]`).",
+    )
     p.add_argument("matrix", help="matrix YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="override a matrix key or cell field; a [list] becomes a sweep axis")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                   help="where cells run [cuda when a GPU is found; otherwise give --device cpu]")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override a matrix key or cell field; a [list] becomes a sweep axis",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default=None,
+        help="where cells run [cuda when a GPU is found; otherwise give --device cpu]",
+    )
     p.add_argument("--results", default="results", metavar="DIR", help="results folder [results]")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="rerun cells whose record is error, timeout or skipped (ok and oom stay)")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun cells whose record is error, timeout or skipped (ok and oom stay)",
+    )
     p.add_argument("--force", action="store_true", help="rerun every cell, whatever the store holds")
-    p.add_argument("--find-max-batch", action="store_true",
-                   help="per group of cells differing only in batch, bisect for the largest batch that fits")
-    p.add_argument("--skip-predicted-oom", action="store_true",
-                   help="record cells the predictor says will not fit as skipped instead of running them")
-    p.add_argument("--emulate-target", action=argparse.BooleanOptionalAction, default=True,
-                   help="on a GPU larger than the matrix's target, cap each cell at the target's memory [on]")
-    p.add_argument("--timeout", type=_positive, default=1800.0, metavar="SECONDS",
-                   help="per-cell wall-clock limit; the cell's process group is killed [1800]")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="how cells are started [local: child processes on this host; "
-                        "ray: one Ray task per cell on an existing cluster, see docs/ray.md]")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="with --executor ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "
-                        "[$RAY_ADDRESS, else auto]")
-    p.add_argument("--require-gpu-type", action="store_true",
-                   help="with --executor ray: run cells only on nodes whose accelerator_type "
-                        "is the matrix's gpu")
+    p.add_argument(
+        "--find-max-batch",
+        action="store_true",
+        help="per group of cells differing only in batch, bisect for the largest batch that fits",
+    )
+    p.add_argument(
+        "--skip-predicted-oom",
+        action="store_true",
+        help="record cells the predictor says will not fit as skipped instead of running them",
+    )
+    p.add_argument(
+        "--emulate-target",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on a GPU larger than the matrix's target, cap each cell at the target's memory [on]",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=1800.0,
+        metavar="SECONDS",
+        help="per-cell wall-clock limit; the cell's process group is killed [1800]",
+    )
+    p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="how cells are started [local: child processes on this host; "
+        "ray: one Ray task per cell on an existing cluster, see docs/ray.md]",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="with --executor ray: the cluster (auto, HOST:PORT, ray://HOST:10001) [$RAY_ADDRESS, else auto]",
+    )
+    p.add_argument(
+        "--require-gpu-type",
+        action="store_true",
+        help="with --executor ray: run cells only on nodes whose accelerator_type is the matrix's gpu",
+    )
     p.set_defaults(func=cmd_run)
     _accept_trailing_overrides(p)

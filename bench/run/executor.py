@@ -23,16 +23,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from bench.run import outcome
 from bench.run.outcome import classify, read_out, tail
 
-__all__ = ["Job", "Executor", "LocalExecutor", "write_job", "worker_command", "worker_env",
-           "classify", "read_out", "tail", "now"]
+__all__ = [
+    "Job",
+    "Executor",
+    "LocalExecutor",
+    "write_job",
+    "worker_command",
+    "worker_env",
+    "classify",
+    "read_out",
+    "tail",
+    "now",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +68,7 @@ class Job:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Job":
+    def from_dict(cls, d: dict[str, Any]) -> Job:
         return cls(**d)
 
 
@@ -88,8 +99,9 @@ def worker_command(job: Job, job_path: Path, out_path: Path, python: str = sys.e
     return [python, *worker]
 
 
-def worker_env(job: Job, gpu_ids: list[int] | None = None, base: dict[str, str] | None = None,
-               runner_pid: int | None = None) -> dict[str, str]:
+def worker_env(
+    job: Job, gpu_ids: list[int] | None = None, base: dict[str, str] | None = None, runner_pid: int | None = None
+) -> dict[str, str]:
     """The child's environment: its GPUs (NVML order), or none on ``--device cpu``.
 
     ``runner_pid`` (same host only) makes the worker exit when that process is gone.
@@ -148,15 +160,21 @@ class LocalExecutor:
         running: list[_Running] = []
         capacity = 1 if not self.gpu_ids else len(self.gpu_ids)
         free = list(self.gpu_ids) or [-1]
-        with tempfile.TemporaryDirectory(prefix="bench-run-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"bench-run-{os.getpid()}-") as scratch:  # bench.run.leftovers
             try:
                 while pending or running:
                     for job in list(pending):
                         need = self._slots(job)
                         if job.device != "cpu" and need > capacity:
                             pending.remove(job)
-                            on_done(job, {**outcome.failed(f"the cell needs {need} GPUs; this host has {capacity}"),
-                                          "started_at": now(), "finished_at": now()})
+                            on_done(
+                                job,
+                                {
+                                    **outcome.failed(f"the cell needs {need} GPUs; this host has {capacity}"),
+                                    "started_at": now(),
+                                    "finished_at": now(),
+                                },
+                            )
                         elif need <= len(free):
                             pending.remove(job)
                             ids, free = free[:need], free[need:]
@@ -180,8 +198,14 @@ class LocalExecutor:
         log = open(log_path, "wb")
         ids = None if job.device == "cpu" else [i for i in gpu_ids if i >= 0]
         env = worker_env(job, ids, runner_pid=os.getpid())
-        proc = subprocess.Popen(worker_command(job, job_path, out_path), env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            worker_command(job, job_path, out_path),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return _Running(job, proc, log, log_path, out_path, gpu_ids, time.monotonic(), now())
 
     def _check(self, r: _Running) -> dict[str, Any] | None:

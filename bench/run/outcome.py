@@ -4,7 +4,8 @@ An OOM is a measurement, not a crash. The worker catches
 ``torch.OutOfMemoryError`` itself and writes ``OUT.json`` with status ``oom``
 and the peaks it reached; ``classify`` also recognises an OOM the worker could
 not report (another rank's traceback in the output, or the kernel's OOM killer
-sending SIGKILL when host memory ran out, e.g. under CPU offload). Whatever is
+sending SIGKILL when host memory ran out, e.g. under CPU offload, or a host
+allocation that failed on ``--device cpu``). Whatever is
 not ``ok`` keeps the tail of the child's output, so the store says why.
 """
 
@@ -76,11 +77,15 @@ def classify(returncode: int, output_tail: str, out: dict[str, Any] | None) -> d
     - an OOM traceback in the output: ``oom``;
     - anything else: ``error`` with the output's tail.
     """
-    result: dict[str, Any] = {"status": ERROR, "measured": None, "environment": {},
-                              "error": None, "returncode": returncode}
+    result: dict[str, Any] = {
+        "status": ERROR,
+        "measured": None,
+        "environment": {},
+        "error": None,
+        "returncode": returncode,
+    }
     if out is not None and out.get("status") in REPORTED:
-        result.update(status=out["status"], measured=out.get("measured"),
-                      environment=out.get("environment") or {})
+        result.update(status=out["status"], measured=out.get("measured"), environment=out.get("environment") or {})
         if out["status"] == "ok" and returncode != 0:
             result["error"] = f"the worker reported ok, then exited with {returncode}\n{output_tail}".rstrip()
         elif out["status"] != "ok":

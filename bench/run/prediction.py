@@ -9,7 +9,8 @@ skips nothing and ``--find-max-batch`` starts from the middle.
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from bench.cell import Cell
 
@@ -52,6 +53,17 @@ class Pending:
             self.answers, self.why = predict(cells)
         except Exception as e:  # noqa: BLE001 - reported through ``why``
             self.why = f"no predictions (the predictor failed: {type(e).__name__}: {e})"
+
+    def close(self) -> None:
+        """Kill the predictor's child if it still runs (the run ended early); idempotent.
+
+        The thread waiting for it then ends with ``why`` saying the predictor failed."""
+        if self._thread.is_alive():
+            try:
+                from bench.predict.batch import stop_children
+            except ImportError:
+                return
+            stop_children()
 
     def wait(self) -> dict[str, dict[str, Any] | None]:
         self._thread.join()

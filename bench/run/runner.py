@@ -2,13 +2,19 @@
 
 ``run(options)`` reads as the pipeline it is:
 
-1. load and validate the whole matrix (``bench.matrix.load``) and find the
-   device, before anything is written (a bad input leaves the store untouched);
-2. drop cells the store already has (``Store.completed``; ``--force`` keeps
+1. load and validate the whole matrix (``bench.matrix.load``), find the
+   device and check the results folder (``bench.destination``), before
+   anything is written (a bad input leaves the store untouched);
+2. take the matrix folder's lock (``bench.run.lock``: a second runner exits 2)
+   and clear what killed runners left (``bench.run.leftovers``);
+3. drop cells the store already has (``Store.completed``; ``--force`` keeps
    none, ``--retry-failed`` reruns ``error``/``timeout``/``skipped``);
-3. write ``machine.json`` and ask the predictor about the rest;
-4. hand the cells to an executor and write each record the moment its cell
-   ends (atomically: Ctrl-C or ``kill -9`` loses at most the cells in flight).
+4. write ``machine.json`` and ask the predictor about the rest;
+5. hand the cells to an executor and write each record the moment its cell
+   ends (atomically: Ctrl-C or ``kill -9`` loses at most the cells in flight;
+   a record the store cannot take is kept by ``bench.run.fallback`` and the
+   run stops). SIGTERM ends the run as Ctrl-C does: children, the predictor
+   and the scratch folder go with it.
 
 The parent never imports torch. The exit code is 0 when every cell ended
 ``ok``, ``oom`` or ``skipped`` (an OOM is a measurement) and 1 when any cell
@@ -18,21 +24,25 @@ ended ``error`` or ``timeout``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
-from bench import cell as cellmod, matrix as matrixmod
+from bench import cell as cellmod, destination, matrix as matrixmod
 from bench.cell import Cell
 from bench.errors import UserError
-from bench.run import machine, maxbatch, prediction, record
+from bench.run import fallback, leftovers, machine, maxbatch, prediction, record
 from bench.run.executor import Executor, Job, LocalExecutor
+from bench.run.leftovers import clean_stale_temps
+from bench.run.lock import RunnerLock
 from bench.run.progress import Progress
 from bench.store import Store
 
-NO_GPU = ("no CUDA GPU found; use --device cpu to run on the CPU, "
-          "or `bench plan MATRIX` to predict without a GPU")
+NO_GPU = "no CUDA GPU found; use --device cpu to run on the CPU, or `bench plan MATRIX` to predict without a GPU"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,18 +88,12 @@ def visible_gpu_ids(found: list[machine.GpuInfo], env: dict[str, str] | None = N
     return ids
 
 
-def clean_stale_temps(folder: Path) -> None:
-    """Remove half-written ``.tmp-*`` files a killed writer left in a matrix folder."""
-    if folder.is_dir():
-        for f in folder.glob(".tmp-*"):
-            f.unlink(missing_ok=True)
-
-
 class Runner:
     """One ``bench run``: the matrix, the store, the executor and the progress."""
 
-    def __init__(self, opts: RunOptions, executor: Executor | None = None,
-                 out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(
+        self, opts: RunOptions, executor: Executor | None = None, out: TextIO | None = None, err: TextIO | None = None
+    ) -> None:
         self.opts = opts
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -98,6 +102,9 @@ class Runner:
         found = machine.gpus() if opts.device != "cpu" and not remote else []
         usable = visible_gpu_ids(found)
         self.device = (opts.device or "cuda") if remote else pick_device(opts.device, usable)
+        destination.check_folder(opts.results)  # before anything is printed or run
+        if executor is None:
+            destination.check_folder(tempfile.gettempdir(), "the temporary folder (TMPDIR)")
         self.store = Store(opts.results)
         self.executor = executor or LocalExecutor(usable if self.device == "cuda" else [])
         self.found = found
@@ -105,19 +112,32 @@ class Runner:
         self.statuses: dict[str, str] = {}
 
     def job(self, c: Cell) -> Job:
-        return Job(cell=c.to_dict(), cell_id=c.cell_id, slug=c.slug, matrix=self.matrix.name,
-                   device=self.device, gpus=c.gpus, timeout_s=self.opts.timeout_s,
-                   emulate_target=self.opts.emulate_target, results=str(self.store.root))
+        return Job(
+            cell=c.to_dict(),
+            cell_id=c.cell_id,
+            slug=c.slug,
+            matrix=self.matrix.name,
+            device=self.device,
+            gpus=c.gpus,
+            timeout_s=self.opts.timeout_s,
+            emulate_target=self.opts.emulate_target,
+            results=str(self.store.root),
+        )
 
-    def execute(self, cells: list[Cell], predicted: dict[str, Any] | prediction.Pending, progress: Progress,
-                then: Callable[[Cell, dict[str, Any]], None] | None = None) -> None:
+    def execute(
+        self,
+        cells: list[Cell],
+        predicted: dict[str, Any] | prediction.Pending,
+        progress: Progress,
+        then: Callable[[Cell, dict[str, Any]], None] | None = None,
+    ) -> None:
         """Run ``cells``; write each record as it ends."""
         by_id = {c.cell_id: c for c in cells}
 
         def on_done(job: Job, result: dict[str, Any]) -> None:
             c = by_id[job.cell_id]
             rec = record.build(job, c, result, predicted.get(c.cell_id), self.environment)
-            self.store.write(rec)
+            self.write(rec)
             self.statuses[c.cell_id] = rec["status"]
             progress.cell_done(rec)
             if then is not None:
@@ -125,15 +145,44 @@ class Runner:
 
         self.executor.run([self.job(c) for c in cells], on_done)
 
+    def write(self, rec: dict[str, Any]) -> None:
+        """Persist one record; if the store cannot take it, keep it elsewhere and stop."""
+        try:
+            self.store.write(rec)
+        except OSError as e:
+            raise fallback.keep(
+                rec, self.store.path(self.matrix.gpu, rec["matrix"], rec["cell_id"]), e, self.err
+            ) from None
+
     def run(self) -> int:
+        """Take the results folder's lock, run (``_run``), and always let go of it."""
+        folder = self.store.folder(self.matrix.gpu, self.matrix.name)
+        held = RunnerLock(folder).acquire(self.matrix.path)
+        try:
+            return self._run()
+        finally:
+            held.release()
+
+    def _run(self) -> int:
         m, opts = self.matrix, self.opts
         done = set() if opts.force else self.store.completed(m.gpu, m.name, opts.retry_failed)
         todo = [c for c in m.cells if c.cell_id not in done]
         folder = self.store.folder(m.gpu, m.name)
-        print(f"{m.path}: {len(m.cells)} cells, {len(m.cells) - len(todo)} already in {folder}, "
-              f"{len(todo)} to run on {self.device}", file=self.out, flush=True)
+        print(
+            f"{m.path}: {len(m.cells)} cells, {len(m.cells) - len(todo)} already in {folder}, "
+            f"{len(todo)} to run on {self.device}",
+            file=self.out,
+            flush=True,
+        )
         clean_stale_temps(folder)
-        self.store.write_machine(m.gpu, {**machine.describe(self.device, self.found), "executor": opts.executor})
+        leftovers.clean_scratch()
+        try:
+            self.store.write_machine(m.gpu, {**machine.describe(self.device, self.found), "executor": opts.executor})
+        except OSError as e:
+            raise UserError(
+                f"--results {str(self.store.root)!r}: machine.json cannot be written "
+                f"({e.strerror or e}); nothing was run"
+            ) from None
         self.environment = machine.environment(self.device)
         if opts.find_max_batch:
             self.find_max_batch(list(m.cells), done)
@@ -147,6 +196,12 @@ class Runner:
 
     def run_cells(self, todo: list[Cell]) -> None:
         predicted = prediction.Pending(todo)
+        try:
+            self._run_cells(todo, predicted)
+        finally:
+            predicted.close()  # the predictor's child never outlives the runner's loop
+
+    def _run_cells(self, todo: list[Cell], predicted: prediction.Pending) -> None:
         progress = Progress(len(todo), out=self.out, err=self.err)
         if self.opts.skip_predicted_oom:
             predicted.wait()
@@ -154,7 +209,7 @@ class Runner:
             for c in todo:
                 if prediction.fits(predicted.get(c.cell_id)) is False:
                     rec = record.skipped(c, self.matrix.name, predicted.get(c.cell_id), self.environment, self.device)
-                    self.store.write(rec)
+                    self.write(rec)
                     self.statuses[c.cell_id] = "skipped"
                     progress.cell_done(rec)
                 else:
@@ -169,15 +224,21 @@ class Runner:
         if predicted.why:
             print(f"note: {predicted.why}", file=self.err, flush=True)
         elif missing:
-            print(f"note: the predictor gave no prediction for {missing} of {len(todo)} cells "
-                  f"(`bench plan {self.opts.matrix}` says why)", file=self.err, flush=True)
+            print(
+                f"note: the predictor gave no prediction for {missing} of {len(todo)} cells "
+                f"(`bench plan {self.opts.matrix}` says why)",
+                file=self.err,
+                flush=True,
+            )
 
     def find_max_batch(self, cells: list[Cell], done: set[str]) -> None:
         """Bisect each group of cells that differ only in batch, one round of probes at a time."""
         groups = maxbatch.groups(cells)
         starts, predicted = self._search_starts(groups)
-        searches = {k: maxbatch.BatchSearch(start=starts[k], candidates=[c.batch for c in g] if len(g) > 1 else None)
-                    for k, g in groups.items()}
+        searches = {
+            k: maxbatch.BatchSearch(start=starts[k], candidates=[c.batch for c in g] if len(g) > 1 else None)
+            for k, g in groups.items()
+        }
         estimate = sum(max(1, (len(g) if len(g) > 1 else 16).bit_length()) for g in groups.values())
         progress = Progress(estimate, out=self.out, err=self.err)
         try:
@@ -189,8 +250,12 @@ class Runner:
                         probes.append(c)
                 if not probes:
                     break
-                self.execute(probes, predicted, progress,
-                             then=lambda c, rec: searches[maxbatch.group_key(c)].record(c.batch, rec["status"] == "ok"))
+                self.execute(
+                    probes,
+                    predicted,
+                    progress,
+                    then=lambda c, rec: searches[maxbatch.group_key(c)].record(c.batch, rec["status"] == "ok"),
+                )
         finally:
             progress.finish()
         for key, search in searches.items():
@@ -219,8 +284,9 @@ class Runner:
             print(f"note: {why}; bisection starts from the middle", file=self.err, flush=True)
         starts = {}
         for key, g in groups.items():
-            fitting = [c.batch for c in asked if maxbatch.group_key(c) == key
-                       and prediction.fits(predicted.get(c.cell_id))]
+            fitting = [
+                c.batch for c in asked if maxbatch.group_key(c) == key and prediction.fits(predicted.get(c.cell_id))
+            ]
             if fitting:
                 starts[key] = max(fitting)
             elif len(g) > 1:
@@ -230,6 +296,19 @@ class Runner:
         return starts, predicted
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run the way Ctrl-C does: children killed, scratch removed, lock let go."""
+    print("error: terminated (SIGTERM); the cells in flight were stopped", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
 def run(opts: RunOptions, executor: Executor | None = None) -> int:
     """``bench run``: returns the exit code (see the module docstring)."""
-    return Runner(opts, executor).run()
+    runner = Runner(opts, executor)
+    if threading.current_thread() is not threading.main_thread():
+        return runner.run()
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return runner.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
