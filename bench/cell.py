@@ -337,7 +337,7 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
     if raw.get("lora_targets") is not None:
         v = raw["lora_targets"]
         if isinstance(v, str):
-            v = [v]
+            v = [v]  # type: ignore[assignment]
         if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) for x in v):
             problems.append(f"{where}lora_targets: {v!r} is not allowed; allowed: a list of module names")
         else:

@@ -181,8 +181,8 @@ def _refs(refs: list[int | str], most: int = 8) -> str:
     runs = []
     numbers = [r for r in refs if isinstance(r, int)]
     for _, run in itertools.groupby(enumerate(numbers), key=lambda t: t[1] - t[0]):
-        run = [n for _, n in run]
-        runs.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [n for _, n in run]  # type: ignore[assignment]
+        runs.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")  # type: ignore[arg-type, index]
     named = [r for r in refs if isinstance(r, str)]
     parts = [f"cell {', '.join(runs[:most])}{', …' if len(runs) > most else ''}"] if runs else []
     parts += named[:most] + (["…"] if len(named) > most else [])
@@ -532,4 +532,4 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         raise UserError(*lines)
     if not cells:
         raise UserError(f"matrix: {str(path)!r} expands to no cells (empty sweep, or everything excluded)")
-    return Matrix(name=str(name), gpu=gpu, path=str(path), cells=tuple(cells.values()), notes=notes)
+    return Matrix(name=str(name), gpu=gpu, path=str(path), cells=tuple(cells.values()), notes=notes)  # type: ignore[arg-type]

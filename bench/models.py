@@ -71,7 +71,7 @@ class ModelSpec:
         """Hard limit of a fixed position table; None for rotary, ALiBi or relative positions."""
         limits = [_table_limit(c) for c in _sub_configs(self.config)]
         limits = [n for n in limits if n is not None]
-        return min(limits) if limits else None
+        return min(limits) if limits else None  # type: ignore[type-var]
 
 
 def _sub_configs(config: dict) -> list[dict]:
@@ -81,7 +81,7 @@ def _sub_configs(config: dict) -> list[dict]:
 
 
 def _table_limit(config: dict) -> int | None:
-    key_default = _POSITION_TABLES.get(config.get("model_type"))
+    key_default = _POSITION_TABLES.get(config.get("model_type"))  # type: ignore[arg-type]
     if key_default is None:
         return None
     key, default = key_default
@@ -248,7 +248,7 @@ def _untie_output_embeddings(model) -> None:
     weight = torch.empty_like(embeddings.weight, requires_grad=False)
     if weight.device.type != "meta":  # T5's own init for an untied head; distinct values keep a reload untied
         std = getattr(model.config, "initializer_factor", None) or getattr(model.config, "initializer_range", 0.02)
-        torch.nn.init.normal_(weight, std=std)
+        torch.nn.init.normal_(weight, std=std)  # type: ignore[arg-type]
     head.weight = torch.nn.Parameter(weight)
     model._tied_weights_keys = {k: v for k, v in (model._tied_weights_keys or {}).items() if k != name}
     getattr(model, "all_tied_weights_keys", {}).pop(name, None)

@@ -196,7 +196,7 @@ class Store:
         folder = self.folder(gpu, matrix)
         if not folder.is_dir():
             return {}
-        return {r["cell_id"]: r.get("status") for r in (load_record(f) for f in record_files([folder]))}
+        return {r["cell_id"]: r.get("status") for r in (load_record(f) for f in record_files([folder]))}  # type: ignore[misc]
 
     def completed(self, gpu: str, matrix: str, retry_failed: bool = False) -> set[str]:
         """Cell ids a re-run skips: ``ok``/``oom`` always, others unless ``retry_failed``."""

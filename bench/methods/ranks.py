@@ -24,10 +24,10 @@ def free_port() -> int:
 
 def single_rank_env(env: MutableMapping[str, str] | None = None) -> None:
     """Give a worker started without torchrun a one-rank world (in place)."""
-    env = os.environ if env is None else env  # type: MutableMapping[str, str]
-    if "RANK" in env and "WORLD_SIZE" in env:
+    env = os.environ if env is None else env  # type: MutableMapping[str, str]  # type: ignore[no-redef]
+    if "RANK" in env and "WORLD_SIZE" in env:  # type: ignore[operator]
         return
-    env.update(
+    env.update(  # type: ignore[union-attr]
         RANK="0",
         WORLD_SIZE="1",
         LOCAL_RANK="0",

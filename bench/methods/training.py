@@ -38,7 +38,7 @@ def recipe_for(cell: Cell) -> Recipe:
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(all, trainable) parameters; PEFT's count where it knows 4-bit packing."""
     if hasattr(model, "get_nb_trainable_parameters"):
-        trainable, total = model.get_nb_trainable_parameters()
+        trainable, total = model.get_nb_trainable_parameters()  # type: ignore[operator]
         return int(total), int(trainable)
     trainable = sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters() if p.requires_grad)
     return models.count_params(model), trainable
@@ -105,8 +105,8 @@ class Setup:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.step()  # type: ignore[union-attr]
+        self.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
 
 
 def _host_mark() -> int:
@@ -141,8 +141,8 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         build_rss = None if r.build_on_meta else _host_increase(before)
     freezing.apply(model, r.freeze)
     if not r.quantized_base and r.grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = r.use_cache
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    model.config.use_cache = r.use_cache  # type: ignore[union-attr]
     vocab = int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
     if r.adapters is not None:
         model = adapters.apply_lora(model, r.adapters, spec)

@@ -98,7 +98,7 @@ def trace(cell, layers: int | None = None) -> dict:
         kw = {name: cache, "use_cache": True, **extra}
         keep = set()
         if enc_dec:
-            kw[name] = cache = EncoderDecoderCache(cache, DynamicCache(config=cfg))
+            kw[name] = cache = EncoderDecoderCache(cache, DynamicCache(config=cfg))  # type: ignore[assignment]
             enc = model.get_encoder()(input_ids=ids, attention_mask=masks[0])
             keep = set(_keys(t for t in enc.values() if isinstance(t, torch.Tensor)))
             kw["encoder_outputs"] = enc

@@ -260,7 +260,7 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
     modes = [tr.AttentionEmulation()]
     if key.autocast:
         ac = tr.AutocastEmulation(torch_dtype(key.autocast))
-        modes.append(ac)
+        modes.append(ac)  # type: ignore[arg-type]
     with log:
         inputs = _inputs(key, spec, 0)
         for t in inputs.values():

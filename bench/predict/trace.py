@@ -34,12 +34,16 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+if TYPE_CHECKING:
+    from bench.predict.blocks import Marks
 
 # --- allocation log ---------------------------------------------------------
 
@@ -81,7 +85,8 @@ class TrainTrace:
     input_bytes: int
     trace: Trace
     layers: int
-    marks: Marks | None = None  # noqa: F821  bench.predict.blocks.Marks: where each block's events are
+    marks: Marks | None = None
+    """Where each block's events are (depth replication)."""
 
 
 class MemoryLog(TorchDispatchMode):
@@ -112,7 +117,7 @@ class MemoryLog(TorchDispatchMode):
             return
         self._next += 1
         key = self._next
-        st._bench_key = key
+        st._bench_key = key  # type: ignore[attr-defined]
         nbytes = st.nbytes()
         tag = tag or self.phase
         self.live[key] = (nbytes, tag)

@@ -174,7 +174,7 @@ def program(cell, gpu) -> tuple[Outcome, int, int]:
         prog.malloc(tt.buffers_bytes, WEIGHTS)
     if replicated:
         prog.malloc(replicated, WEIGHTS)  # QLoRA quantization state, whole on every rank
-    if s.stage == 3:
+    if s.stage == 3:  # type: ignore[union-attr]
         # under zero.Init a parameter keeps the dtype it was made in (LoRA adapters added after
         # the build stay fp32); deepspeed.initialize casts a whole model to the half dtype
         eb = (lambda p: p.nbytes // max(p.numel, 1)) if r.zero_init else (lambda p: wb)  # noqa: E731

@@ -81,7 +81,7 @@ def render(table: Table, title: str = "bench report", catalog: Catalog = DEFAULT
         )
         captions: tuple[str, ...] = CAPTIONS
         if speed_plot.pairs(ordered):  # records that carry a step-time prediction
-            figures += (speed_plot.predicted_vs_measured_throughput(ordered),)
+            figures += (speed_plot.predicted_vs_measured_throughput(ordered),)  # type: ignore[assignment]
             captions += (speed_plot.CAPTION,)
         for i, (figure, caption) in enumerate(zip(figures, captions), 1):
             out.append(f"<figure>{figure}<figcaption>Figure {i}. {escape(caption)}</figcaption></figure>")

@@ -119,11 +119,11 @@ def peak_vs_batch(records: Sequence[Record], catalog: Catalog = DEFAULT) -> str:
     colors = _colors(list(setups.values()))
     for model, ax in _panels(fig, models).items():
         mine = [r for r in train if r["cell"]["model"] == model]
-        for cap in sorted({catalog.capacity_of(r) for r in mine} - {None}):
-            ax.axhline(cap / GIB, color="0.3", linestyle="--", linewidth=1)
+        for cap in sorted({catalog.capacity_of(r) for r in mine} - {None}):  # type: ignore[type-var]
+            ax.axhline(cap / GIB, color="0.3", linestyle="--", linewidth=1)  # type: ignore[operator]
             ax.annotate(
-                f"GPU memory {cap / GIB:.1f} GiB",
-                (0.01, cap / GIB),
+                f"GPU memory {cap / GIB:.1f} GiB",  # type: ignore[operator]
+                (0.01, cap / GIB),  # type: ignore[operator]
                 xycoords=("axes fraction", "data"),
                 va="bottom",
                 fontsize=8,
@@ -131,7 +131,9 @@ def peak_vs_batch(records: Sequence[Record], catalog: Catalog = DEFAULT) -> str:
             )
         for setup in sorted({setups[id(r)] for r in mine}):
             ok = sorted(
-                (r["cell"]["batch"], _peak(r) / GIB) for r in mine if setups[id(r)] == setup and r.get("status") == "ok"
+                (r["cell"]["batch"], _peak(r) / GIB)  # type: ignore[operator]
+                for r in mine
+                if setups[id(r)] == setup and r.get("status") == "ok"
             )
             if ok:
                 ax.plot(*zip(*ok), marker="o", color=colors[setup])
@@ -177,7 +179,7 @@ def predicted_vs_measured(records: Sequence[Record]) -> str:
     top = max(max(_peak(r), r["predicted"]["peak_bytes"]) for r in pairs) / GIB * 1.05
     ax.plot([0, top], [0, top], color="0.5", linestyle="--", linewidth=1, label="y = x")
     for method in sorted(set(methods)):
-        pts = [(_peak(r) / GIB, r["predicted"]["peak_bytes"] / GIB) for r, m in zip(pairs, methods) if m == method]
+        pts = [(_peak(r) / GIB, r["predicted"]["peak_bytes"] / GIB) for r, m in zip(pairs, methods) if m == method]  # type: ignore[operator]
         ax.scatter(*zip(*pts), color=colors[method], label=method, zorder=3)
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="measured peak VRAM (GiB)", ylabel="predicted peak (GiB)")
     ax.set_aspect("equal")
@@ -217,8 +219,8 @@ def throughput_vs_memory(records: Sequence[Record]) -> str:
     for model, ax in _panels(fig, models).items():
         mine = [r for r in train if r["cell"]["model"] == model]
         for r in mine:
-            ax.scatter(_peak(r) / GIB, r["measured"]["tokens_per_second"], color=colors[methods[id(r)]], zorder=3)
-        front = pareto([(_peak(r) / GIB, r["measured"]["tokens_per_second"]) for r in mine])
+            ax.scatter(_peak(r) / GIB, r["measured"]["tokens_per_second"], color=colors[methods[id(r)]], zorder=3)  # type: ignore[operator]
+        front = pareto([(_peak(r) / GIB, r["measured"]["tokens_per_second"]) for r in mine])  # type: ignore[operator]
         ax.plot(*zip(*front), color="0.2", linewidth=1, drawstyle="steps-post", zorder=2)
         ax.set_title(model)
         ax.set_xlabel("peak VRAM (GiB)")

@@ -74,8 +74,8 @@ def pick_device(wanted: str | None, usable: list[int]) -> str:
 
 def visible_gpu_ids(found: list[machine.GpuInfo], env: dict[str, str] | None = None) -> list[int]:
     """NVML indices the runner may use: all, or those ``CUDA_VISIBLE_DEVICES`` names."""
-    env = os.environ if env is None else env
-    visible = env.get("CUDA_VISIBLE_DEVICES")
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    visible = env.get("CUDA_VISIBLE_DEVICES")  # type: ignore[union-attr]
     if visible is None:
         return [g.index for g in found]
     by_uuid = {g.uuid: g.index for g in found if g.uuid}
@@ -208,7 +208,7 @@ class Runner:
             keep = []
             for c in todo:
                 if prediction.fits(predicted.get(c.cell_id)) is False:
-                    rec = record.skipped(c, self.matrix.name, predicted.get(c.cell_id), self.environment, self.device)
+                    rec = record.skipped(c, self.matrix.name, predicted.get(c.cell_id), self.environment, self.device)  # type: ignore[arg-type]
                     self.write(rec)
                     self.statuses[c.cell_id] = "skipped"
                     progress.cell_done(rec)

@@ -61,8 +61,8 @@ def device_index(local_rank: int = 0, env: dict[str, str] | None = None) -> int 
     ``CUDA_VISIBLE_DEVICES``. The executor sets ``CUDA_DEVICE_ORDER=PCI_BUS_ID``
     so that integer entries are NVML indices.
     """
-    env = os.environ if env is None else env
-    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]  # type: ignore[union-attr]
     if not visible:
         return local_rank
     entry = visible[min(local_rank, len(visible) - 1)]
@@ -141,8 +141,8 @@ class Sampler:
 
     def _device_used(self) -> int | None:
         try:
-            return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
-        except self.nvml.NVMLError:
+            return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)  # type: ignore[union-attr]
+        except self.nvml.NVMLError:  # type: ignore[union-attr]
             return None
 
     def sample(self) -> None:
@@ -165,7 +165,7 @@ class Sampler:
         amounts = [getattr(p, "usedGpuMemory", None) for p in procs if p.pid in self._pids]
         if mine and all(isinstance(a, int) for a in amounts):
             self.attributed = True
-            total = sum(amounts)
+            total = sum(amounts)  # type: ignore[arg-type]
             self.peak_process = total if self.peak_process is None else max(self.peak_process, total)
 
     def _loop(self) -> None:
