@@ -43,6 +43,9 @@ class GPU:
     """Indicative on-demand price of one GPU-hour (``price_source``, ``price_date``)."""
     price_source: str | None = None
     price_date: str | None = None
+    ray_accelerator_types: tuple = ()
+    """Ray ``accelerator_type`` labels of this card, most precise first; the last is the one
+    Ray derives from the NVML name (``bench run --executor ray --require-gpu-type``)."""
 
     def peak_tflops(self, precision: str) -> float:
         """Peak for a training precision; mixed fp16/bf16 runs at the half-precision tensor peak."""
@@ -81,7 +84,13 @@ def _catalog() -> dict[str, GPU]:
     doc = _document()
     gpus = {}
     for raw in doc["gpus"]:
-        gpu = GPU(**{**raw, "nvml_names": tuple(raw["nvml_names"])})
+        gpu = GPU(
+            **{
+                **raw,
+                "nvml_names": tuple(raw["nvml_names"]),
+                "ray_accelerator_types": tuple(raw.get("ray_accelerator_types", ())),
+            }
+        )
         gpus[gpu.name] = gpu
     return gpus
 

@@ -53,24 +53,15 @@ driver has none: Ray sets it to the task's CPU count (1), which would slow
 CPU-side work (optimizer offload, ``--device cpu``) compared with a local run.
 """
 ACCELERATOR_TYPES: dict[str, tuple[str, ...]] = {
-    # Catalog name -> Ray accelerator_type labels, most precise first; the last
-    # is the label Ray derives on its own from the NVML name a current driver
-    # reports (ray._private.accelerators.nvidia_gpu). Names with a size exist
-    # where an operator set them (`ray start --resources '{"accelerator_type:A100-80G": 1}'`,
-    # the constants NVIDIA_A100_40G/_80G) or where an old driver reports the
-    # bare model ("A100-SXM4-40GB"). tests/test_run_ray.py checks both against Ray.
-    "v100-16gb": ("V100",),  # ray.util.accelerators.NVIDIA_TESLA_V100; also the 32 GB card's label
-    "v100-32gb": ("V100S", "V100"),  # V100S: what Ray derives from "Tesla V100S-PCIE-32GB"
-    "t4": ("T4",),  # NVIDIA_TESLA_T4
-    "a10g": ("A10G",),  # NVIDIA_TESLA_A10G
-    "l4": ("L4",),  # NVIDIA_L4
-    "l40s": ("L40S",),  # NVIDIA_L40S
-    "rtx3090": ("RTX-3090", "GeForce-RTX-3090"),  # no constants: derived from the NVML names
-    "rtx4090": ("GeForce-RTX-4090",),
-    "a100-40gb": ("A100-40G", "A100-SXM4-40GB", "A100-PCIE-40GB", "A100"),  # NVIDIA_A100_40G ... NVIDIA_A100
-    "a100-80gb": ("A100-80G", "A100-SXM4-80GB", "A100"),  # NVIDIA_A100_80G ... NVIDIA_A100
-    "h100-80gb": ("H100",),  # NVIDIA_H100
-    "h200": ("H200",),  # NVIDIA_H200
+    # Catalog name -> Ray accelerator_type labels (the catalog's ``ray_accelerator_types``), most
+    # precise first; the last is the label Ray derives on its own from the NVML name a current
+    # driver reports (ray._private.accelerators.nvidia_gpu). Names with a size exist where an
+    # operator set them (`ray start --resources '{"accelerator_type:A100-80G": 1}'`, the constants
+    # NVIDIA_A100_40G/_80G) or where an old driver reports the bare model ("A100-SXM4-40GB").
+    # tests/test_run_ray.py checks both against Ray. A new card is one catalog entry.
+    name: gpus.resolve(name).ray_accelerator_types
+    for name in gpus.names()
+    if gpus.resolve(name).ray_accelerator_types
 }
 NO_RAY = "--executor ray needs Ray on this machine and on every node: pip install 'ray>=2.40'"
 LABEL_PREFIX = "accelerator_type:"
