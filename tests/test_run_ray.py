@@ -82,7 +82,9 @@ def test_the_most_precise_label_the_cluster_has_wins():
     label, notes = rx.pick_accelerator_type("NVIDIA A100-SXM4-80GB", {"accelerator_type:A100": 2})
     assert label == "A100"
     assert len(notes) == 1 and "a100-40gb nodes A100 too" in notes[0] and "accelerator_type:A100-80G" in notes[0]
-    assert rx.pick_accelerator_type("h100-80gb", {"accelerator_type:A100": 2}) == ("H100", [])  # Ray's own
+    assert rx.pick_accelerator_type("h200", {"accelerator_type:A100": 2}) == ("H200", [])  # Ray's own
+    label, notes = rx.pick_accelerator_type("h100-80gb", {"accelerator_type:A100": 2})  # PCIe and NVL cards share it
+    assert label == "H100" and len(notes) == 1 and "h100-nvl-94gb, h100-pcie-80gb nodes H100 too" in notes[0]
 
 
 def test_task_options():
