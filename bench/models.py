@@ -257,7 +257,12 @@ def _untie_output_embeddings(model) -> None:
 def count_params(module) -> int:
     """Parameters of ``module``, each shared (tied) tensor counted once; a ZeRO-3
     partitioned parameter by its full size (``ds_numel``)."""
-    return sum(getattr(p, "ds_numel", None) or p.numel() for p in module.parameters())  # tied tensors once
+    return sum(param_numel(p) for p in module.parameters())  # parameters() yields a tied tensor once
+
+
+def param_numel(p) -> int:
+    """A parameter's elements; a ZeRO-3 partitioned one by its full size (``ds_numel``)."""
+    return getattr(p, "ds_numel", None) or p.numel()
 
 
 def default_attn(spec: ModelSpec) -> str:

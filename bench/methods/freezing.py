@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from bench import models
 from bench.recipe import is_frozen
 
 
@@ -24,5 +25,5 @@ def apply(model: torch.nn.Module, freeze: int) -> int:
     for name, p in model.named_parameters():
         if is_frozen(name, id(p) in embeddings, freeze):
             p.requires_grad_(False)
-            frozen += getattr(p, "ds_numel", None) or p.numel()
+            frozen += models.param_numel(p)
     return frozen

@@ -40,7 +40,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     if hasattr(model, "get_nb_trainable_parameters"):
         trainable, total = model.get_nb_trainable_parameters()  # type: ignore[operator]
         return int(total), int(trainable)
-    trainable = sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(models.param_numel(p) for p in model.parameters() if p.requires_grad)
     return models.count_params(model), trainable
 
 

@@ -95,7 +95,7 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
 
 def _host_verdict(p, host_memory: int | None) -> str:
     """Host RAM of a node (all its ranks) against the stated host size."""
-    need = p.host_node_bytes or p.host_bytes
+    need = p.host_node_bytes
     if host_memory is None:
         return ""
     return f"  {100 * need / host_memory:.0f}% of {host_memory / GiB:.0f} GiB: {'fits' if need <= host_memory else 'does NOT fit'}"
@@ -194,7 +194,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": {**p.to_dict(), **sp}}
         host = _host_memory(a)
         if host is not None:
-            out["predicted"]["host_fits"] = (p.host_node_bytes or p.host_bytes) <= host
+            out["predicted"]["host_fits"] = p.host_node_bytes <= host
         if a.max_batch:
             out["max_batch"] = max_batch(c)
         if a.json:
@@ -242,7 +242,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(
                 f"  {n:<12} {cap / GiB:7.1f} GiB  {p.peak_bytes / GiB:7.2f} GiB  "
                 f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB  "
-                f"host {(p.host_node_bytes or p.host_bytes) / GiB:7.1f} GiB{_host_verdict(p, _host_memory(a))}"
+                f"host {p.host_node_bytes / GiB:7.1f} GiB{_host_verdict(p, _host_memory(a))}"
             )
     for n in notes:
         print(f"  note: {n}")
