@@ -10,8 +10,10 @@ and PCIe (bounded by what such kernels reach at best); how much of the host's
 dispatch time the GPU's work hides; one fixed cost per kernel; the host's per-op dispatch costs, the
 per-tensor cost of DeepSpeed's hooks and of FSDP2's DTensor dispatch, and the
 throughput of DeepSpeed's CPU Adam. Nothing is fitted per model or per row.
-``generate_token_seconds``, ``link_fraction``, ``comm_overlap`` and the CPU
-torch-AdamW rate have no rows to fit on and keep their stated values.
+``link_fraction``, ``comm_overlap`` and the CPU torch-AdamW rate have no rows
+to fit on and keep their stated values; generation's host ratios
+(``no_grad_op_fraction``, ``generate_token_ops``) are measured by
+``scripts/measure_host_ratios.py``, not fitted.
 
 The fit minimises ``median + p90 + max/2`` of ``|log(predicted / measured)|``:
 random multiplicative perturbations (seeded), then coordinate descent in log
@@ -116,8 +118,8 @@ def main() -> None:
     block["fitted"] = [".".join(p) for p, _, _ in FITTED]
     block["source"] = (
         "fractions of each card's datasheet peaks (its own source field) and host costs, fitted as "
-        "fitted_on says; link_fraction, comm_overlap, cpu_torch_adam_params_per_second and "
-        "generate_token_seconds are unfitted estimates (no rows measure them)"
+        "fitted_on says; link_fraction, comm_overlap and cpu_torch_adam_params_per_second are unfitted "
+        "estimates (no rows measure them); host_ratios says where generation's host ratios come from"
     )
     print(f"fitted: objective {score:.4f}")
     print(json.dumps(block, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from bench import cell as cellmod, gpus, models
 from bench.errors import UserError
 from bench.predict import model_trace, op_cost, speed, step_time, time_accuracy
 from bench.predict.speed_figures import apply, figures
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cell(**kw):
@@ -128,6 +131,31 @@ def test_step_time_accuracy_on_the_h200_runs(accuracy):
     assert s["p90"] <= 0.22
     assert s["worst_ratio"] < 2.0
     assert time_accuracy.summary(by_method["zero2-offload"])["worst"] <= 0.10
+
+
+def test_generation_accuracy_on_the_h200_runs():
+    """Prefill seconds and decode tokens/s of every generation record that splits them, within 25 %."""
+    rows = time_accuracy.generation_rows()
+    assert {r.what for r in rows} == {"prefill_seconds", "decode_tokens_per_second"}
+    for row in rows:
+        predicted = speed.speed(row.cell).to_dict()[row.what]
+        assert abs(predicted / row.measured - 1) <= 0.25, (row.name, row.what, predicted, row.measured)
+
+
+def test_generation_host_ratios_are_measured_not_fitted():
+    """The catalog's generation host ratios are what scripts/measure_host_ratios.py measures
+    here, within the spread a loaded machine gives; no fit names them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ratios", ROOT / "scripts" / "measure_host_ratios.py")
+    ratios = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ratios)
+    measured = ratios.measure(repeats=1)
+    host = gpus.speed_figures()["host"]
+    assert 0 < measured["no_grad_op_fraction"] < 1  # no graph recorded: cheaper than a training forward
+    assert abs(measured["no_grad_op_fraction"] - host["no_grad_op_fraction"]) <= 0.25
+    assert measured["generate_token_ops"] > 0
+    assert not {"host.no_grad_op_fraction", "host.generate_token_ops"} & set(gpus.speed_figures()["fitted"])
 
 
 def test_plan_json_has_speed_fields(tmp_path, capsys):

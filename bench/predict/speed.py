@@ -92,5 +92,7 @@ def _generation(cell, card, f) -> Speed:
 
 
 def _forward_seconds(counts, f) -> float:
-    gpu, host = step_time.phase_seconds(counts, "forward", f)
+    """A forward of ``generate()``: under ``torch.no_grad``, so its ops dispatch without autograd."""
+    nograd = dataclasses.replace(f, forward_op_seconds=f.no_grad_forward_op_seconds)
+    gpu, host = step_time.phase_seconds(counts, "forward", nograd)
     return gpu + step_time.host_exposed(gpu, host, f)

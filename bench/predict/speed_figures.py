@@ -45,7 +45,9 @@ class Figures:
     """How much of the shorter of host dispatch and GPU work the longer hides: a phase takes
     ``max + (1 - async_overlap) * min`` (1: fully asynchronous; less where syncs drain the queue)."""
     forward_op_seconds: float
-    """Host time to dispatch one kernel op from Python (module forward)."""
+    """Host time to dispatch one kernel op from Python (module forward, autograd recording)."""
+    no_grad_forward_op_seconds: float
+    """The same under ``torch.no_grad`` (``generate()``): no graph is recorded."""
     backward_op_seconds: float
     """Host time per kernel op dispatched by the autograd engine (C++)."""
     recompute_op_seconds: float
@@ -76,6 +78,8 @@ def figures(gpu: gpus.GPU, calibration: dict | None = None, block: dict | None =
     ``block``: a ``speed`` block to use instead of the catalog's (``scripts/fit_speed.py``)."""
     s = block or gpus.speed_figures()
     host = s["host"]
+    # generation's host costs as measured ratios to the fitted op cost (scripts/measure_host_ratios.py)
+    no_grad_op = host["forward_op_seconds"] * host["no_grad_op_fraction"]
     mm = {dt: gpu.tflops.get(key) or gpu.tflops["fp32"] for dt, key in _DTYPE_KEYS.items()}
     link = gpu.nvlink_gbps / 2 if gpu.nvlink_gbps else gpu.pcie_gbps  # NVLink totals count both directions
     f = Figures(
@@ -85,6 +89,7 @@ def figures(gpu: gpus.GPU, calibration: dict | None = None, block: dict | None =
         kernel_seconds=s["kernel_seconds"],
         async_overlap=s["async_overlap"],
         forward_op_seconds=host["forward_op_seconds"],
+        no_grad_forward_op_seconds=no_grad_op,
         backward_op_seconds=host["backward_op_seconds"],
         view_op_seconds=host["view_op_seconds"],
         recompute_op_seconds=host["recompute_op_seconds"],
@@ -95,7 +100,7 @@ def figures(gpu: gpus.GPU, calibration: dict | None = None, block: dict | None =
         comm_overlap=s["comm_overlap"],
         cpu_adam_params_per_second=host["cpu_adam_params_per_second"],
         cpu_torch_adam_params_per_second=host["cpu_torch_adam_params_per_second"],
-        generate_token_seconds=host["generate_token_seconds"],
+        generate_token_seconds=host["generate_token_ops"] * no_grad_op,
         source=f"catalog ({s['fitted_on']})",
     )
     if calibration and _measured_on(calibration, gpu):
