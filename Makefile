@@ -9,12 +9,14 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # Reinstalls only when the project's dependencies change. Without a GPU the
-# CPU build of torch goes in first, so `torch>=...` never pulls a CUDA build.
+# CPU build of torch goes in first, so `torch>=...` never pulls a CUDA build;
+# with GPUs, the CUDA build with kernels for every card (scripts/torch_build.py).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if nvidia-smi -L >/dev/null 2>&1; then \
-	  echo "GPU found: torch comes from the package index (CUDA build)"; \
+	  args=$$($(BIN)/python scripts/torch_build.py) || exit 2; \
+	  $(BIN)/python -m pip install --quiet $$args; \
 	else \
 	  echo "no GPU: installing the CPU build torch==2.13.0"; \
 	  $(BIN)/python -m pip install --quiet torch==2.13.0; \

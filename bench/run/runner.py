@@ -35,7 +35,7 @@ from typing import Any, TextIO
 from bench import cell as cellmod, destination, matrix as matrixmod
 from bench.cell import Cell
 from bench.errors import UserError
-from bench.run import fallback, leftovers, machine, maxbatch, prediction, record
+from bench.run import archcheck, fallback, leftovers, machine, maxbatch, prediction, record
 from bench.run.executor import Executor, Job, LocalExecutor
 from bench.run.leftovers import clean_stale_temps
 from bench.run.lock import RunnerLock
@@ -184,6 +184,8 @@ class Runner:
                 f"({e.strerror or e}); nothing was run"
             ) from None
         self.environment = machine.environment(self.device)
+        if self.device == "cuda" and not getattr(self.executor, "remote", False) and (todo or opts.find_max_batch):
+            archcheck.check()  # a torch without this card's kernels: one line, before any cell
         if opts.find_max_batch:
             self.find_max_batch(list(m.cells), done)
         elif todo:
