@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 MIN_BLOCK = 512
@@ -82,7 +83,7 @@ _RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("bench_
 
 
 @contextlib.contextmanager
-def recording():
+def recording() -> Iterator[list[CachingAllocator]]:
     """Allocators created inside keep a ``log``; yields the list they are appended to, in order."""
     made: list[CachingAllocator] = []
     token = _RECORDING.set(made)
