@@ -11,7 +11,8 @@ does not exist, ``--private`` then; a ``--revision`` branch is made from
 - ``data/results.parquet`` and ``data/results.jsonl``: the flat table of
   ``bench.report.columnar``, one row per record;
 - ``records/<gpu>/<matrix>/<cell_id>.json``: every record file as it is on
-  disk, beside its folder's ``machine.json``, so that ``bench report
+  disk, beside its folder's ``machine.json`` and the allocator snapshot a
+  record names (``bench run --memory-snapshot``), so that ``bench report
   records/`` on a clone renders the same report.
 
 The hub client's own rules apply (``huggingface_hub``): the token from
@@ -104,6 +105,9 @@ def files(found: list[tuple[Path, dict[str, Any]]], repo_id: str, title: str | N
         if out.get(name, data) != data:
             raise UserError(f"publish: two different records would be {name} ({path}); give one result set")
         out[name] = data
+        snapshot = (rec.get("measured") or {}).get("memory_snapshot")
+        if isinstance(snapshot, str) and _part(snapshot) == snapshot and (path.parent / snapshot).is_file():
+            out[f"{folder}/{snapshot}"] = (path.parent / snapshot).read_bytes()  # the allocator history it names
         machine = path.parent.parent / "machine.json"
         if machine.is_file():
             out.setdefault(f"{RECORDS}/{_part(rec['cell'].get('gpu'))}/machine.json", machine.read_bytes())

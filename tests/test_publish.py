@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -131,3 +132,17 @@ def test_bad_arguments_are_one_line(args, key, capsys):
     assert _publish(*args) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {key}:") and err.count("error:") == 1
+
+
+def test_an_allocator_snapshot_a_record_names_travels_with_it(hub, tmp_path):
+    results = tmp_path / "results"
+    subprocess.run(["cp", "-r", str(EXAMPLE), str(results)], check=True)
+    path = store.record_files([results])[0]
+    rec = json.loads(path.read_text())
+    rec["measured"]["memory_snapshot"] = f"{rec['cell_id']}.memory.pickle"
+    path.write_text(json.dumps(rec))
+    snap = pickle.dumps({"segments": [], "device_traces": [[]]})
+    (path.parent / rec["measured"]["memory_snapshot"]).write_bytes(snap)
+    assert main(["publish", str(results), "--hub", "test-org/snap"]) == 0
+    files = hub.pushed[("dataset", "test-org/snap")]["main"]
+    assert files[f"records/{rec['cell']['gpu']}/{rec['matrix']}/{rec['cell_id']}.memory.pickle"] == snap
