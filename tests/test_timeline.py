@@ -110,3 +110,12 @@ def test_a_timeline_that_cannot_be_written_is_one_line(bad, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "--timeline" in err
+
+
+def test_a_cell_that_does_not_fit_gets_the_timeline_of_what_it_would_take():
+    """The prediction replays an unfitting run again without the card's limit; the timeline is that replay."""
+    c = cellmod.normalize(dict(model="gpt2", gpu="rtx4090", precision="fp32", batch=64, seq=1024))
+    snap, p = timeline.of_cell(c)
+    assert not p.fits and p.allocated_bytes > p.capacity_bytes
+    trace = snap["device_traces"][0]
+    assert live_at_peak(trace)["peak_bytes"] == p.allocated_bytes and _reserved_peak(trace) == p.reserved_bytes
