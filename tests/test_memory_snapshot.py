@@ -61,8 +61,10 @@ def test_on_cuda_the_history_spans_the_step_and_lands_in_the_file(tmp_path, fake
     assert fake_cuda_history == [("record", "all", 123, "python")]
     out = r.stop()
     assert out == {"memory_snapshot": "abc.memory.pickle"}  # named relative to the record's folder
-    assert fake_cuda_history[1:] == [("dump", str(path)), ("record", None, None, None)]  # dumped, then stopped
-    assert pickle.loads(path.read_bytes())["device_traces"] == [[]]
+    (dump, stop) = fake_cuda_history[1:]
+    assert dump[0] == "dump" and Path(dump[1]).name.startswith(".tmp-") and Path(dump[1]).parent == path.parent
+    assert stop == ("record", None, None, None)  # dumped (to a temporary name, then renamed), then stopped
+    assert pickle.loads(path.read_bytes())["device_traces"] == [[]] and os.listdir(path.parent) == [path.name]
 
 
 def test_a_snapshot_that_cannot_be_written_is_a_note_and_the_history_stops(tmp_path, fake_cuda_history):

@@ -8,9 +8,10 @@ is a list column), so ``pd.read_parquet`` and ``pd.read_json(path, lines=True)``
 give back the values themselves.
 
 A column must hold one kind of value for Parquet: where records disagree
-(a string in one, a list in another, a dict anywhere, a list of mixed kinds),
-the column's values are written as JSON text instead, in both formats, so
-the two files always have the same columns and values. A null parent whose
+(a string in one, a list in another, a dict anywhere, a list of mixed kinds,
+an integer past 64 bits), the column's values are written as JSON text
+instead, in both formats, so the two files always have the same columns and
+values. A null parent whose
 children other records have (``measured: null`` of an OOM cell beside
 ``measured.*``) is left out: its children are null in that row.
 """
@@ -63,13 +64,17 @@ def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None
 def _kind(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
+    if isinstance(v, int) and not -(2**63) <= v < 2**63:
+        return "mixed"  # no Parquet integer holds it: JSON text
     if isinstance(v, (int, float)):
         return "number"
     if isinstance(v, str):
         return "str"
     if isinstance(v, list) and all(not isinstance(x, (list, dict)) for x in v):
         kinds = {_kind(x) for x in v if x is not None}
-        return f"list[{kinds.pop()}]" if len(kinds) == 1 else ("list[]" if not kinds else "mixed")
+        if "mixed" in kinds or len(kinds) > 1:
+            return "mixed"
+        return f"list[{kinds.pop()}]" if kinds else "list[]"
     return "mixed"  # a dict, a list of lists or dicts, a list of mixed kinds
 
 

@@ -26,7 +26,9 @@ without a GPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import pickle
 import sys
 from collections import defaultdict
@@ -133,10 +135,16 @@ class MemorySnapshot:
             return {"memory_snapshot": None, "memory_snapshot_note": why}
         import torch
 
+        from bench.store import temp_prefix
+
+        tmp = self.path.with_name(f"{temp_prefix()}{self.path.name}")  # a killed writer's leftover: bench.run.leftovers
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            torch.cuda.memory._dump_snapshot(str(self.path))
+            torch.cuda.memory._dump_snapshot(str(tmp))
+            os.replace(tmp, self.path)
         except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             return {"memory_snapshot": None, "memory_snapshot_note": f"not written: {e.strerror or e}"}
         finally:
             torch.cuda.memory._record_memory_history(enabled=None)
