@@ -109,6 +109,12 @@ def test_no_network_is_one_line(monkeypatch, tmp_path, capsys):
     assert err.count("error:") == 1 and "cannot be reached (ConnectError)" in err
 
 
+def test_offline_mode_is_one_line(hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _publish("--hub", "test-org/r") == 2
+    assert "offline mode is on" in capsys.readouterr().err and not hub.commits
+
+
 def test_no_token_is_one_line_before_any_request(tmp_path):
     """A fresh process with an empty HF_HOME (no stored login) and no HF_TOKEN."""
     with Hub(writers=WRITERS) as h:
