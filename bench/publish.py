@@ -145,6 +145,13 @@ def _why(e: Exception, endpoint: str, repo_id: str) -> str:
     return f"{where}: the hub cannot be reached ({type(e).__name__}); check the network and HF_ENDPOINT"
 
 
+def _check_access() -> str:
+    """The token to push with; a ``UserError`` when offline or without one (before any request)."""
+    if hub._offline():
+        raise UserError("publish: offline mode is on (HF_HUB_OFFLINE); publishing needs the hub")
+    return _token()
+
+
 def push(
     content: dict[str, bytes], repo_id: str, private: bool = False, revision: str | None = None, message: str = ""
 ) -> str:
@@ -156,9 +163,7 @@ def push(
     except ImportError:
         import httpx as http  # type: ignore[no-redef]
 
-    if hub._offline():
-        raise UserError("publish: offline mode is on (HF_HUB_OFFLINE); publishing needs the hub")
-    token = _token()
+    token = _check_access()
     endpoint = (os.environ.get("HF_ENDPOINT") or hub.DEFAULT_ENDPOINT).rstrip("/")
     api = HfApi(endpoint=endpoint, token=token)
     try:
@@ -169,7 +174,7 @@ def push(
         info = api.create_commit(
             repo_id,
             operations=ops,
-            commit_message=message or f"bench publish: {sum(p.startswith(RECORDS) for p in content)} files of records",
+            commit_message=message or f"bench publish: {len(content)} files",
             repo_type="dataset",
             revision=revision,
         )
@@ -183,9 +188,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise UserError(f"--hub: {short(args.hub)} is not allowed; allowed: ORG/NAME (a hub repository id)")
     if args.revision is not None and (not REVISION.fullmatch(args.revision) or ".." in args.revision):
         raise UserError(f"--revision: {short(args.revision)} is not allowed; allowed: a branch name such as v1")
+    _check_access()  # before the records are read and the table is built
     found = _records(args.results)
     content = files(found, args.hub, args.title)
-    url = push(content, args.hub, private=args.private, revision=args.revision, message=args.message or "")
+    message = args.message or f"bench publish: {len(found)} records"
+    url = push(content, args.hub, private=args.private, revision=args.revision, message=message)
     print(f"published {len(found)} records to {args.hub} ({len(content)} files): {url}", file=sys.stderr)
     return 0
 
