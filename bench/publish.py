@@ -200,7 +200,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``publish`` to the ``bench`` command line."""
     p = subparsers.add_parser(
-        "publish", help="push results as a Hugging Face Hub dataset", description=__doc__.split("\n\n")[1]
+        "publish",
+        help="push results as a Hugging Face Hub dataset",
+        description="Push the records under RESULTS to the Hugging Face Hub dataset ORG/NAME in one commit "
+        f"(the repository is created if missing): README.md (a dataset card: YAML metadata and the Markdown "
+        f"report), {TABLE} and {LINES} (one row per record) and the record files under {RECORDS}/. "
+        "The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT selects another hub.",
     )
     p.add_argument("results", nargs="+", metavar="RESULTS", help="result folders or record files")
     p.add_argument("--hub", required=True, metavar="ORG/NAME", help="the dataset repository (created if missing)")
