@@ -203,7 +203,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "publish",
         help="push results as a Hugging Face Hub dataset",
         description="Push the records under RESULTS to the Hugging Face Hub dataset ORG/NAME in one commit "
-        f"(the repository is created if missing): README.md (a dataset card: YAML metadata and the Markdown "
+        "(the repository is created if missing): README.md (a dataset card: YAML metadata and the Markdown "
         f"report), {TABLE} and {LINES} (one row per record) and the record files under {RECORDS}/. "
         "The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT selects another hub.",
     )
