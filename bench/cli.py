@@ -16,7 +16,7 @@ import sys
 from bench import __version__
 from bench.errors import UserError
 
-VERB_MODULES = ("bench.predict.cli", "bench.run.cli", "bench.report.cli", "bench.listing")
+VERB_MODULES = ("bench.predict.cli", "bench.run.cli", "bench.report.cli", "bench.publish", "bench.listing")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -67,6 +67,17 @@ def write_text(path: str | Path, text: str, flag: str = "-o") -> Path:
     return path
 
 
+def write_bytes(path: str | Path, data: bytes, flag: str = "-o") -> Path:
+    """Write ``data`` to a checked ``path`` (parents created); an ``OSError`` becomes one line."""
+    path = check_file(path, flag)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as e:
+        raise UserError(f"{flag} {str(path)!r} cannot be written ({_why(e)})") from None
+    return path
+
+
 def check_folder(path: str | Path, flag: str = "--results", min_free_bytes: int = MIN_FREE_BYTES) -> Path:
     """``path`` as a folder bench may create and fill: a folder (or creatable), writable,
     with at least ``min_free_bytes`` free."""

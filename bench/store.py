@@ -4,6 +4,7 @@ Layout::
 
     results/<gpu>/machine.json                 what the machine was
     results/<gpu>/<matrix>/<cell_id>.json      one record per cell
+    results/<gpu>/<matrix>/<cell_id>.memory.pickle   its CUDA allocator snapshot (bench run --memory-snapshot)
 
 A record is plain data (never executed)::
 
@@ -34,6 +35,7 @@ from bench.errors import UserError
 from bench.limits import short
 
 SCHEMA_VERSION = record.SCHEMA_VERSION
+SNAPSHOT_SUFFIX = ".memory.pickle"
 STATUSES = status.ALL
 FINISHED = status.FINISHED
 _UMASK = os.umask(0)
@@ -177,6 +179,10 @@ class Store:
 
     def path(self, gpu: str, matrix: str, cell_id: str) -> Path:
         return self.folder(gpu, matrix) / f"{cell_id}.json"
+
+    def snapshot_path(self, gpu: str, matrix: str, cell_id: str) -> Path:
+        """Where a cell's allocator snapshot goes, beside its record (which names it)."""
+        return self.folder(gpu, matrix) / f"{cell_id}{SNAPSHOT_SUFFIX}"
 
     def write(self, record: dict[str, Any]) -> Path:
         """Persist one record at its place; returns the path."""

@@ -1,4 +1,4 @@
-"""Fuzz: generated result records through ``report`` (Markdown, CSV) and ``compare``.
+"""Fuzz: generated result records through ``report`` (Markdown, CSV, JSON Lines, Parquet) and ``compare``.
 
 A record is a real one with fields replaced (at the top, in ``cell``,
 ``measured``, ``predicted`` or ``environment``) by hostile values, next to a
@@ -55,6 +55,8 @@ def test_fuzz_records(tmp_path_factory, edits, device):
     (folder / "fuzzed.json").write_text(json.dumps(rec))  # NaN and Infinity as Python writes them
     outcome("records (report md)", ["report", str(folder)])
     outcome("records (report csv)", ["report", str(folder), "--format", "csv"])
+    outcome("records (report jsonl)", ["report", str(folder), "--format", "jsonl"])
+    outcome("records (report parquet)", ["report", str(folder), "-o", str(folder / "t.parquet")])
     outcome("records (compare)", ["compare", str(folder), str(folder)], ok_codes=(0, 1, 2))
     check_memory(before)
 

@@ -19,6 +19,11 @@ This replays an allocation sequence through the allocator's rules
   run whose cache grows past the card on a large GPU can still fit a small one.
 
 ``expandable_segments`` and ``max_split_size_mb`` are not modelled.
+
+Inside ``recording()`` every allocator created logs what it does
+(``log``: ``segment_alloc``, ``alloc``, ``free``, ``segment_free`` with
+address, block size, stream, requested bytes and the caller's tag);
+``bench.predict.timeline`` turns that log into a memory snapshot.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 MIN_BLOCK = 512
@@ -73,6 +79,24 @@ def limited(nbytes: int | None):
         _LIMIT.reset(token)
 
 
+_RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("bench_allocator_recording", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[CachingAllocator]]:
+    """Allocators created inside keep a ``log``; yields the list they are appended to, in order."""
+    made: list[CachingAllocator] = []
+    token = _RECORDING.set(made)
+    try:
+        yield made
+    finally:
+        _RECORDING.reset(token)
+
+
+LogEntry = tuple[str, int, int, int, int, str | None]
+"""``(action, addr, size, stream, requested bytes, tag)``."""
+
+
 class CachingAllocator:
     """Replays ``malloc(key, nbytes)`` / ``free(key)``; tracks peaks, retries and OOM."""
 
@@ -90,6 +114,10 @@ class CachingAllocator:
         self.reserved = 0
         self.peak_allocated = 0
         self.peak_reserved = 0
+        made = _RECORDING.get()
+        self.log: list[LogEntry] | None = None if made is None else []
+        if made is not None:
+            made.append(self)
 
     def _insert(self, b: _Block) -> None:
         bisect.insort(self._pools.setdefault((b.small, b.stream), []), (b.size, b.addr, b))
@@ -100,7 +128,7 @@ class CachingAllocator:
         assert pool[i][2] is b
         del pool[i]
 
-    def malloc(self, key: object, nbytes: int) -> None:
+    def malloc(self, key: object, nbytes: int, tag: str | None = None) -> None:
         size = round_size(nbytes)
         small = size <= SMALL_SIZE
         pool = self._pools.setdefault((small, self.stream), [])
@@ -117,6 +145,8 @@ class CachingAllocator:
             self._next_addr += seg + (1 << 40)  # segments are never adjacent
             self.reserved += seg
             self.peak_reserved = max(self.peak_reserved, self.reserved)
+            if self.log is not None:
+                self.log.append(("segment_alloc", block.addr, seg, self.stream, seg, None))
         rest = block.size - size
         if rest >= MIN_BLOCK if small else rest > SMALL_SIZE:
             tail = _Block(block.addr + size, rest, small, True, block, block.next, block.stream)
@@ -128,11 +158,15 @@ class CachingAllocator:
         block.free = False
         self._blocks[key] = block
         self.allocated += block.size
+        if self.log is not None:
+            self.log.append(("alloc", block.addr, block.size, block.stream, nbytes, tag))
         self.peak_allocated = max(self.peak_allocated, self.allocated)
 
     def free(self, key: object) -> None:
         block = self._blocks.pop(key)
         self.allocated -= block.size
+        if self.log is not None:
+            self.log.append(("free", block.addr, block.size, block.stream, block.size, None))
         block.free = True
         for nb in (block.prev, block.next):
             if nb is not None and nb.free:
@@ -156,6 +190,9 @@ class CachingAllocator:
             for entry in [e for e in pool if e[2].prev is None and e[2].next is None]:
                 pool.remove(entry)
                 self.reserved -= entry[2].size
+                if self.log is not None:
+                    b = entry[2]
+                    self.log.append(("segment_free", b.addr, b.size, b.stream, b.size, None))
 
     def reset_peaks(self) -> None:
         self.peak_allocated = self.allocated

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 
+from bench import destination
 from bench.dtypes import GiB
 from bench.errors import UserError
 
@@ -181,14 +182,34 @@ def _host_memory(a: argparse.Namespace) -> int | None:
     return parse_size(a.host_memory, "--host-memory") if getattr(a, "host_memory", None) else None
 
 
+def _with_timeline(c, path: str):
+    """``predict(c)``, and its allocation timeline written to ``path`` as a CUDA memory snapshot."""
+    import pickle
+
+    from bench.predict import timeline
+
+    snap, p = timeline.of_cell(c)
+    out = destination.write_bytes(path, pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL), "--timeline")
+    events = len(snap["device_traces"][0])
+    print(
+        f"wrote {out} (predicted allocator timeline, {events} events; open it in pytorch.org/memory_viz)",
+        file=sys.stderr,
+    )
+    return p
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     from bench import cell as cellmod, gpus
     from bench.predict import max_batch, predict
 
     tokens, table, calibration = _run_args(a)
+    if a.timeline is not None:
+        if a.gpu == "all":
+            raise UserError("--timeline: one card's run; allowed: with --gpu NAME, not --gpu all")
+        destination.check_file(a.timeline, "--timeline")
     if a.gpu != "all":
         c, notes = _cell_from_args(a, gpus.resolve(a.gpu).name)
-        p = predict(c)
+        p = _with_timeline(c, a.timeline) if a.timeline is not None else predict(c)
         p = dataclasses.replace(p, notes=p.notes + notes)
         sp = speed_fields(c, calibration, tokens, table)
         out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": {**p.to_dict(), **sp}}
@@ -349,6 +370,11 @@ def register(sub) -> None:
     )
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="also write the predicted allocator timeline as a CUDA memory snapshot (pickle; pytorch.org/memory_viz)",
+    )
     p.add_argument(
         "--rank",
         choices=("cost", "time", "memory"),

@@ -63,7 +63,7 @@ class Program:
         self._next += 1
         key = self._next
         before = self.alloc.peak_allocated
-        self.alloc.malloc(key, nbytes)
+        self.alloc.malloc(key, nbytes, tag)
         size = self.alloc._blocks[key].size
         self._tag[key] = (tag, size)
         self.live[tag] += size

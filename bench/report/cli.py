@@ -1,9 +1,10 @@
 """The ``report`` and ``compare`` verbs (never import torch: they only read files).
 
-``bench report RESULTS... [-o FILE] [--format md|html|csv] [--title TEXT]``
+``bench report RESULTS... [-o FILE] [--format md|html|csv|parquet|jsonl] [--title TEXT]``
 renders every record under the given folders or files; without ``-o`` the
 text goes to standard output. The format comes from ``--format``, else from
-the suffix of ``-o``, else Markdown.
+the suffix of ``-o``, else Markdown. Parquet and JSON Lines are the flat
+table of ``bench.report.columnar`` (one row per record, for pandas).
 
 ``bench compare A B [--threshold peak=5%,throughput=5%] [--all]`` prints the
 cells whose peak or throughput changed past a threshold (all with ``--all``)
@@ -17,8 +18,8 @@ import sys
 
 from bench import destination, recordshape, store
 from bench.errors import UserError
-from bench.report import compare as comparemod
-from bench.report.render import FORMATS, format_of, render
+from bench.report import columnar, compare as comparemod
+from bench.report.render import render
 
 MAX_WARNINGS = 20
 """Skipped records named one by one; past this many, one line counts the rest."""
@@ -46,9 +47,18 @@ def _records(paths: list[str], what: str) -> list[dict]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    fmt = format_of(args.output, args.format)
+    fmt = columnar.format_of(args.output, args.format)
     if args.output is not None:
         destination.check_file(args.output)
+    elif fmt == "parquet":
+        raise UserError("--format parquet: a binary file, not for the terminal; allowed: with -o FILE.parquet")
+    if fmt in columnar.FORMATS:
+        data = columnar.to_bytes(_records(args.results, "report"), fmt)
+        if args.output is None:
+            sys.stdout.write(data.decode())
+            return 0
+        print(f"wrote {destination.write_bytes(args.output, data)} ({fmt})", file=sys.stderr)
+        return 0
     text = render(_records(args.results, "report"), fmt, title=args.title)
     if args.output is None:
         sys.stdout.write(text)
@@ -72,7 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("results", nargs="+", metavar="RESULTS", help="result folders or record files")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
-    p.add_argument("--format", choices=FORMATS, help="md, html or csv [from -o's suffix, else md]")
+    p.add_argument(
+        "--format", choices=columnar.ALL_FORMATS, help="md, html, csv, parquet or jsonl [from -o's suffix, else md]"
+    )
     p.add_argument("--title", help="heading of the report")
     p.set_defaults(func=cmd_report)
 

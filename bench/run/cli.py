@@ -16,6 +16,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.errors import UserError
     from bench.run.runner import RunOptions, run
 
+    if args.memory_snapshot and args.executor == "ray":
+        raise UserError("--memory-snapshot: the file would stay on the Ray node; allowed: with --executor local")
     executor = None
     if args.executor == "ray":
         from bench.run.ray_executor import RayExecutor
@@ -36,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         emulate_target=args.emulate_target,
         timeout_s=args.timeout,
         executor=args.executor,
+        memory_snapshot=args.memory_snapshot,
     )
     return run(opts, executor)
 
@@ -120,6 +123,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1800.0,
         metavar="SECONDS",
         help="per-cell wall-clock limit; the cell's process group is killed [1800]",
+    )
+    p.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="CUDA only: dump each cell's allocator history beside its record (<cell_id>.memory.pickle, "
+        "for pytorch.org/memory_viz); slows the steps it records",
     )
     p.add_argument(
         "--executor",

@@ -63,6 +63,8 @@ class Job:
     emulate_target: bool = True
     """Cap the process at the target GPU's memory when the card is larger."""
     results: str = "results"
+    memory_snapshot: str | None = None
+    """Where the child dumps the CUDA allocator's history (``bench run --memory-snapshot``); ``None``: not taken."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

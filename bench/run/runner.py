@@ -61,6 +61,8 @@ class RunOptions:
     emulate_target: bool = True
     timeout_s: float = 1800.0
     executor: str = "local"
+    memory_snapshot: bool = False
+    """Each cell's child dumps the CUDA allocator snapshot beside its record."""
 
 
 def pick_device(wanted: str | None, usable: list[int]) -> str:
@@ -122,6 +124,9 @@ class Runner:
             timeout_s=self.opts.timeout_s,
             emulate_target=self.opts.emulate_target,
             results=str(self.store.root),
+            memory_snapshot=str(self.store.snapshot_path(self.matrix.gpu, self.matrix.name, c.cell_id))
+            if self.opts.memory_snapshot
+            else None,
         )
 
     def execute(
@@ -174,6 +179,13 @@ class Runner:
             file=self.out,
             flush=True,
         )
+        if opts.memory_snapshot and self.device != "cuda":
+            print(
+                f"note: --memory-snapshot: no allocator snapshot is taken on {self.device} "
+                "(the allocator history is CUDA's); each record says so",
+                file=self.out,
+                flush=True,
+            )
         clean_stale_temps(folder)
         leftovers.clean_scratch()
         try:

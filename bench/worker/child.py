@@ -8,6 +8,12 @@ process at the target GPU's memory when emulating it, trains or generates
 
     {"status": "ok" | "oom" | "error", "measured": {...}, "environment": {...}, "error": str | None}
 
+With ``memory_snapshot`` in the job (``bench run --memory-snapshot``) the
+CUDA allocator's history over the run is dumped to that file
+(``bench.worker.peak.MemorySnapshot``; rank ``r > 0`` of a multi-rank cell
+writes ``...rank<r>.memory.pickle`` beside it) and ``measured.memory_snapshot``
+names it; on the CPU nothing is taken and ``measured.memory_snapshot_note`` says so.
+
 An OOM (``torch.OutOfMemoryError``) is caught and reported with the peaks
 reached so far (exit code ``bench.status.EXIT_OOM``); any other exception prints its
 traceback to stderr (exit code 1). Under ``torchrun`` every rank measures its
@@ -39,6 +45,7 @@ from typing import Any
 from bench.methods import ranks
 from bench.status import ERROR, EXIT_OOM, OK, OOM, is_oom_text
 from bench.worker import nvml
+from bench.worker.peak import MemorySnapshot
 
 INJECT_ENV = "BENCH_WORKER_INJECT"
 PEAK_KEYS = (
@@ -193,6 +200,15 @@ def combine_ranks(measured: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def snapshot_path(path: str | None, rank: int) -> Path | None:
+    """Where this rank writes the allocator snapshot: the job's file on rank 0, ``<stem>.rank<r>...`` beside it."""
+    if path is None or rank == 0:
+        return Path(path) if path is not None else None
+    p = Path(path)
+    head, _, tail = p.name.partition(".")
+    return p.with_name(f"{head}.rank{rank}.{tail}")
+
+
 def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], str | None]:
     """Run the job's cell; returns (status, measured, environment, error)."""
     from bench import cell as cellmod, models
@@ -208,10 +224,12 @@ def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], s
     env: dict[str, Any] = {"emulated_target": False}
     status, error, timing = OK, None, {}
     spec = models.resolve(cell.model)
+    recorder = MemorySnapshot(snapshot_path(job.get("memory_snapshot"), ranks.rank()), device)
     try:
         if device == "cuda":
             torch.cuda.set_device(ranks.local_rank())
             env.update(cap_memory(cell, job.get("emulate_target", True)))
+        recorder.start()
         run = training.train if cell.trains else generation.infer
         timing = run(cell, spec, device, injected(job["slug"], at_start=False))
     except torch.OutOfMemoryError as e:
@@ -221,9 +239,12 @@ def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], s
         error = f"{type(e).__name__}: {e}"
         status = OOM if is_oom_text(error) else ERROR
         traceback.print_exc()
+    snapshot = recorder.stop()
+    if snapshot.get("memory_snapshot_note"):
+        print(f"memory snapshot {snapshot['memory_snapshot_note']}", file=sys.stderr)
     peaks = sampler.stop()
     env.update(runtime_environment(device, sampler))
-    measured: dict[str, Any] = {**peaks, **torch_peaks(device), **timing}
+    measured: dict[str, Any] = {**peaks, **torch_peaks(device), **timing, **snapshot}
     if status == OK:
         peak = None
         if device == "cuda":
