@@ -33,7 +33,11 @@ PRECISIONS = ("fp32", "fp16", "bf16", "pure-bf16")
 INFER_PRECISIONS = ("fp32", "fp16", "bf16")
 ATTNS = ("sdpa", "eager", "flash_attention_2")
 OPTIMIZERS = optimizer_names.BENCH_NAMES
-QUANTS = ("none", "int8", "nf4")
+QUANTS = ("none", "int8", "nf4", "fp4")
+SPLITS = ("none", "layers")
+SPLIT_BALANCES = ("balanced", "sequential")
+CUSTOM_GPU = "custom"
+"""The ``gpu`` name of a card given by its memory alone (``gpu_memory``)."""
 
 # method shorthand -> (tuning, strategy, offload)
 _STRATEGY_METHODS = {
@@ -123,7 +127,24 @@ class Cell:
     built, as the HF Trainer and accelerate do), or ``false``: build it whole on the CPU
     and let ``deepspeed.initialize`` partition it [true for zero3]."""
     quant: str = "none"
-    """Weight quantization for ``infer``: ``none`` | ``int8`` | ``nf4`` (reserved)."""
+    """Weight quantization of a ``task: infer`` model by bitsandbytes: ``none`` | ``int8``
+    (LLM.int8: int8 weights with fp32 row scales) | ``nf4`` | ``fp4`` (4-bit, an absmax per
+    64 weights); the head, embeddings and norms stay in ``precision``, the compute dtype [none]."""
+    quant_double: bool = False
+    """``quant: nf4``/``fp4``: double quantization (``bnb_4bit_use_double_quant``): the
+    per-block absmax stored in 8 bits with an fp32 scale per 256 blocks [off]."""
+    split: str = "none"
+    """``task: infer`` over ``gpus`` cards in one process: ``none`` | ``layers`` (the blocks
+    placed over the cards by accelerate's ``infer_auto_device_map``, one card busy at a
+    time) [none]."""
+    split_balance: str = "balanced"
+    """``split: layers``: ``balanced`` (accelerate's ``get_balanced_memory``, as
+    ``device_map="balanced"``/``"auto"``) | ``sequential`` (fill card 0 first, as
+    ``device_map="sequential"``) [balanced]."""
+    gpu_memory: int | None = None
+    """Memory of the target card in bytes (a size such as ``10GiB`` is accepted), replacing
+    the catalog card's; with ``gpu: custom`` a card known by its memory alone (no speed
+    figures) [the catalog card's]."""
     steps: int = 3
     """Measured optimizer steps (or generations)."""
     warmup: int = 1
@@ -172,6 +193,12 @@ class Cell:
             parts.append("nozeroinit")
         if self.task == "infer":
             parts = [model, "infer", self.precision, f"b{self.batch}", f"s{self.seq}", f"n{self.new_tokens}"]
+            if self.quant != "none":
+                parts.append(self.quant + ("dq" if self.quant_double else ""))
+            if self.split != "none":
+                parts.append(f"{self.split}x{self.gpus}" + ("seq" if self.split_balance == "sequential" else ""))
+        if self.gpu_memory is not None:
+            parts.append(f"mem{self.gpu_memory / 2**30:g}g")
         return "-".join(parts)
 
 
@@ -188,7 +215,7 @@ def model_label(model: str) -> str:
 FIELD_NAMES = tuple(f.name for f in fields(Cell))
 _DEFAULTS = {f.name: f.default for f in fields(Cell) if f.default is not dataclasses.MISSING}
 # Fields added after the first release: hashed only when they differ from the default.
-_LATE_FIELDS = {"quant", "use_cache", "zero_init", "freeze"}
+_LATE_FIELDS = {"quant", "use_cache", "zero_init", "freeze", "quant_double", "split", "split_balance", "gpu_memory"}
 _NOT_HASHED = {"label"}
 
 
@@ -248,6 +275,20 @@ def _bool(raw: dict, key: str, problems: list[str], where: str) -> bool | None:
     return v
 
 
+def _size(raw: dict, key: str, problems: list[str], where: str) -> None:
+    """A byte count, or a size string (``10GiB``, ``12GB``) stored as bytes."""
+    from bench.dtypes import parse_size
+
+    v = raw[key]
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, int) and v <= 0):
+        problems.append(f"{where}{key}: {short(v)} is not allowed; allowed: a size such as 10GiB or a byte count")
+        return
+    try:
+        raw[key] = parse_size(v, key) if isinstance(v, str) else v
+    except UserError as e:
+        problems += [f"{where}{m}" for m in e.problems]
+
+
 def _bad_method(method: Any) -> str:
     close = difflib.get_close_matches(str(method), list(METHODS), n=2, cutoff=0.7)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -303,6 +344,8 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         ("offload", OFFLOADS),
         ("precision", PRECISIONS),
         ("quant", QUANTS),
+        ("split", SPLITS),
+        ("split_balance", SPLIT_BALANCES),
     ):
         if key in raw and raw[key] not in choices:
             problems.append(f"{where}" + allowed(key, raw[key], choices))
@@ -328,6 +371,10 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         _bool(raw, "use_cache", problems, where)
     if raw.get("zero_init") is not None:
         _bool(raw, "zero_init", problems, where)
+    if "quant_double" in raw:
+        _bool(raw, "quant_double", problems, where)
+    if raw.get("gpu_memory") is not None:
+        _size(raw, "gpu_memory", problems, where)
     if "lora_dropout" in raw:
         v = raw["lora_dropout"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -366,13 +413,25 @@ def _consistency(c: Cell, where: str) -> list[str]:
             p.append(f"{where}method: {c.method!r} is not allowed for task 'infer'; allowed: full (no training method)")
         if c.precision not in INFER_PRECISIONS:
             p.append(f"{where}" + allowed("precision (task infer: the weights' dtype)", c.precision, INFER_PRECISIONS))
-        if c.gpus != 1:
+        if c.gpus != 1 and c.split == "none":
             p.append(
-                f"{where}gpus: {c.gpus} is not allowed for task 'infer'; allowed: 1 (layer-wise split is not supported yet)"
+                f"{where}gpus: {c.gpus} is not allowed for task 'infer' with split 'none'; allowed: 1, or split: layers"
+            )
+        if c.quant != "none" and c.precision not in ("fp16", "bf16"):
+            p.append(
+                f"{where}precision: {c.precision!r} is not allowed with quant {c.quant!r}; allowed: fp16, bf16 (the compute dtype)"
             )
     else:
         if c.quant != "none":
             p.append(f"{where}quant: {c.quant!r} is not allowed for task 'train'; allowed: none (use tuning: qlora)")
+        if c.split != "none":
+            p.append(f"{where}split: {c.split!r} is not allowed for task 'train'; allowed: none (use a strategy)")
+    if c.quant_double and c.quant not in ("nf4", "fp4"):
+        p.append(f"{where}quant_double: true needs quant nf4 or fp4, not {c.quant!r}; allowed: false")
+    if c.split_balance != "balanced" and c.split == "none":
+        p.append(f"{where}split_balance: {c.split_balance!r} needs split: layers; allowed: leave split_balance out")
+    if c.gpu == CUSTOM_GPU and c.gpu_memory is None:
+        p.append(f"{where}gpu: {CUSTOM_GPU!r} needs gpu_memory (e.g. 10GiB); allowed: a catalog GPU, or gpu_memory")
     if c.offload != "none" and c.strategy not in ("zero1", "zero2", "zero3", "fsdp"):
         p.append(f"{where}offload: {c.offload!r} needs a ZeRO or FSDP strategy, not strategy {c.strategy!r}")
     if c.offload == "all" and c.strategy in ("zero1", "zero2"):
@@ -383,7 +442,7 @@ def _consistency(c: Cell, where: str) -> list[str]:
         p.append(
             f"{where}offload: 'optimizer' is not allowed with fsdp (FSDP2 offloads parameters, gradients and optimizer together); allowed: none, all"
         )
-    if c.strategy == "none" and c.gpus > 1:
+    if c.strategy == "none" and c.gpus > 1 and c.split == "none":
         p.append(f"{where}gpus: {c.gpus} needs a strategy (ddp, zero1-3, fsdp); strategy is 'none'")
     if c.tuning == "qlora" and c.precision not in ("fp16", "bf16"):
         p.append(f"{where}precision: {c.precision!r} is not allowed for qlora; allowed: fp16, bf16 (the compute dtype)")

@@ -7,6 +7,7 @@ reports for the card (not the marketing GB); ``tflops`` are dense peaks
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -114,10 +115,41 @@ def _squash(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text)
 
 
+CUSTOM = "custom"
+"""A card known by its memory alone (cell field ``gpu_memory``, ``--gpu-memory``)."""
+
+
+def generic(memory_bytes: int = 0) -> GPU:
+    """The profile of a ``custom`` card: its memory and nothing else. No datasheet peaks,
+    so no speed is predicted for it; the CUDA context and workspaces are those of any card
+    before compute capability 9 (4 MiB cuBLAS workspaces)."""
+    return GPU(
+        name=CUSTOM,
+        marketing_name="a card given by its memory (gpu_memory)",
+        nvml_names=(),
+        memory_bytes=memory_bytes,
+        compute_capability="8.0",
+        bf16=True,
+        tflops={"fp32": None, "fp16": None, "bf16": None},
+        bandwidth_gbps=0.0,
+        source="gpu_memory of the cell: memory only",
+    )
+
+
+def of_cell(cell) -> GPU:
+    """The card a cell targets: the catalog card (or the generic ``custom`` one) with the
+    cell's ``gpu_memory`` in place of its memory when given."""
+    gpu = resolve(cell.gpu)
+    memory = getattr(cell, "gpu_memory", None)
+    return dataclasses.replace(gpu, memory_bytes=memory) if memory is not None else gpu
+
+
 def resolve(name: str) -> GPU:
     """A catalog name, marketing name or NVML name in any case, or a common spelling
     (``4090``, ``RTX 4090``, ``rtx-4090``, ``a6000``); an ambiguous one (``a100``) names
     the cards it could be, an unknown one the closest names."""
+    if str(name).strip().lower() == CUSTOM:
+        return generic()
     found = _keys().get(str(name).strip().lower())
     if found is not None:
         return _catalog()[found]

@@ -33,6 +33,13 @@ What the recipe decides, and why (the reference protocol, ``tests/data``):
 - **memory outside the allocator** (``bench.overhead``), which also sizes the
   cap when a larger card emulates the target.
 - **the blocks**: ``block_of``, the one definition of a transformer block.
+- **generation over several cards** (``split: layers``): one process, ``devices`` cards;
+  the blocks are placed by accelerate's ``infer_auto_device_map`` (``balanced`` through
+  ``get_balanced_memory`` first, as ``device_map="balanced"``), each card's room being
+  its memory less what it needs beside weights. The map itself is computed once, by
+  ``bench.predict.split.placement``, which the child also calls.
+- **quantized generation** (``Quantization``): bitsandbytes through transformers'
+  ``BitsAndBytesConfig``, the model loaded quantized on the GPU.
 """
 
 from __future__ import annotations
@@ -64,6 +71,30 @@ class Adapters:
     """``CAUSAL_LM`` or ``SEQ_2_SEQ_LM`` (encoder-decoder models)."""
     dtype: str
     """The adapters' own dtype: fp32 (PEFT's default), bf16 under ``pure-bf16``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quantization:
+    """Weights of a ``task: infer`` model quantized by bitsandbytes as it loads."""
+
+    kind: str
+    """``int8`` (``load_in_8bit``, LLM.int8 with its default outlier threshold 6.0) or
+    ``nf4`` / ``fp4`` (``load_in_4bit``, ``bnb_4bit_quant_type``)."""
+    double: bool
+    """4-bit: ``bnb_4bit_use_double_quant``."""
+    compute_dtype: str
+    """``bnb_4bit_compute_dtype`` and the dtype of the weights left unquantized."""
+
+    def config_kwargs(self) -> dict:
+        """``BitsAndBytesConfig`` keyword arguments (dtypes by name; the torch side converts)."""
+        if self.kind == "int8":
+            return {"load_in_8bit": True}
+        return {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": self.kind,
+            "bnb_4bit_use_double_quant": self.double,
+            "bnb_4bit_compute_dtype": self.compute_dtype,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +140,16 @@ class Recipe:
     use_cache: bool
     """The model's KV cache stays on in training (transformers turns it off under checkpointing)."""
     outside_allocator_bytes: int
-    """Device memory the process holds outside the caching allocator (``bench.overhead``)."""
+    """Device memory the process holds outside the caching allocator (``bench.overhead``), per card."""
+    split: str = "none"
+    """``layers``: generation with the blocks placed over ``devices`` cards (accelerate's hooks
+    move the hidden states between them); ``none``: one card per rank."""
+    split_balance: str = "balanced"
+    """``balanced`` | ``sequential``: how accelerate is asked to place the blocks."""
+    devices: int = 1
+    """Cards one process uses (``gpus`` under ``split: layers``, else 1)."""
+    quantization: Quantization | None = None
+    """Quantized generation; ``None``: weights in ``build_dtype``."""
 
     @property
     def deepspeed(self) -> bool:
@@ -187,9 +227,20 @@ def of(cell) -> Recipe:
         build_dtype = HALF_OF[cell.precision]
     on_meta = engine == "fsdp" and (cell.offload == "all" or cell.gpus > 1) and cell.tuning != "qlora"
     built_on_cpu = engine == "deepspeed" and not zero_init and cell.tuning != "qlora"  # bnb loads on the GPU
+    split = getattr(cell, "split", "none")
+    quant = getattr(cell, "quant", "none")
+    quantization = None
+    if not cell.trains and quant != "none":
+        quantization = Quantization(
+            kind=quant, double=bool(getattr(cell, "quant_double", False)), compute_dtype=HALF_OF[cell.precision]
+        )
     return Recipe(
+        split=split,
+        split_balance=getattr(cell, "split_balance", "balanced"),
+        devices=cell.gpus if split != "none" else 1,
+        quantization=quantization,
         engine=engine,
-        ranks=cell.gpus,
+        ranks=1 if split != "none" else cell.gpus,
         zero=zero,
         offload=cell.offload,
         build_dtype=build_dtype,

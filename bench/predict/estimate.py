@@ -91,7 +91,7 @@ def _program(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int,
 
 @functools.lru_cache(maxsize=512)
 def _program_cached(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
-    gpu = gpus.resolve(cell.gpu)
+    gpu = gpus.of_cell(cell)
     r = recipe_for(cell)
     if not cell.trains:
         from bench.predict import generate
@@ -114,9 +114,16 @@ def _program_cached(cell, layers: int | None, limit: int | None) -> tuple[Outcom
     return plain.program(tt, cell, gpu, weight_bytes), overhead.HOST_BASE_BYTES, r.outside_allocator_bytes
 
 
-def predict(cell) -> Prediction:
-    """Predict one normalized cell on its ``cell.gpu``."""
-    gpu = gpus.resolve(cell.gpu)
+def predict(cell, host_memory: int | None = None) -> Prediction:
+    """Predict one normalized cell on its ``cell.gpu``.
+
+    ``host_memory``: the host RAM stated for a ``split: layers`` cell; blocks that fit on
+    no card are then offloaded to it as accelerate does (else they make the cell not fit)."""
+    gpu = gpus.of_cell(cell)
+    if recipe_for(cell).split != "none":
+        from bench.predict import split
+
+        return split.predict(cell, host_memory)
     outcome, host, outside = _program(cell, None, gpu.memory_bytes - recipe_for(cell).outside_allocator_bytes)
     fits = not outcome.oom
     if not fits:  # what it would take: the same run without the card's limit

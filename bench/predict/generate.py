@@ -62,8 +62,13 @@ def _keys(tensors) -> list[int]:
     return [t.untyped_storage()._bench_key for t in tensors]
 
 
-def trace(cell, layers: int | None = None) -> dict:
-    """Prefill and two decode forwards of the cell's model on meta, with their events."""
+def trace(cell, layers: int | None = None, instruments: tuple = ()) -> dict:
+    """Prefill and two decode forwards of the cell's model on meta, with their events.
+
+    ``instruments``: objects with ``attach(model, log) -> [hook handles]``, called on the
+    built model before it runs (their hooks allocate what the real run allocates beside
+    the model's own ops: ``split``'s device copies, ``infer_quant``'s kernel workspaces),
+    and ``finish(trace dict)``, called on the result."""
     from transformers import DynamicCache, EncoderDecoderCache
 
     spec = models.resolve(cell.model)
@@ -90,6 +95,8 @@ def trace(cell, layers: int | None = None) -> dict:
         hooks.append(
             model.get_output_embeddings().register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits"))
         )
+    for instrument in instruments:
+        hooks += instrument.attach(model, log)
     marks, slots = [], []
     with torch.inference_mode(), log, tr.AttentionEmulation(), _Truth():
         ids = torch.empty((b, s), dtype=torch.long, device="meta")
@@ -113,8 +120,10 @@ def trace(cell, layers: int | None = None) -> dict:
             del out
     for h in hooks:
         h.remove()
-    return {
+    out = {
         "params": [p.numel() * p.element_size() for p in model.parameters()],
+        "named": [(n, p.numel(), p.numel() * p.element_size(), tuple(p.shape)) for n, p in model.named_parameters()],
+        "named_buffers": [(n, x.numel() * x.element_size()) for n, x in model.named_buffers()],
         "buffers": sum(x.numel() * x.element_size() for x in model.buffers()),
         "events": log.trace.events,
         "marks": marks,
@@ -124,6 +133,9 @@ def trace(cell, layers: int | None = None) -> dict:
         "vocab": int(cfg.vocab_size),
         "enc_dec": enc_dec,
     }
+    for instrument in instruments:
+        instrument.finish(out)
+    return out
 
 
 def _window(ev, lo: int, hi: int, old: list[int], new: list[int]) -> list[tuple]:
@@ -153,56 +165,89 @@ def _template(t: dict) -> list[tuple]:
 
 def program(cell, gpu, layers: int | None = None) -> tuple[Outcome, int, int]:
     """(outcome, host bytes, bytes outside the allocator) of a generation cell."""
-    t = trace(cell, layers)
+    quantization = recipes.of(cell).quantization
+    if quantization is None:
+        t = trace(cell, layers)
+        weights = t["params"]
+    else:
+        from bench.predict import infer_quant
+
+        t = trace(cell, layers, (infer_quant.Workspaces(quantization),))
+        weights = infer_quant.weight_bytes(t["named"], quantization)
+    return replay(cell, gpu, t, weights).outcome(), overhead.HOST_BASE_BYTES, recipes.of(cell).outside_allocator_bytes
+
+
+def _card_of(tag: str) -> tuple[str, int]:
+    """A traced event's tag and card: ``split`` tags events ``phase@card``; untagged: card 0."""
+    phase, _, card = tag.partition("@")
+    return phase, int(card) if card else 0
+
+
+def replay(cell, gpu, t: dict, weights: list[int], card: int | None = None, buffers: int | None = None) -> Program:
+    """The allocation program of a traced generation: the weights (bytes, in load order),
+    the prompt, prefill and every decode step. ``card``: only what lives on that card of a
+    ``split`` trace (its events, and ``weights``/``buffers`` as given for it); ``generate()``'s
+    own tensors (ids, mask, the selected logits) live on card 0 with the inputs."""
     prog = Program()
     for _ in range(2):  # the cuBLAS and cuBLASLt workspaces torch holds after its first matmul
         prog.malloc(plain.cublas_workspace(gpu), CONTEXT)
-    for n in t["params"]:
+    for n in weights:
         prog.malloc(n, WEIGHTS)
-    if t["buffers"]:
-        prog.malloc(t["buffers"], WEIGHTS)
+    buffers = t["buffers"] if buffers is None else buffers
+    if buffers:
+        prog.malloc(buffers, WEIGHTS)
+    mine = lambda tag: card is None or _card_of(tag)[1] == card  # noqa: E731
+    host_side = card is None or card == 0
     b, s, vocab = cell.batch, cell.seq, t["vocab"]
-    prompt = [prog.malloc(b * s * 8, ACTS), prog.malloc(b * s * 8, ACTS)]  # input ids and attention mask
+    prompt = [prog.malloc(b * s * 8, ACTS), prog.malloc(b * s * 8, ACTS)] if host_side else []  # ids and mask
     # what grows by a token per step: the ids and mask, or an encoder-decoder's decoder ids
-    ids = [prog.malloc(b * 8, ACTS)] if t["enc_dec"] else prompt
+    ids = ([prog.malloc(b * 8, ACTS)] if t["enc_dec"] else prompt) if host_side else []
     tags = {"logits": LOGITS}
     keys: dict[int, int] = {}
     for kind, k, n, tag in t["events"][: t["marks"][0]]:  # encoder and prefill
+        if not mine(tag):
+            continue
         if kind == tr.ALLOC:
-            keys[k] = prog.malloc(n, KV if k in t["cache"] else tags.get(tag, ACTS))
+            keys[k] = prog.malloc(n, KV if k in t["cache"] else tags.get(_card_of(tag)[0], ACTS))
         elif k in keys:
             prog.free(keys.pop(k))
-    slot = {i: keys.pop(k) for i, k in enumerate(t["slots"][0])}
+    slot = {i: keys.pop(k) for i, k in enumerate(t["slots"][0]) if k in keys}
     for k in t["cache"] | t["keep"]:  # cross-attention cache and encoder output: kept to the end
         keys.pop(k, None)
-    _select(prog, b, vocab, keys, ids, 1 if t["enc_dec"] else s)
+    _select(prog, b, vocab, keys, ids, 1 if t["enc_dec"] else s, host_side)
     template = _template(t)
     for step in range(cell.new_tokens - 1):
         local: dict[int, int] = {}
         grown: dict[int, int] = {}
         for kind, ref, n0, grow, tag in template:
+            if not mine(tag):
+                continue
             n = n0 + grow * step
             if isinstance(ref, tuple):
                 if kind == tr.FREE:
-                    prog.free(slot.pop(ref[1]))
+                    if ref[1] in slot:
+                        prog.free(slot.pop(ref[1]))
                 else:
                     grown[ref[1]] = prog.malloc(n, KV)
             elif kind == tr.ALLOC:
-                local[ref] = prog.malloc(n, tags.get(tag, ACTS))
+                local[ref] = prog.malloc(n, tags.get(_card_of(tag)[0], ACTS))
             elif ref in local:
                 prog.free(local.pop(ref))
         slot.update(grown)
-        _select(prog, b, vocab, local, ids, (1 if t["enc_dec"] else s) + step + 1)
-    return prog.outcome(), overhead.HOST_BASE_BYTES, recipes.of(cell).outside_allocator_bytes
+        _select(prog, b, vocab, local, ids, (1 if t["enc_dec"] else s) + step + 1, host_side)
+    return prog
 
 
-def _select(prog: Program, b: int, vocab: int, outputs: dict[int, int], ids: list[int], length: int) -> None:
+def _select(
+    prog: Program, b: int, vocab: int, outputs: dict[int, int], ids: list[int], length: int, host_side: bool = True
+) -> None:
     """Greedy selection after a forward, ``del outputs``, the growing tensors one token longer."""
-    logits = prog.malloc(b * vocab * 4, LOGITS)  # outputs.logits[:, -1].to(fp32, copy=True)
-    processed = prog.malloc(b * vocab * 4, LOGITS)  # MinNewTokens: scores.clone() / torch.where
-    prog.transient(vocab * 8, TRANSIENT)  # torch.arange(vocab)
-    prog.free(processed)
-    prog.free(logits)
+    if host_side:
+        logits = prog.malloc(b * vocab * 4, LOGITS)  # outputs.logits[:, -1].to(fp32, copy=True)
+        processed = prog.malloc(b * vocab * 4, LOGITS)  # MinNewTokens: scores.clone() / torch.where
+        prog.transient(vocab * 8, TRANSIENT)  # torch.arange(vocab)
+        prog.free(processed)
+        prog.free(logits)
     for key in outputs.values():
         prog.free(key)
     outputs.clear()

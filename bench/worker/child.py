@@ -124,7 +124,7 @@ def cap_memory(cell: Any, enabled: bool) -> dict[str, Any]:
 
     index = ranks.local_rank()
     total = torch.cuda.get_device_properties(index).total_memory
-    target = gpus.resolve(cell.gpu).memory_bytes
+    target = gpus.of_cell(cell).memory_bytes
     if not enabled or target >= total:
         return {"emulated_target": False}
     overhead = recipe.of(cell).outside_allocator_bytes
