@@ -80,8 +80,13 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
         "lora_r",
         "zero_init",
         "freeze",
+        "quant",
+        "quant_double",
+        "split",
+        "split_balance",
+        "gpu_memory",
     ):
-        if getattr(a, key) is not None:
+        if getattr(a, key, None) is not None:
             raw[key] = getattr(a, key)
     c = cellmod.normalize(raw, "")
     problems = matrix.validate_cell(c)
@@ -203,13 +208,17 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from bench.predict import max_batch, predict
 
     tokens, table, calibration = _run_args(a)
+    if a.gpu is None:
+        if a.gpu_memory is None:
+            raise UserError("gpu: missing; give --gpu (a catalog GPU or 'all'), or --gpu-memory SIZE for a custom card")
+        a.gpu = gpus.CUSTOM
     if a.timeline is not None:
         if a.gpu == "all":
             raise UserError("--timeline: one card's run; allowed: with --gpu NAME, not --gpu all")
         destination.check_file(a.timeline, "--timeline")
     if a.gpu != "all":
         c, notes = _cell_from_args(a, gpus.resolve(a.gpu).name)
-        p = _with_timeline(c, a.timeline) if a.timeline is not None else predict(c)
+        p = _with_timeline(c, a.timeline) if a.timeline is not None else predict(c, _host_memory(a))
         p = dataclasses.replace(p, notes=p.notes + notes)
         sp = speed_fields(c, calibration, tokens, table)
         out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": {**p.to_dict(), **sp}}
@@ -352,7 +361,16 @@ def register(sub) -> None:
     p.add_argument("--gpus", type=int)
     p.add_argument("--task")
     p.add_argument("--new-tokens", type=int)
-    p.add_argument("--gpu", required=True, help="a catalog GPU, or 'all'")
+    p.add_argument("--gpu", help="a catalog GPU, or 'all' [custom with --gpu-memory]")
+    p.add_argument("--quant", help="task infer: int8 | nf4 | fp4 (bitsandbytes) [none]")
+    p.add_argument(
+        "--quant-double", action=argparse.BooleanOptionalAction, default=None, help="nf4/fp4: double quantization"
+    )
+    p.add_argument("--split", help="task infer over --gpus cards: layers [none]")
+    p.add_argument("--split-balance", help="split layers: balanced | sequential [balanced]")
+    p.add_argument(
+        "--gpu-memory", metavar="SIZE", help="the card's memory (e.g. 10GiB); alone: a custom card of that size"
+    )
     p.add_argument(
         "--host-memory",
         metavar="SIZE",

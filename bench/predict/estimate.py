@@ -46,6 +46,14 @@ class Prediction:
     host_node_bytes: int = 0
     """Host RAM of the ranks that share one node (``host_bytes`` x ranks per node)."""
     notes: tuple[str, ...] = ()
+    devices: int = 1
+    """Cards of one process (``split: layers``); every figure above is then the bottleneck card's."""
+    cards: tuple[dict, ...] = ()
+    """``split: layers``: each card's peak, breakdown and modules (``split.Card``)."""
+    placement: dict[str, int | str] = field(default_factory=dict)
+    """``split: layers``: module -> card index, ``cpu`` (offloaded) or ``disk`` (fits nowhere)."""
+    bottleneck: int | None = None
+    """``split: layers``: the card with the largest peak."""
 
     @property
     def headroom_bytes(self) -> int:
@@ -67,6 +75,16 @@ class Prediction:
             "ranks": self.ranks,
             "host_node_bytes": self.host_node_bytes,
             "notes": list(self.notes),
+            **(
+                {
+                    "devices": self.devices,
+                    "bottleneck_card": self.bottleneck,
+                    "cards": [dict(c) for c in self.cards],
+                    "placement": dict(self.placement),
+                }
+                if self.cards
+                else {}
+            ),
         }
 
 
