@@ -108,13 +108,17 @@ def _host_verdict(p, host_memory: int | None) -> str:
 
 
 def speed_fields(
-    c, calibration: dict | None = None, tokens: int | None = None, price_table: dict | None = None
+    c,
+    calibration: dict | None = None,
+    tokens: int | None = None,
+    price_table: dict | None = None,
+    host_memory: int | None = None,
 ) -> dict:
     """The predicted-speed keys of a cell's ``predicted`` object (and ``run`` for ``tokens``)."""
     from bench.predict import cost
     from bench.predict.speed import speed
 
-    s = speed(c, calibration=calibration).to_dict()
+    s = speed(c, calibration=calibration, host_memory=host_memory).to_dict()
     out = {k: s[k] for k in ("step_time_seconds", "tokens_per_second", "samples_per_second", "mfu")}
     if c.task == "infer":
         out.update(prefill_seconds=s["prefill_seconds"], decode_tokens_per_second=s["decode_tokens_per_second"])
@@ -130,12 +134,16 @@ def _speed_text(c, sp: dict) -> str:
     from bench.report.labels import duration
 
     if sp.get("step_time_seconds") is None:
-        return "  speed: not modelled for this cell\n"
+        why = sp.get("time_figures") or ""
+        return f"  speed: not modelled for this cell{': ' + why if why.startswith(('no ', 'not ')) else ''}\n"
     lines = []
     if c.task == "infer":
         lines.append(f"  {'prefill (time to first token)':<32} {sp['prefill_seconds']:8.4f} s")
         lines.append(f"  {'decode':<32} {sp['decode_tokens_per_second']:8.1f} tokens/s")
         lines.append(f"  {'whole generate()':<32} {sp['step_time_seconds']:8.3f} s  MFU {100 * sp['mfu']:.1f}%")
+        moved = sp["step_time_parts"].get("transfers")
+        if moved is not None:
+            lines.append(f"  {'  of which copies over PCIe':<32} {moved:8.3f} s  (between cards, offloaded weights)")
     else:
         parts = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in sp["step_time_parts"].items() if v > 0)
         lines.append(f"  {'step time (optimizer step)':<32} {sp['step_time_seconds']:8.3f} s  ({parts})")
@@ -160,8 +168,31 @@ def _run_args(a: argparse.Namespace) -> tuple[int | None, dict, dict | None]:
     return tokens, cost.prices(a.price, a.prices), load_calibration(a.calibration)
 
 
+def _cards_text(p) -> list[str]:
+    """A split cell: every card's peak and what is placed on it, the bottleneck marked."""
+    from bench.recipe import block_index
+
+    lines = [f"  per card ({p.devices} x {p.gpu}; the breakdown above is card {p.bottleneck}'s, the bottleneck):"]
+    for c in p.cards:
+        blocks = [i for i in (block_index(m) for m in c["modules"]) if i is not None]
+        span = f"blocks {min(blocks)}-{max(blocks)}" if blocks else "no blocks"
+        others = [m for m in c["modules"] if block_index(m) is None]
+        mark = "  <- bottleneck" if c["index"] == p.bottleneck else ""
+        lines.append(
+            f"    card {c['index']}: {c['peak_bytes'] / GiB:6.2f} GiB ({c['breakdown']['weights'] / GiB:.2f} weights, "
+            f"{c['breakdown']['kv_cache'] / GiB:.2f} KV)  {'fits' if c['fits'] else 'does NOT fit'}"
+            f"  {span}{(' + ' + ', '.join(others)) if others else ''}{mark}"
+        )
+    elsewhere = {d: [m for m, x in p.placement.items() if x == d] for d in ("cpu", "disk")}
+    for d, mods in elsewhere.items():
+        if mods:
+            lines.append(f"    {'host (offloaded)' if d == 'cpu' else 'no room (disk)'}: {', '.join(mods)}")
+    return lines
+
+
 def _breakdown_text(c, p, host_memory: int | None = None) -> str:
     per = f", per GPU of {p.ranks}" if p.ranks > 1 else ""
+    per = f", bottleneck card of {p.devices}" if p.cards else per
     lines = [f"{c.slug} on {p.gpu} ({p.capacity_bytes / GiB:.1f} GiB{per})"]
     for name, n in p.breakdown.items():
         lines.append(f"  {name.replace('_', ' '):<32} {n / GiB:8.2f} GiB")
@@ -177,6 +208,8 @@ def _breakdown_text(c, p, host_memory: int | None = None) -> str:
         lines.append(f"  {'host RAM per node':<32} {p.host_node_bytes / GiB:8.2f} GiB{_host_verdict(p, host_memory)}")
     else:
         lines.append(f"  {'host RAM':<32} {p.host_bytes / GiB:8.2f} GiB{_host_verdict(p, host_memory)}")
+    if p.cards:
+        lines += _cards_text(p)
     lines += [f"  note: {n}" for n in p.notes]
     return "\n".join(lines) + "\n"
 
@@ -220,7 +253,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         c, notes = _cell_from_args(a, gpus.resolve(a.gpu).name)
         p = _with_timeline(c, a.timeline) if a.timeline is not None else predict(c, _host_memory(a))
         p = dataclasses.replace(p, notes=p.notes + notes)
-        sp = speed_fields(c, calibration, tokens, table)
+        sp = speed_fields(c, calibration, tokens, table, _host_memory(a))
         out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": {**p.to_dict(), **sp}}
         host = _host_memory(a)
         if host is not None:

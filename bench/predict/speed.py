@@ -42,12 +42,17 @@ def shape_key(cell) -> model_trace.ShapeKey:
     return model_trace.shape_key(cell)
 
 
-def speed(cell, gpu: str | None = None, calibration: dict | None = None) -> Speed:
-    """Predicted speed of ``cell`` on ``gpu`` (default: the cell's)."""
+def speed(cell, gpu: str | None = None, calibration: dict | None = None, host_memory: int | None = None) -> Speed:
+    """Predicted speed of ``cell`` on ``gpu`` (default: the cell's); ``host_memory`` as ``predict``'s
+    (a ``split: layers`` cell offloads to it what fits on no card)."""
     card = gpus.resolve(gpu or cell.gpu)
+    if card.name == gpus.CUSTOM:
+        return Speed(figures="no speed figures: a custom card is known by its memory only (gpu_memory)")
+    if cell.task == "infer" and cell.quant != "none":
+        return Speed(figures=f"not modelled: the time of bitsandbytes' {cell.quant} kernels (only their memory is)")
     f = figures(card, calibration)
     if cell.task == "infer":
-        return _generation(cell, card, f)
+        return _generation(cell, card, f, host_memory)
     from bench.worker import flops
 
     counts = op_cost.micro_step(shape_key(cell))
@@ -69,13 +74,21 @@ def speed(cell, gpu: str | None = None, calibration: dict | None = None) -> Spee
     )
 
 
-def _generation(cell, card, f) -> Speed:
+def _generation(cell, card, f, host_memory: int | None = None) -> Speed:
+    """``split: layers``: one card busy at a time, so the same kernels as on one card, plus
+    the copies between cards and the offloaded weights over PCIe at every forward
+    (``split.transfer_seconds``), which nothing overlaps."""
     ops = generation_ops.generation(cell.model, cell.precision, cell.attn, cell.batch, cell.seq, cell.new_tokens)
     if ops is None:
         return Speed(figures=f.source)
     prefill, decode = ops
-    pre = _forward_seconds(prefill, f) + f.generate_token_seconds
-    per_token = _forward_seconds(decode, f) + f.generate_token_seconds
+    moved = {"prefill": 0.0, "decode": 0.0}
+    if cell.split != "none":
+        from bench.predict import split
+
+        moved = split.transfer_seconds(cell, host_memory)
+    pre = _forward_seconds(prefill, f) + f.generate_token_seconds + moved["prefill"]
+    per_token = _forward_seconds(decode, f) + f.generate_token_seconds + moved["decode"]
     total = pre + per_token * (cell.new_tokens - 1)
     n = prefill.params["elements"]
     mfu = 2 * n * cell.batch * (cell.seq + cell.new_tokens) / total / (1e12 * card.peak_tflops(cell.precision))
@@ -86,7 +99,15 @@ def _generation(cell, card, f) -> Speed:
         mfu=mfu,
         prefill_seconds=pre,
         decode_tokens_per_second=cell.batch / per_token,
-        parts={"prefill": pre, "decode": per_token * (cell.new_tokens - 1)},
+        parts={
+            "prefill": pre - moved["prefill"],
+            "decode": (per_token - moved["decode"]) * (cell.new_tokens - 1),
+            **(
+                {"transfers": moved["prefill"] + moved["decode"] * (cell.new_tokens - 1)}
+                if cell.split != "none"
+                else {}
+            ),
+        },
         figures=f.source,
     )
 

@@ -360,7 +360,7 @@ def _predict_cards(cell, gpu, placed: dict, budget: dict) -> Placement:
             per_forward["prefill"] += nbytes
         elif fwd == 1:
             per_forward["decode"] += nbytes
-    offloaded = sum(sum(v) for k, v in weights.items() if not isinstance(k, int))
+    offloaded = sum(weights.get("cpu", []))  # on "disk" nothing runs: the cell does not fit
     return Placement(placed, budget, tuple(cards), offloaded, per_forward)
 
 

@@ -66,7 +66,12 @@ def method(cell: Mapping[str, Any]) -> str:
     """
     if cell.get("task", "train") == "infer":
         text = f"Inference ({cell.get('new_tokens', 128)} new tokens)"
-        return text if cell.get("quant", "none") == "none" else f"{text}, {cell['quant']}"
+        if cell.get("quant", "none") != "none":
+            text += f", {cell['quant']}" + (" double-quant" if cell.get("quant_double") else "")
+        if cell.get("split", "none") != "none":
+            balance = "" if cell.get("split_balance", "balanced") == "balanced" else f", {cell['split_balance']}"
+            text += f", layers over {cell.get('gpus', 1)} GPUs{balance}"
+        return text
     tuning = cell.get("tuning", "full")
     parts = [_TUNING.get(tuning, tuning)]
     if tuning in ADAPTER_TUNINGS:
