@@ -6,6 +6,14 @@ directly on the device. Each generation is ``model.generate`` of exactly
 ``do_sample=False``) after a ``seq``-token random prompt (the encoder input
 for an encoder-decoder model). A streamer notes when the first new token
 exists: that is the prefill time (time to first token); the rest is decode.
+
+``split: layers``: the model is dispatched over the process's cards with the device map
+the predictor computes (``bench.predict.split.placement``: accelerate's placement, one
+decision for both sides) by ``accelerate.dispatch_model``, as ``from_pretrained(device_map=...)``
+does; on ``--device cpu`` every card of the map becomes ``"cpu"`` and the hooks are forced
+on, so the dispatch path runs without a GPU. ``quant``: the model is saved from its config
+and loaded back by ``from_pretrained`` with the recipe's ``BitsAndBytesConfig`` (and the
+device map when split), which needs bitsandbytes on a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -43,12 +51,85 @@ class FirstTokenClock:
         pass
 
 
+def device_map(cell: Cell, device: str) -> dict[str, int | str]:
+    """The split cell's device map (card indices), or on the CPU the same map onto ``"cpu"``."""
+    from bench.predict import split
+
+    placed = split.placement(cell).device_map
+    if "disk" in placed.values():
+        missing = [m for m, d in placed.items() if d == "disk"]
+        raise RuntimeError(
+            f"split: {len(missing)} modules fit on no card of {cell.gpus} x {cell.gpu} ({', '.join(missing[:3])}...)"
+        )
+    return {m: ("cpu" if device != "cuda" else d) for m, d in placed.items()}
+
+
+def build(cell: Cell, spec: models.ModelSpec, device: str) -> torch.nn.Module:
+    """The model as the recipe says: on one card, dispatched over several, or quantized."""
+    r = recipes.of(cell)
+    dtype = torch_dtype(r.build_dtype)
+    placed = device_map(cell, device) if r.split != "none" else None
+    if r.quantization is not None:
+        return _quantized(cell, spec, device, placed, dtype)
+    if placed is None:
+        return models.build(spec, device="cuda:0" if device == "cuda" else "cpu", dtype=dtype, attn=cell.attn)
+    from accelerate import dispatch_model
+
+    model = models.build(spec, device="cpu", dtype=dtype, attn=cell.attn)
+    return dispatch_model(
+        model,
+        placed,
+        skip_keys=getattr(model, "_skip_keys_device_placement", None),
+        force_hooks=device != "cuda",  # one device ("cpu"): the hooks still run, as on the cards
+    )
+
+
+def _quantized(cell: Cell, spec: models.ModelSpec, device: str, placed: dict | None, dtype) -> torch.nn.Module:
+    q = recipes.of(cell).quantization
+    assert q is not None
+    if device != "cuda" or not torch.cuda.is_available():
+        raise RuntimeError(f"quant {q.kind} needs bitsandbytes on a CUDA GPU; it cannot run on --device cpu")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError(f"quant {q.kind} needs the bitsandbytes package (pip install bitsandbytes)") from None
+    import tempfile
+
+    from transformers import BitsAndBytesConfig
+
+    kwargs = q.config_kwargs()
+    if "bnb_4bit_compute_dtype" in kwargs:
+        kwargs["bnb_4bit_compute_dtype"] = torch_dtype(kwargs["bnb_4bit_compute_dtype"])
+    with tempfile.TemporaryDirectory(prefix="bench-quant-") as folder:
+        models.build(spec, device="cpu", dtype=dtype, attn=cell.attn).save_pretrained(folder)
+        extra = {"attn_implementation": cell.attn} if cell.attn else {}
+        return models.model_class(spec).from_pretrained(
+            folder,
+            quantization_config=BitsAndBytesConfig(**kwargs),
+            dtype=dtype,
+            device_map=placed if placed is not None else {"": 0},
+            **extra,
+        )
+
+
+def card_peaks(cell: Cell, device: str) -> dict[str, Any]:
+    """Per card torch peaks of a split cell, in the record's per-rank fields (one entry per card)."""
+    cards = recipes.of(cell).devices
+    if device != "cuda" or cards == 1:
+        return {}
+    return {
+        "peak_torch_allocated_bytes_per_rank": [torch.cuda.max_memory_allocated(i) for i in range(cards)],
+        "peak_torch_reserved_bytes_per_rank": [torch.cuda.max_memory_reserved(i) for i in range(cards)],
+        "per_rank_is_per_card": True,
+    }
+
+
 def infer(
     cell: Cell, spec: models.ModelSpec, device: str, before_first_step: Callable[[], None] | None = None
 ) -> dict[str, Any]:
     """Run ``warmup + steps`` generations; returns the timing part of ``measured``."""
     dev = "cuda:0" if device == "cuda" else "cpu"
-    model = models.build(spec, device=dev, dtype=torch_dtype(recipes.of(cell).build_dtype), attn=cell.attn)
+    model = build(cell, spec, device)
     model.eval()
     vocab = int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
     gen = torch.Generator().manual_seed(0)
@@ -59,7 +140,8 @@ def infer(
     if pad is None:
         pad = eos[0] if isinstance(eos, list) else (eos if eos is not None else 0)
     parameters = models.count_params(model)
-    after_build = torch.cuda.memory_allocated() if device == "cuda" else None
+    cards = recipes.of(cell).devices if device == "cuda" else 1
+    after_build = sum(torch.cuda.memory_allocated(i) for i in range(cards)) if device == "cuda" else None
     if before_first_step is not None:
         before_first_step()
     times: list[float] = []
@@ -100,4 +182,5 @@ def infer(
         "output_tokens": out_len,
         "samples_per_step": cell.batch,
         "tokens_per_step": cell.batch * cell.new_tokens,
+        **card_peaks(cell, device),
     }

@@ -58,7 +58,10 @@ class Job:
     device: str = "cuda"
     """``cuda`` or ``cpu``."""
     gpus: int = 1
-    """Ranks (and, on CUDA, GPUs) the cell needs."""
+    """GPUs the cell needs (on CUDA), and its ranks unless ``ranks`` says otherwise."""
+    ranks: int | None = None
+    """Processes (``torchrun`` ranks); ``None``: one per GPU. A ``split: layers`` cell is one
+    process over all its GPUs (``recipe.ranks``)."""
     timeout_s: float = 1800.0
     emulate_target: bool = True
     """Cap the process at the target GPU's memory when the card is larger."""
@@ -96,8 +99,9 @@ def write_job(job: Job, folder: Path) -> tuple[Path, Path]:
 def worker_command(job: Job, job_path: Path, out_path: Path, python: str = sys.executable) -> list[str]:
     """The worker's argv: ``python -m bench.worker.child JOB OUT``, under torchrun for N ranks."""
     worker = ["-m", "bench.worker.child", str(job_path), str(out_path)]
-    if job.gpus > 1:
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={job.gpus}", *worker]
+    ranks = job.gpus if job.ranks is None else job.ranks
+    if ranks > 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *worker]
     return [python, *worker]
 
 

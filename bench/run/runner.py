@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from bench import cell as cellmod, destination, matrix as matrixmod
+from bench import cell as cellmod, destination, matrix as matrixmod, recipe as recipes
 from bench.cell import Cell
 from bench.errors import UserError
 from bench.run import archcheck, fallback, leftovers, machine, maxbatch, prediction, record
@@ -121,6 +121,7 @@ class Runner:
             matrix=self.matrix.name,
             device=self.device,
             gpus=c.gpus,
+            ranks=recipes.of(c).ranks,
             timeout_s=self.opts.timeout_s,
             emulate_target=self.opts.emulate_target,
             results=str(self.store.root),

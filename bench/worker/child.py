@@ -209,6 +209,21 @@ def snapshot_path(path: str | None, rank: int) -> Path | None:
     return p.with_name(f"{head}.rank{rank}.{tail}")
 
 
+def per_card(first: dict[str, Any], rest: list[dict[str, Any]], measured: dict[str, Any]) -> dict[str, Any]:
+    """A ``split: layers`` cell's peaks: NVML of every card in ``*_per_rank`` (card order) and
+    every peak the maximum over the cards, the bottleneck's, as the prediction gives it."""
+    out: dict[str, Any] = {}
+    nvml_cards = [first.get("peak_nvml_process_bytes")] + [r.get("peak_nvml_process_bytes") for r in rest]
+    out["peak_nvml_process_bytes_per_rank"] = nvml_cards
+    known = [v for v in nvml_cards if v is not None]
+    out["peak_nvml_process_bytes"] = max(known) if known else None
+    for key in ("peak_torch_allocated_bytes", "peak_torch_reserved_bytes"):
+        values = [v for v in measured.get(f"{key}_per_rank") or [] if v is not None]
+        if values:
+            out[key] = max(values)
+    return out
+
+
 def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], str | None]:
     """Run the job's cell; returns (status, measured, environment, error)."""
     from bench import cell as cellmod, models
@@ -216,6 +231,10 @@ def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], s
     cell = cellmod.normalize(job["cell"])
     device = job["device"]
     sampler = nvml.Sampler(device=device, index=nvml.device_index(ranks.local_rank())).start()
+    from bench import recipe as recipes
+
+    cards = recipes.of(cell).devices if device == "cuda" else 1
+    others = [nvml.Sampler(device=device, index=nvml.device_index(i)).start() for i in range(1, cards)]
     import torch
 
     from bench.methods import generation, training
@@ -245,6 +264,8 @@ def measure(job: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], s
     peaks = sampler.stop()
     env.update(runtime_environment(device, sampler))
     measured: dict[str, Any] = {**peaks, **torch_peaks(device), **timing, **snapshot}
+    if others:  # split: one process over several cards; the per-rank fields hold one entry per card
+        measured.update(per_card(peaks, [o.stop() for o in others], measured))
     if status == OK:
         peak = None
         if device == "cuda":
