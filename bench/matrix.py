@@ -40,6 +40,8 @@ from bench.limits import MAX_CELLS, clip_line, short
 
 TOP_KEYS = ("name", "gpu", "description", "defaults", "sweep", "exclude", "include")
 CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
+SPLIT_MAX_GPUS = 16
+"""Cards one process spreads a model over (``split: layers``): one node's."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TRIPLE = ("tuning", "strategy", "offload")
 _CHOICES = {
@@ -50,6 +52,8 @@ _CHOICES = {
     "precision": cellmod.PRECISIONS,
     "optimizer": optimizer_names.allowed_names(),
     "quant": cellmod.QUANTS,
+    "split": cellmod.SPLITS,
+    "split_balance": cellmod.SPLIT_BALANCES,
     "attn": cellmod.ATTNS,
     "method": tuple(cellmod.METHODS),
 }
@@ -303,6 +307,12 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
     blocks = spec.layers
     if c.freeze and blocks is not None and c.freeze > blocks:
         p.append(f"{where}freeze: {c.freeze} exceeds {spec.name}'s {blocks} blocks; allowed: 0 to {blocks}")
+    if c.split != "none" and spec.is_encoder_decoder:
+        p.append(f"{where}split: {c.split!r} is for decoder-only models; {spec.name} is an encoder-decoder; allowed: none")
+    if c.split != "none" and c.gpus > SPLIT_MAX_GPUS:
+        p.append(
+            f"{where}gpus: {c.gpus} is too many cards for one process (split: layers); allowed: 1 to {SPLIT_MAX_GPUS}"
+        )
     if recipe.uses_deepspeed(c) and c.ds_config is not None:
         try:
             dsconfig.settings(c, dsconfig.hidden_size_of(spec.config))

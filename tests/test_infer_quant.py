@@ -101,7 +101,9 @@ def test_quantized_run_needs_a_gpu():
 
 
 def test_quantized_split():
-    c = cellmod.normalize({**LLAMA, "quant": "int8", "split": "layers", "gpus": 2, "gpu": "custom", "gpu_memory": "6GiB"})
+    c = cellmod.normalize(
+        {**LLAMA, "quant": "int8", "split": "layers", "gpus": 2, "gpu": "custom", "gpu_memory": "6GiB"}
+    )
     p = predict(c)
     assert p.fits and len(p.cards) == 2
     alone = predict(cellmod.normalize({**LLAMA, "quant": "int8", "gpu": "h200"}))

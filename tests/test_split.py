@@ -10,9 +10,7 @@ from bench.predict import predict, split
 from bench.predict.program import CONTEXT, KV, WEIGHTS
 from bench.recipe import block_index
 
-GPTJ = dict(
-    model="EleutherAI/gpt-j-6b", task="infer", precision="fp16", batch=1, seq=128, new_tokens=72, gpu="rtx3080"
-)
+GPTJ = dict(model="EleutherAI/gpt-j-6b", task="infer", precision="fp16", batch=1, seq=128, new_tokens=72, gpu="rtx3080")
 
 
 def _cell(**kw):

@@ -64,7 +64,7 @@ def device_map(cell: Cell, device: str) -> dict[str, int | str]:
     return {m: ("cpu" if device != "cuda" else d) for m, d in placed.items()}
 
 
-def build(cell: Cell, spec: models.ModelSpec, device: str) -> torch.nn.Module:
+def build(cell: Cell, spec: models.ModelSpec, device: str) -> Any:
     """The model as the recipe says: on one card, dispatched over several, or quantized."""
     r = recipes.of(cell)
     dtype = torch_dtype(r.build_dtype)
@@ -84,7 +84,7 @@ def build(cell: Cell, spec: models.ModelSpec, device: str) -> torch.nn.Module:
     )
 
 
-def _quantized(cell: Cell, spec: models.ModelSpec, device: str, placed: dict | None, dtype) -> torch.nn.Module:
+def _quantized(cell: Cell, spec: models.ModelSpec, device: str, placed: dict | None, dtype) -> Any:
     q = recipes.of(cell).quantization
     assert q is not None
     if device != "cuda" or not torch.cuda.is_available():

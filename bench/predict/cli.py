@@ -168,6 +168,21 @@ def _run_args(a: argparse.Namespace) -> tuple[int | None, dict, dict | None]:
     return tokens, cost.prices(a.price, a.prices), load_calibration(a.calibration)
 
 
+def placement_note(p) -> str:
+    """One line for a split cell: the bottleneck and the blocks of every card."""
+    from bench.recipe import block_index
+
+    spans = []
+    for c in p.cards:
+        blocks = [i for i in (block_index(m) for m in c["modules"]) if i is not None]
+        span = f"{min(blocks)}-{max(blocks)}" if blocks else ("all" if "" in c["modules"] else "none")
+        spans.append(f"card {c['index']} blocks {span} {c['peak_bytes'] / GiB:.2f} GiB")
+    host = sum(1 for d in p.placement.values() if d == "cpu")
+    nowhere = sum(1 for d in p.placement.values() if d == "disk")
+    tail = (f"; {host} modules on the host" if host else "") + (f"; {nowhere} modules fit on no card" if nowhere else "")
+    return f"split over {p.devices} cards, card {p.bottleneck} the bottleneck: " + ", ".join(spans) + tail
+
+
 def _cards_text(p) -> list[str]:
     """A split cell: every card's peak and what is placed on it, the bottleneck marked."""
     from bench.recipe import block_index
@@ -324,7 +339,10 @@ def plan_entries(
         if getattr(m, "notes", {}).get(c.cell_id):
             e["notes"] = list(m.notes[c.cell_id])
         try:
-            e["predicted"] = predict(c).to_dict()
+            p = predict(c)
+            e["predicted"] = p.to_dict()
+            if p.cards:
+                e["notes"] = [*e.get("notes", []), placement_note(p)]
             e["predicted"].update(speed_fields(c, calibration, tokens, price_table))
             if want_max_batch:
                 e["predicted"]["max_batch"] = max_batch(c)

@@ -68,7 +68,7 @@ def weight_bytes(named: list[tuple], q: Quantization) -> list[int]:
     return out
 
 
-def quantized_modules(model) -> dict[str, object]:
+def quantized_modules(model) -> dict:
     """The ``nn.Linear`` modules bitsandbytes replaces, by name."""
     import torch
 

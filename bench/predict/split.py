@@ -274,7 +274,8 @@ class Devices:
 
 def _owner(name: str, placed: dict[str, int | str]) -> int | str:
     """The device of the module holding parameter ``name`` (the longest matching prefix)."""
-    best, where = -1, Devices.MAIN
+    best = -1
+    where: int | str = Devices.MAIN
     for module, device in placed.items():
         if (name == module or name.startswith(module + ".") or module == "") and len(module) > best:
             best, where = len(module), device
