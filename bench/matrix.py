@@ -308,7 +308,9 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
     if c.freeze and blocks is not None and c.freeze > blocks:
         p.append(f"{where}freeze: {c.freeze} exceeds {spec.name}'s {blocks} blocks; allowed: 0 to {blocks}")
     if c.split != "none" and spec.is_encoder_decoder:
-        p.append(f"{where}split: {c.split!r} is for decoder-only models; {spec.name} is an encoder-decoder; allowed: none")
+        p.append(
+            f"{where}split: {c.split!r} is for decoder-only models; {spec.name} is an encoder-decoder; allowed: none"
+        )
     if c.split != "none" and c.gpus > SPLIT_MAX_GPUS:
         p.append(
             f"{where}gpus: {c.gpus} is too many cards for one process (split: layers); allowed: 1 to {SPLIT_MAX_GPUS}"

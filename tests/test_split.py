@@ -148,3 +148,31 @@ def test_a_split_cell_runs_as_one_process():
     job = Job(cell=c.to_dict(), cell_id=c.cell_id, slug=c.slug, matrix="m", gpus=3, ranks=recipe.of(c).ranks)
     argv = worker_command(job, Path("j"), Path("o"), python="py")
     assert "torch.distributed.run" not in argv
+
+
+def test_a_split_record_keeps_every_cards_peaks():
+    from bench.worker.child import per_card
+
+    first = {"peak_nvml_process_bytes": 5 * 2**30}
+    rest = [{"peak_nvml_process_bytes": 6 * 2**30}, {"peak_nvml_process_bytes": None}]
+    measured = {"peak_torch_allocated_bytes": 1, "peak_torch_allocated_bytes_per_rank": [1, 3, 2]}
+    out = per_card(first, rest, measured)
+    assert out["peak_nvml_process_bytes_per_rank"] == [5 * 2**30, 6 * 2**30, None]
+    assert out["peak_nvml_process_bytes"] == 6 * 2**30  # the bottleneck card decides
+    assert out["peak_torch_allocated_bytes"] == 3
+
+
+def test_predict_cli_prints_the_placement(capsys):
+    from bench.cli import main
+
+    args = ["predict", "--model", "EleutherAI/gpt-j-6b", "--task", "infer", "--precision", "fp16"]
+    args += ["--batch", "1", "--seq", "128", "--new-tokens", "72", "--split", "layers", "--gpus", "3"]
+    assert main([*args, "--gpu", "rtx3080"]) == 0
+    text = capsys.readouterr().out
+    assert "bottleneck" in text and "card 2:" in text and "blocks 0-" in text
+    assert main([*args, "--gpu", "rtx3080", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)["predicted"]
+    assert len(out["cards"]) == 3 and out["placement"]["lm_head"] in (0, 1, 2)
+    assert out["peak_bytes"] == out["cards"][out["bottleneck_card"]]["peak_bytes"]

@@ -98,6 +98,8 @@ def _quantized(cell: Cell, spec: models.ModelSpec, device: str, placed: dict | N
     from transformers import BitsAndBytesConfig
 
     kwargs = q.config_kwargs()
+    if placed is not None and "cpu" in placed.values():  # transformers refuses offload of bnb modules otherwise
+        kwargs["llm_int8_enable_fp32_cpu_offload"] = True
     if "bnb_4bit_compute_dtype" in kwargs:
         kwargs["bnb_4bit_compute_dtype"] = torch_dtype(kwargs["bnb_4bit_compute_dtype"])
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as folder:

@@ -179,7 +179,9 @@ def placement_note(p) -> str:
         spans.append(f"card {c['index']} blocks {span} {c['peak_bytes'] / GiB:.2f} GiB")
     host = sum(1 for d in p.placement.values() if d == "cpu")
     nowhere = sum(1 for d in p.placement.values() if d == "disk")
-    tail = (f"; {host} modules on the host" if host else "") + (f"; {nowhere} modules fit on no card" if nowhere else "")
+    tail = (f"; {host} modules on the host" if host else "") + (
+        f"; {nowhere} modules fit on no card" if nowhere else ""
+    )
     return f"split over {p.devices} cards, card {p.bottleneck} the bottleneck: " + ", ".join(spans) + tail
 
 

@@ -385,6 +385,11 @@ def predict(cell, host_memory: int | None = None):
             f"{len(pl.on_host)} modules offloaded to the host ({pl.offloaded_bytes / 2**30:.2f} GiB of weights), "
             "run on card 0 with their weights copied over PCIe at every forward"
         )
+    if pl.on_host and r.quantization is not None:
+        notes.append(
+            "quantized modules offloaded to the host stay unquantized there (llm_int8_enable_fp32_cpu_offload); "
+            "their host bytes and copies are counted at the compute dtype, not fp32"
+        )
     host = overhead.HOST_BASE_BYTES + pl.offloaded_bytes
     return Prediction(
         peak_bytes=worst.peak_bytes,

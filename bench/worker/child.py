@@ -129,7 +129,9 @@ def cap_memory(cell: Any, enabled: bool) -> dict[str, Any]:
         return {"emulated_target": False}
     overhead = recipe.of(cell).outside_allocator_bytes
     fraction = max(0.0, (target - overhead) / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    cards = recipe.of(cell).devices  # split: every card of the process is the target card
+    for card in range(index, index + cards):
+        torch.cuda.set_per_process_memory_fraction(fraction, card)
     return {
         "emulated_target": True,
         "memory_fraction": fraction,
