@@ -176,3 +176,38 @@ def test_predict_cli_prints_the_placement(capsys):
     out = json.loads(capsys.readouterr().out)["predicted"]
     assert len(out["cards"]) == 3 and out["placement"]["lm_head"] in (0, 1, 2)
     assert out["peak_bytes"] == out["cards"][out["bottleneck_card"]]["peak_bytes"]
+
+
+@pytest.mark.slow
+def test_bench_run_measures_a_split_cell_on_the_cpu_and_refuses_a_quantized_one(tmp_path):
+    """The whole runner path: one process (no torchrun) for a two-card split, dispatched with
+    the predicted map onto the CPU; a quantized cell ends as an error naming what it needs."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    matrix = tmp_path / "split-cpu.yaml"
+    matrix.write_text(
+        "name: split-cpu\ngpu: custom\n"
+        "defaults: {model: tiny-llama, task: infer, precision: fp16, batch: 2, seq: 16, new_tokens: 4,"
+        " steps: 1, warmup: 0, gpu_memory: 2GiB}\n"
+        "include:\n  - {split: layers, gpus: 2, precision: fp32}\n  - {quant: int8}\n"
+    )
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(matrix), "--device", "cpu", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=600,
+    )
+    records = {
+        r["cell"]["split"]: r
+        for r in (json.loads(f.read_text()) for f in (results / "custom" / "split-cpu").glob("*.json"))
+    }
+    assert records["layers"]["status"] == "ok", proc.stdout + proc.stderr
+    assert records["layers"]["measured"]["output_tokens"] == 20
+    assert records["none"]["status"] == "error"
+    assert "needs bitsandbytes on a CUDA GPU" in records["none"]["error"]
