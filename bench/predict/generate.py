@@ -202,7 +202,7 @@ def replay(cell, gpu, t: dict, weights: list[int], card: int | None = None, buff
     prompt = [prog.malloc(b * s * 8, ACTS), prog.malloc(b * s * 8, ACTS)] if host_side else []  # ids and mask
     # what grows by a token per step: the ids and mask, or an encoder-decoder's decoder ids
     ids = ([prog.malloc(b * 8, ACTS)] if t["enc_dec"] else prompt) if host_side else []
-    tags = {"logits": LOGITS, "workspace": TRANSIENT}
+    tags = {"logits": LOGITS, "workspace": TRANSIENT, "offloaded": WEIGHTS}  # split: weights streamed from the host
     keys: dict[int, int] = {}
     for kind, k, n, tag in t["events"][: t["marks"][0]]:  # encoder and prefill
         if not mine(tag):

@@ -86,7 +86,7 @@ def _generation(cell, card, f, host_memory: int | None = None) -> Speed:
     if cell.split != "none":
         from bench.predict import split
 
-        moved = split.transfer_seconds(cell, host_memory)
+        moved = split.transfer_seconds(cell, f.host_link_bytes_per_second, host_memory)
     pre = _forward_seconds(prefill, f) + f.generate_token_seconds + moved["prefill"]
     per_token = _forward_seconds(decode, f) + f.generate_token_seconds + moved["decode"]
     total = pre + per_token * (cell.new_tokens - 1)

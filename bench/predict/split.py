@@ -241,7 +241,9 @@ class Devices:
         held: dict[int, object] = {}
 
         def load(mod, args):
+            phase, self.log.phase = self.log.phase, "offloaded"
             held[id(mod)] = torch.empty((nbytes,), dtype=torch.uint8, device="meta")
+            self.log.phase = phase
 
         def drop(mod, args, output):
             held.pop(id(mod), None)
@@ -411,11 +413,11 @@ def predict(cell, host_memory: int | None = None):
     )
 
 
-def transfer_seconds(cell, host_memory: int | None = None) -> dict[str, float]:
-    """Seconds per prefill and per decode forward spent copying between devices over PCIe:
-    the hooks' copies between cards, and the offloaded weights to card 0."""
+def transfer_seconds(cell, link: float, host_memory: int | None = None) -> dict[str, float]:
+    """Seconds per prefill and per decode forward spent copying between devices over PCIe at
+    ``link`` bytes/s (the card's host link at the catalog's achieved fraction): the hooks'
+    copies between cards, and the offloaded weights to card 0."""
     pl = placement(cell, host_memory)
-    link = gpus.of_cell(cell).pcie_gbps * 1e9
     streamed = pl.offloaded_bytes
     return {
         "prefill": (pl.copy_bytes.get("prefill", 0) + streamed) / link,
