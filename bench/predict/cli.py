@@ -268,6 +268,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
         destination.check_file(a.timeline, "--timeline")
     if a.gpu != "all":
         c, notes = _cell_from_args(a, gpus.resolve(a.gpu).name)
+        if a.timeline is not None and c.split != "none":
+            raise UserError(
+                "--timeline: one card's run; allowed: a cell without split (each card is its own allocator)"
+            )
         p = _with_timeline(c, a.timeline) if a.timeline is not None else predict(c, _host_memory(a))
         p = dataclasses.replace(p, notes=p.notes + notes)
         sp = speed_fields(c, calibration, tokens, table, _host_memory(a))
