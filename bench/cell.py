@@ -442,7 +442,7 @@ def _consistency(c: Cell, where: str) -> list[str]:
         p.append(
             f"{where}offload: 'optimizer' is not allowed with fsdp (FSDP2 offloads parameters, gradients and optimizer together); allowed: none, all"
         )
-    if c.strategy == "none" and c.gpus > 1 and c.split == "none":
+    if c.trains and c.strategy == "none" and c.gpus > 1:
         p.append(f"{where}gpus: {c.gpus} needs a strategy (ddp, zero1-3, fsdp); strategy is 'none'")
     if c.tuning == "qlora" and c.precision not in ("fp16", "bf16"):
         p.append(f"{where}precision: {c.precision!r} is not allowed for qlora; allowed: fp16, bf16 (the compute dtype)")
