@@ -70,7 +70,8 @@ def method(cell: Mapping[str, Any]) -> str:
             text += f", {cell['quant']}" + (" double-quant" if cell.get("quant_double") else "")
         if cell.get("split", "none") != "none":
             balance = "" if cell.get("split_balance", "balanced") == "balanced" else f", {cell['split_balance']}"
-            text += f", layers over {cell.get('gpus', 1)} GPUs{balance}"
+            n = cell.get("gpus", 1)
+            text += f", layers over {n} GPU{'s' if n != 1 else ''}{balance}"
         return text
     tuning = cell.get("tuning", "full")
     parts = [_TUNING.get(tuning, tuning)]
