@@ -80,6 +80,7 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
         "lora_r",
         "zero_init",
         "freeze",
+        "loop",
     ):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
@@ -367,6 +368,10 @@ def register(sub) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first",
+    )
+    p.add_argument(
+        "--loop",
+        help="training loop: plain (bench's own) or trainer (the HF Trainer: keeps only the loss) [plain]",
     )
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
     p.add_argument("--json", action="store_true")

@@ -51,6 +51,8 @@ class ShapeKey:
     """The model's KV cache left on in training (transformers turns it off under checkpointing)."""
     freeze: int = 0
     """Blocks (and embeddings) frozen; traced at full depth, as frozen and trainable blocks differ."""
+    outputs_to_fp32: bool = False
+    """accelerate's ``ConvertOutputsToFp32`` wraps the forward (``Recipe.outputs_to_fp32``)."""
     layers: int | None = None
 
 
@@ -81,6 +83,7 @@ def shape_key(cell, layers: int | None = None) -> ShapeKey:
         lora_targets=a.targets if a else None,
         use_cache=r.use_cache,
         freeze=r.freeze,
+        outputs_to_fp32=r.outputs_to_fp32,
         layers=layers,
     )
 
@@ -261,8 +264,8 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
     if key.autocast:
         ac = tr.AutocastEmulation(torch_dtype(key.autocast))
         modes.append(ac)  # type: ignore[arg-type]
+    inputs = _inputs(key, spec, 0)  # made outside the log, so the batch is tagged "input", not "forward"
     with log:
-        inputs = _inputs(key, spec, 0)
         for t in inputs.values():
             log.track(t, "input")
         input_bytes = sum(t.untyped_storage().nbytes() for t in {id(v): v for v in inputs.values()}.values())
@@ -270,7 +273,11 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
             for m in modes:
                 stack.enter_context(m)
             out = model(**inputs)  # the training loop holds the output (logits, KV cache) until the step ends
-            loss = out.loss
+        if key.outputs_to_fp32:  # accelerate's wrapper, outside autocast; the half output is dropped
+            from accelerate.utils.operations import convert_to_fp32
+
+            out = convert_to_fp32(out)
+        loss = out.loss
         trace.forward_end = len(trace.events)
         if key.autocast:
             ac.cache.clear()
