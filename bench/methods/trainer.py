@@ -93,6 +93,14 @@ def arguments(cell: Cell, r: recipes.Recipe, spec: models.ModelSpec, device: str
     from transformers import TrainingArguments
 
     kwargs: dict[str, Any] = {}
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+    ckpt = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+        else "gradient_checkpointing"
+    )
+    kwargs[ckpt] = r.grad_ckpt and not r.quantized_base  # QLoRA's base enables it itself
+    kwargs[f"{ckpt}_kwargs"] = {"use_reentrant": False} if r.grad_ckpt else None
     if r.deepspeed:
         kwargs["deepspeed"] = dsconfig.deepspeed_config(cell, dsconfig.hidden_size_of(spec.config))
     if r.engine == "ddp":
@@ -106,8 +114,6 @@ def arguments(cell: Cell, r: recipes.Recipe, spec: models.ModelSpec, device: str
         optim=optimizer_names.TRAINER_NAMES[cell.optimizer],
         bf16=r.trainer_precision == "bf16",
         fp16=r.trainer_precision == "fp16",
-        gradient_checkpointing=r.grad_ckpt and not r.quantized_base,  # QLoRA's base enables it itself
-        gradient_checkpointing_kwargs={"use_reentrant": False} if r.grad_ckpt else None,
         use_cpu=device == "cpu",
         logging_strategy="steps",
         logging_steps=1,
