@@ -209,3 +209,14 @@ def test_the_smoke_matrix_trainer_cells_against_the_predictor(tmp_path):
                 got, want = measured[part], predicted.get(part, 0)
                 assert abs(want - got) <= max(0.01 * got, 512 * 64), (rec["slug"], part, want, got)
         assert per_rank[0]["optimizer_states"] > 0
+
+
+def test_training_arguments_files_are_predicted_with_the_trainers_loop(tmp_path):
+    from bench import jobfile
+
+    job = jobfile.load(ROOT / "tests" / "data" / "jobs" / "training_args.json")
+    assert job.fields["loop"] == "trainer" and job.fields["strategy"] == "zero2"
+    fsdp = tmp_path / "fsdp_args.json"
+    fsdp.write_text(json.dumps({"per_device_train_batch_size": 2, "bf16": True, "fsdp": "full_shard"}))
+    job = jobfile.load(fsdp)
+    assert "loop" not in job.fields and any(n.startswith("fsdp: predicted with bench's FSDP2 loop") for n in job.notes)
