@@ -32,7 +32,12 @@ from bench.predict.trace import Param, TrainTrace
 
 @dataclass(frozen=True, kw_only=True)
 class ShapeKey:
-    """Everything about a cell that changes the traced step (not strategy/optimizer/GPU)."""
+    """Everything about a cell that changes the traced step (not strategy/optimizer/GPU).
+
+    What the loop keeps between micro-steps (``Recipe.holds_output``, the Trainer's loop and
+    the sharded ones keep only the loss) is not part of it: the replay drops the output from
+    the traced step (``sharded.loss_only``), so both loops share one trace unless accelerate's
+    fp32 conversion of the output (``outputs_to_fp32``) changes the step itself."""
 
     model: str
     tuning: str
