@@ -59,7 +59,6 @@ from bench.dsconfig import ZERO_STAGES
 from bench.dtypes import HALF_OF
 
 ENGINES = ("plain", "ddp", "deepspeed", "fsdp")
-LOOPS = ("plain", "trainer")
 SHARDED = ("deepspeed", "fsdp")
 """Engines whose loop keeps only the loss and runs on half-dtype weights."""
 ADAPTER_TUNINGS = ("lora", "qlora")
