@@ -220,3 +220,11 @@ def test_training_arguments_files_are_predicted_with_the_trainers_loop(tmp_path)
     fsdp.write_text(json.dumps({"per_device_train_batch_size": 2, "bf16": True, "fsdp": "full_shard"}))
     job = jobfile.load(fsdp)
     assert "loop" not in job.fields and any(n.startswith("fsdp: predicted with bench's FSDP2 loop") for n in job.notes)
+
+
+def test_report_rows_of_the_two_loops_read_differently():
+    from bench.report import labels
+
+    plain_row, trainer_row = cell(method="zero3").to_dict(), cell(method="zero3", loop="trainer").to_dict()
+    assert labels.method(plain_row) == "Full, ZeRO-3"
+    assert labels.method(trainer_row) == "Full, ZeRO-3 [HF Trainer]"
