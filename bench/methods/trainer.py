@@ -131,6 +131,7 @@ def train(
 ) -> dict[str, Any]:
     """Run the cell's steps through ``transformers.Trainer``; returns the training part of ``measured``."""
     from transformers import Trainer, default_data_collator
+    from transformers.trainer_callback import PrinterCallback
 
     r = recipes.of(cell)
     if r.engine != "plain":  # the process group first: accelerate and DeepSpeed join it
@@ -157,6 +158,7 @@ def train(
         trainer = Trainer(
             model=model, args=args, train_dataset=data, data_collator=default_data_collator, callbacks=[clock]
         )
+        trainer.remove_callback(PrinterCallback)  # the logs of every step go to the clock, not stdout
         trainer.train()
         resident = resident_bytes(trainer)
     return training.timing_record(
