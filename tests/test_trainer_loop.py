@@ -228,3 +228,31 @@ def test_report_rows_of_the_two_loops_read_differently():
     plain_row, trainer_row = cell(method="zero3").to_dict(), cell(method="zero3", loop="trainer").to_dict()
     assert labels.method(plain_row) == "Full, ZeRO-3"
     assert labels.method(trainer_row) == "Full, ZeRO-3 [HF Trainer]"
+
+
+def test_training_arguments_say_what_the_recipe_says(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # TrainingArguments sets it; restored after
+    from bench.methods import trainer as hf
+
+    c = normalize(
+        {
+            "model": "tiny-llama",
+            "gpu": "a100-80gb",
+            "method": "lora",
+            "precision": "bf16",
+            "optimizer": "adafactor",
+            "grad_ckpt": True,
+            "grad_accum": 4,
+            "batch": 3,
+            "steps": 2,
+            "warmup": 1,
+            "loop": "trainer",
+        }
+    )
+    r = recipes.of(c)
+    args = hf.arguments(c, r, models.resolve(c.model), "cpu", str(tmp_path))
+    assert args.optim == "adafactor" and optimizer_names.canonical(args.optim.value) == c.optimizer
+    assert args.bf16 and not args.fp16 and r.trainer_precision == "bf16"
+    assert args.per_device_train_batch_size == 3 and args.gradient_accumulation_steps == 4 and args.max_steps == 3
+    assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert args.deepspeed is None and args.torch_empty_cache_steps is None and args.max_grad_norm == 1.0
