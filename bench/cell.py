@@ -38,6 +38,7 @@ SPLITS = ("none", "layers")
 SPLIT_BALANCES = ("balanced", "sequential")
 CUSTOM_GPU = "custom"
 """The ``gpu`` name of a card given by its memory alone (``gpu_memory``)."""
+LOOPS = ("plain", "trainer")
 
 # method shorthand -> (tuning, strategy, offload)
 _STRATEGY_METHODS = {
@@ -126,6 +127,13 @@ class Cell:
     """ZeRO-3 only: build the model under ``deepspeed.zero.Init`` (partitioned as it is
     built, as the HF Trainer and accelerate do), or ``false``: build it whole on the CPU
     and let ``deepspeed.initialize`` partition it [true for zero3]."""
+    loop: str = "plain"
+    """Which training loop ``bench run`` runs: ``plain`` (bench's own: ``out = model(**batch)``,
+    backward, ``optimizer.step()``) or ``trainer`` (the Hugging Face ``transformers.Trainer``
+    with ``TrainingArguments`` from the cell: its ``optim``, ``bf16``/``fp16`` through
+    accelerate, gradient accumulation and checkpointing, DeepSpeed via ``deepspeed=``). The
+    Trainer keeps only the loss between forward and backward; ``fsdp`` is not offered with it
+    yet [plain]."""
     quant: str = "none"
     """Weight quantization of a ``task: infer`` model by bitsandbytes: ``none`` | ``int8``
     (LLM.int8: int8 weights with fp32 row scales) | ``nf4`` | ``fp4`` (4-bit, an absmax per
@@ -191,6 +199,8 @@ class Cell:
             parts.append(f"x{self.gpus}")
         if self.zero_init is False:
             parts.append("nozeroinit")
+        if self.loop != "plain":
+            parts.append(self.loop)
         if self.task == "infer":
             parts = [model, "infer", self.precision, f"b{self.batch}", f"s{self.seq}", f"n{self.new_tokens}"]
             if self.quant != "none":
@@ -215,7 +225,17 @@ def model_label(model: str) -> str:
 FIELD_NAMES = tuple(f.name for f in fields(Cell))
 _DEFAULTS = {f.name: f.default for f in fields(Cell) if f.default is not dataclasses.MISSING}
 # Fields added after the first release: hashed only when they differ from the default.
-_LATE_FIELDS = {"quant", "use_cache", "zero_init", "freeze", "quant_double", "split", "split_balance", "gpu_memory"}
+_LATE_FIELDS = {
+    "quant",
+    "use_cache",
+    "zero_init",
+    "freeze",
+    "quant_double",
+    "split",
+    "split_balance",
+    "gpu_memory",
+    "loop",
+}
 _NOT_HASHED = {"label"}
 
 
@@ -346,6 +366,7 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
         ("quant", QUANTS),
         ("split", SPLITS),
         ("split_balance", SPLIT_BALANCES),
+        ("loop", LOOPS),
     ):
         if key in raw and raw[key] not in choices:
             problems.append(f"{where}" + allowed(key, raw[key], choices))
@@ -455,6 +476,13 @@ def _consistency(c: Cell, where: str) -> list[str]:
     if c.zero_init is not None and c.strategy != "zero3":
         p.append(
             f"{where}zero_init: {c.zero_init!r} applies to strategy zero3 only, not {c.strategy!r}; allowed: leave zero_init out"
+        )
+    if c.loop == "trainer" and c.task != "train":
+        p.append(f"{where}loop: 'trainer' needs task 'train', not {c.task!r}; allowed: plain")
+    if c.loop == "trainer" and c.strategy == "fsdp":
+        p.append(
+            f"{where}loop: 'trainer' with strategy 'fsdp' is not supported (accelerate's FSDP2 path is not modelled); "
+            "allowed: plain, or a strategy none, ddp, zero1, zero2, zero3"
         )
     if c.ds_config is not None and c.strategy not in ("zero1", "zero2", "zero3"):
         p.append(

@@ -36,6 +36,16 @@ HF_NAMES = {
 }
 """``TrainingArguments.optim`` value -> bench optimizer with the same memory."""
 
+TRAINER_NAMES = {
+    "adamw": "adamw_torch_fused",
+    "adamw-foreach": "adamw_torch",
+    "sgd": "sgd",
+    "adafactor": "adafactor",
+    "adamw-8bit": "adamw_bnb_8bit",
+}
+"""bench optimizer -> the ``TrainingArguments.optim`` the Trainer loop (``loop: trainer``) is given:
+the inverse of ``HF_NAMES`` where one Trainer name stands for each bench optimizer."""
+
 NOTES = {
     "paged_adamw_8bit": "optim paged_adamw_8bit: predicted as adamw-8bit on the GPU; paging states to the host "
     "under memory pressure is not modelled",

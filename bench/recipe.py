@@ -26,6 +26,19 @@ What the recipe decides, and why (the reference protocol, ``tests/data``):
   (``compute_dtype``), without autocast.
 - **what the loop keeps**: plain/DDP loops hold ``out = model(**batch)``
   until the next forward returns; DeepSpeed and FSDP loops keep only the loss.
+- **the loop** (``loop``): bench's own, or the HF ``transformers.Trainer``
+  (``bench.methods.trainer``). The Trainer's ``compute_loss`` returns the loss
+  and drops the output before ``accelerator.backward``; with ``bf16``/``fp16``
+  outside DeepSpeed, accelerate wraps the forward in ``autocast`` whatever
+  trains (LoRA adapters too) and converts the output's half tensors to fp32
+  (``ConvertOutputsToFp32``: an fp32 copy of the logits until the output is
+  dropped); ``optim`` builds the optimizer (``adamw`` is ``adamw_torch_fused``,
+  also as DeepSpeed's client optimizer); ``model.zero_grad()`` (``set_to_none``)
+  after each optimizer step, as the plain loop; ``torch_empty_cache_steps`` is
+  left unset, so the cache is never emptied. Left out as below the
+  allocator's rounding: ``clip_grad_norm_``'s per-tensor norms (one scalar
+  each) and the separate ``labels`` tensor of each prefetched micro-batch
+  (``batch x seq x 8`` bytes).
 - **adapters** (``Adapters``) and the 4-bit base of QLoRA.
 - **optimizer flavour**: ``adamw`` is fused AdamW on the GPU in plain/DDP
   loops, torch's default foreach AdamW as DeepSpeed's client optimizer and on
@@ -126,8 +139,19 @@ class Recipe:
     quantized_base: str | None
     """``nf4`` for QLoRA (bitsandbytes, double quantization); ``None``: not quantized."""
     adapters: Adapters | None
+    loop: str
+    """``plain`` (bench's loop, ``bench.methods.training``) or ``trainer`` (``transformers.Trainer``)."""
     holds_output: bool
-    """The loop keeps the model output until the next forward returns (else only the loss)."""
+    """The loop keeps the model output until the next forward returns (else only the loss,
+    the output dropped as the forward returns)."""
+    outputs_to_fp32: bool
+    """accelerate's ``ConvertOutputsToFp32`` around the forward (Trainer, native AMP): the
+    output's fp16/bf16 tensors are replaced by fp32 copies."""
+    empty_cache_before_training: bool
+    """The Trainer's ``accelerator.free_memory()`` as ``train()`` starts: ``torch.cuda.empty_cache()``
+    once the model is built, before the optimizer (or DeepSpeed engine) is made."""
+    trainer_precision: str | None
+    """``bf16`` | ``fp16``: the ``TrainingArguments`` flag the Trainer loop sets; ``None``: neither."""
     optimizer: str
     """``adamw-fused`` | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``."""
     zero_init: bool
@@ -196,10 +220,23 @@ def _build_dtype(cell, engine: str) -> str:
     return "bf16" if cell.precision == "pure-bf16" else "fp32"
 
 
-def _optimizer(name: str, engine: str) -> str:
+def _optimizer(name: str, engine: str, loop: str) -> str:
+    if name == "adamw" and loop == "trainer":  # optim adamw_torch_fused, in every engine
+        return "adamw-fused"
     if name == "adamw":  # torch.optim.AdamW() with no flags is foreach (torch/optim/optimizer.py)
         return "adamw-foreach" if engine in SHARDED else "adamw-fused"
     return name
+
+
+def _trainer_precision(cell, engine: str) -> str | None:
+    """The Trainer's ``bf16``/``fp16`` flag. ``pure-bf16`` (bf16 weights, no mixed precision)
+    sets neither outside DeepSpeed; under DeepSpeed the flag must match the config's
+    ``bf16.enabled`` (the Trainer refuses a mismatch), and DeepSpeed casts the weights itself."""
+    if cell.precision in ("fp16", "bf16"):
+        return cell.precision
+    if cell.precision == "pure-bf16" and engine == "deepspeed":
+        return "bf16"
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -207,6 +244,8 @@ def of(cell) -> Recipe:
     """The recipe of a normalized ``Cell`` (cached: the same cell, the same object)."""
     engine = engine_of(cell.strategy)
     half = cell.precision in ("fp16", "bf16")
+    loop = cell.loop
+    trainer = loop == "trainer"
     build_dtype = _build_dtype(cell, engine)
     adapters = None
     if trains_adapters(cell):
@@ -234,6 +273,13 @@ def of(cell) -> Recipe:
         quantization = Quantization(
             kind=quant, double=bool(getattr(cell, "quant_double", False)), compute_dtype=HALF_OF[cell.precision]
         )
+    # full mixed precision autocasts in plain/DDP loops; accelerate's native AMP (the Trainer's
+    # bf16/fp16 outside DeepSpeed) autocasts whatever trains, adapters over a half base too
+    autocast = (
+        cell.precision
+        if cell.trains and half and engine in ("plain", "ddp") and (cell.tuning == "full" or trainer)
+        else None
+    )
     return Recipe(
         split=split,
         split_balance=getattr(cell, "split_balance", "balanced"),
@@ -246,16 +292,18 @@ def of(cell) -> Recipe:
         build_dtype=build_dtype,
         build_on_device=not (built_on_cpu or on_meta),
         build_on_meta=on_meta,
-        autocast=cell.precision
-        if cell.trains and half and cell.tuning == "full" and engine in ("plain", "ddp")
-        else None,
+        autocast=autocast,
         loss_scaling=cell.precision == "fp16" and engine != "deepspeed",
         compute_dtype=HALF_OF[cell.precision],
         fsdp_param_dtype=cell.precision if engine == "fsdp" and half else None,
         quantized_base="nf4" if cell.tuning == "qlora" else None,
         adapters=adapters,
-        holds_output=engine in ("plain", "ddp"),
-        optimizer=_optimizer(cell.optimizer, engine),
+        loop=loop,
+        holds_output=engine in ("plain", "ddp") and not trainer,
+        outputs_to_fp32=trainer and autocast is not None,
+        empty_cache_before_training=trainer,
+        trainer_precision=_trainer_precision(cell, engine) if trainer else None,
+        optimizer=_optimizer(cell.optimizer, engine, loop),
         zero_init=zero_init,
         freeze=cell.freeze,
         grad_ckpt=cell.grad_ckpt,

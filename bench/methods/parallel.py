@@ -62,12 +62,20 @@ def zero_init(cell: Cell, hidden_size: int | None, device: str) -> Any:
     """``deepspeed.zero.Init`` with the cell's DeepSpeed config: modules built inside
     it are partitioned across the ranks as each is built (the HF Trainer's ZeRO-3 path)."""
     import deepspeed
+
+    deepspeed_ready(device)
+    return deepspeed.zero.Init(config_dict_or_path=dsconfig.deepspeed_config(cell, hidden_size))
+
+
+def deepspeed_ready(device: str) -> None:
+    """DeepSpeed's process group on ``device``'s backend, before anything builds under ``zero.Init``
+    (bench's own, or the one transformers enters for the HF Trainer)."""
+    import deepspeed
     import torch._dynamo.polyfills.tensor  # noqa: F401  registered before zero.Init patches Tensor.__new__
 
     if device == "cpu":
         _skip_shm_build()
     deepspeed.init_distributed(dist_backend=backend(device))
-    return deepspeed.zero.Init(config_dict_or_path=dsconfig.deepspeed_config(cell, hidden_size))
 
 
 def deepspeed_engine(

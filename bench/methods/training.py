@@ -118,19 +118,27 @@ def _host_increase(before: int) -> int:
     return max(0, procmem.peak_rss_bytes() - before)
 
 
-def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
-    """Build the model and apply every part of the cell's recipe to it."""
+def build_model(
+    cell: Cell, spec: models.ModelSpec, device: str, zero_init: Any = None, checkpointing: bool = True
+) -> tuple[Any, int | None]:
+    """The cell's model as its recipe builds it: (model, host RSS increase of the build).
+
+    ``zero_init``: the ``deepspeed.zero.Init`` context ZeRO-3 builds under, or ``None`` for
+    the plain loop's own (``parallel.zero_init``); the Trainer loop passes a null context,
+    since transformers enters ``zero.Init`` itself once ``TrainingArguments(deepspeed=...)``
+    exists. ``checkpointing`` False leaves gradient checkpointing to the caller (the Trainer).
+    """
     r = recipe_for(cell)
     dtype = torch_dtype(r.build_dtype)
     here = f"cuda:{ranks.local_rank()}" if device == "cuda" else "cpu"
-    enc_dec = spec.is_encoder_decoder
     models.model_class(spec)  # its modeling module imported before the build is measured
     if r.quantized_base:
         model = adapters.build_qlora_base(spec, cell, r, device, ranks.local_rank(), dtype)
         build_rss = None
     elif r.zero_init:
         parallel.init(device)
-        with parallel.zero_init(cell, dsconfig.hidden_size_of(spec.config), device):
+        ctx = parallel.zero_init(cell, dsconfig.hidden_size_of(spec.config), device) if zero_init is None else zero_init
+        with ctx:
             before = _host_mark()
             model = models.build(spec, device=here, dtype=dtype, attn=cell.attn)
             build_rss = _host_increase(before)
@@ -140,12 +148,25 @@ def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
         model = models.build(spec, device=where, dtype=dtype, attn=cell.attn)
         build_rss = None if r.build_on_meta else _host_increase(before)
     freezing.apply(model, r.freeze)
-    if not r.quantized_base and r.grad_ckpt:
+    if checkpointing and not r.quantized_base and r.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
     model.config.use_cache = r.use_cache  # type: ignore[union-attr]
-    vocab = int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
     if r.adapters is not None:
         model = adapters.apply_lora(model, r.adapters, spec)
+    return model, build_rss
+
+
+def vocab_size(model: Any, spec: models.ModelSpec) -> int:
+    return int(getattr(model.config, "vocab_size", None) or spec.config["vocab_size"])
+
+
+def setup(cell: Cell, spec: models.ModelSpec, device: str) -> Setup:
+    """Build the model and apply every part of the cell's recipe to it."""
+    r = recipe_for(cell)
+    here = f"cuda:{ranks.local_rank()}" if device == "cuda" else "cpu"
+    enc_dec = spec.is_encoder_decoder
+    model, build_rss = build_model(cell, spec, device)
+    vocab = vocab_size(model, spec)
     total, trainable = count_parameters(model)
     model.train()
     input_device = torch.device(here)
@@ -191,7 +212,14 @@ def _sync(device: str) -> None:
 def train(
     cell: Cell, spec: models.ModelSpec, device: str, before_first_step: Callable[[], None] | None = None
 ) -> dict[str, Any]:
-    """Set the cell up and run its steps; returns the timing part of ``measured``."""
+    """Set the cell up and run its steps; returns the timing part of ``measured``.
+
+    ``loop: trainer`` cells run through ``transformers.Trainer`` (``bench.methods.trainer``)
+    and return the same fields."""
+    if recipe_for(cell).loop == "trainer":
+        from bench.methods import trainer
+
+        return trainer.train(cell, spec, device, before_first_step)
     s = setup(cell, spec, device)
     _sync(device)
     after_build = torch.cuda.memory_allocated() if device == "cuda" else None
@@ -206,18 +234,41 @@ def train(
         s.optimizer_step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    world = ranks.world_size()
-    final = float(loss)
     resident = storage.resident_bytes(s.module, s.optimizer, s.deepspeed)
+    return timing_record(
+        cell,
+        spec,
+        parameters=(s.parameters, s.trainable_parameters),
+        after_build=after_build,
+        build_rss=s.build_rss_increase,
+        resident=resident,
+        times=times,
+        loss=float(loss),
+    )
+
+
+def timing_record(
+    cell: Cell,
+    spec: models.ModelSpec,
+    *,
+    parameters: tuple[int, int],
+    after_build: int | None,
+    build_rss: int | None,
+    resident: dict[str, int],
+    times: list[float],
+    loss: float,
+) -> dict[str, Any]:
+    """The training part of ``measured``, the same for every loop."""
+    world = ranks.world_size()
     return {
-        "parameters": s.parameters,
-        "trainable_parameters": s.trainable_parameters,
+        "parameters": parameters[0],
+        "trainable_parameters": parameters[1],
         "after_build_torch_allocated_bytes": after_build,
-        "build_peak_host_rss_increase_bytes": s.build_rss_increase,
+        "build_peak_host_rss_increase_bytes": build_rss,
         "resident_bytes": resident,
         "warmup_step_times_seconds": times[: cell.warmup],
         "step_times_seconds": times[cell.warmup :],
-        "final_loss": final if math.isfinite(final) else None,
+        "final_loss": loss if math.isfinite(loss) else None,
         "samples_per_step": cell.batch * cell.grad_accum * world,
         "tokens_per_step": cell.batch
         * cell.grad_accum

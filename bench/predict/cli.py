@@ -85,6 +85,7 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
         "split",
         "split_balance",
         "gpu_memory",
+        "loop",
     ):
         if getattr(a, key, None) is not None:
             raw[key] = getattr(a, key)
@@ -442,6 +443,10 @@ def register(sub) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first",
+    )
+    p.add_argument(
+        "--loop",
+        help="training loop: plain (bench's own) or trainer (the HF Trainer: keeps only the loss) [plain]",
     )
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
     p.add_argument("--json", action="store_true")

@@ -32,7 +32,12 @@ from bench.predict.trace import Param, TrainTrace
 
 @dataclass(frozen=True, kw_only=True)
 class ShapeKey:
-    """Everything about a cell that changes the traced step (not strategy/optimizer/GPU)."""
+    """Everything about a cell that changes the traced step (not strategy/optimizer/GPU).
+
+    What the loop keeps between micro-steps (``Recipe.holds_output``, the Trainer's loop and
+    the sharded ones keep only the loss) is not part of it: the replay drops the output from
+    the traced step (``sharded.loss_only``), so both loops share one trace unless accelerate's
+    fp32 conversion of the output (``outputs_to_fp32``) changes the step itself."""
 
     model: str
     tuning: str
@@ -51,6 +56,8 @@ class ShapeKey:
     """The model's KV cache left on in training (transformers turns it off under checkpointing)."""
     freeze: int = 0
     """Blocks (and embeddings) frozen; traced at full depth, as frozen and trainable blocks differ."""
+    outputs_to_fp32: bool = False
+    """accelerate's ``ConvertOutputsToFp32`` wraps the forward (``Recipe.outputs_to_fp32``)."""
     layers: int | None = None
 
 
@@ -81,6 +88,7 @@ def shape_key(cell, layers: int | None = None) -> ShapeKey:
         lora_targets=a.targets if a else None,
         use_cache=r.use_cache,
         freeze=r.freeze,
+        outputs_to_fp32=r.outputs_to_fp32,
         layers=layers,
     )
 
@@ -261,8 +269,8 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
     if key.autocast:
         ac = tr.AutocastEmulation(torch_dtype(key.autocast))
         modes.append(ac)  # type: ignore[arg-type]
+    inputs = _inputs(key, spec, 0)  # made outside the log, so the batch is tagged "input", not "forward"
     with log:
-        inputs = _inputs(key, spec, 0)
         for t in inputs.values():
             log.track(t, "input")
         input_bytes = sum(t.untyped_storage().nbytes() for t in {id(v): v for v in inputs.values()}.values())
@@ -270,7 +278,11 @@ def _trace_train_now(key: ShapeKey) -> TrainTrace:
             for m in modes:
                 stack.enter_context(m)
             out = model(**inputs)  # the training loop holds the output (logits, KV cache) until the step ends
-            loss = out.loss
+        if key.outputs_to_fp32:  # accelerate's wrapper, outside autocast; the half output is dropped
+            from accelerate.utils.operations import convert_to_fp32
+
+            out = convert_to_fp32(out)
+        loss = out.loss
         trace.forward_end = len(trace.events)
         if key.autocast:
             ac.cache.clear()

@@ -7,6 +7,11 @@ them; ``optimizer.step()`` creates the states on the first step;
 ``zero_grad(set_to_none=True)`` frees the gradients. Two steps are replayed:
 step 1 (no states yet, cold allocator cache) and step 2 (steady state).
 
+The HF Trainer's loop (``loop: trainer``) differs where its recipe says: the
+output is dropped as the forward returns (``loss_only``; with native AMP the
+traced forward ends in accelerate's fp32 conversion of the output), and
+``torch.cuda.empty_cache()`` runs once the model is built.
+
 DDP (``gpus > 1``) adds its reducer's gradient buckets: a flat copy of all
 gradients (``gradient_as_bucket_view=False``, torch's default), built at wrap
 time.
@@ -17,6 +22,7 @@ from __future__ import annotations
 from bench import recipe as recipes
 from bench.predict import optimizer as opt
 from bench.predict.program import COMM, CONTEXT, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
+from bench.predict.sharded import loss_only
 from bench.predict.trace import TrainTrace
 
 STEPS = 2
@@ -42,10 +48,14 @@ def load_weights(prog: Program, tt: TrainTrace, weight_bytes=None) -> None:
 def program(tt: TrainTrace, cell, gpu, weight_bytes=None) -> Outcome:
     """The plain (or DDP) run of a cell's traced micro-step ``tt``."""
     r = recipes.of(cell)
+    if not r.holds_output:  # the Trainer's compute_loss returns the loss; the output is dropped
+        tt = loss_only(tt)
     prog = Program()
     for _ in range(2):  # forward thread and autograd thread each hold a cuBLAS handle
         prog.malloc(cublas_workspace(gpu), CONTEXT)
     load_weights(prog, tt, weight_bytes)
+    if r.empty_cache_before_training:
+        prog.alloc.empty_cache()
     trainable = [p for p in tt.params if p.trainable]
     if r.engine == "ddp" and r.ranks > 1:
         prog.malloc(sum(p.nbytes for p in trainable), COMM)

@@ -39,8 +39,10 @@ def step_trace(cell, layers: int | None = None) -> tuple[TrainTrace, int]:
     the bytes every rank holds whole beside its shards (QLoRA's quantization state)."""
     from bench import recipe as recipes
 
-    tt = loss_only(model_trace.trace_train(model_trace.shape_key(cell, layers)))
     r = recipes.of(cell)
+    tt = model_trace.trace_train(model_trace.shape_key(cell, layers))
+    if not r.holds_output:  # every sharded loop (DeepSpeed, FSDP, the Trainer's) keeps only the loss
+        tt = loss_only(tt)
     if r.quantized_base is None:
         return tt, 0
     from bench.dtypes import BYTES

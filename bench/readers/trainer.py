@@ -10,6 +10,8 @@ ZeRO method as ``bench.readers.deepspeed`` reads it, ``fsdp`` +
 ``fsdp_config`` -> fsdp / fsdp-offload, and TRL's ``max_length`` /
 ``max_seq_length`` -> seq. TrainingArguments do not say which parameters
 train; that is the cell's method (full unless ``--method`` says lora/qlora).
+They do say which loop runs: the HF Trainer's (``loop: trainer``), except
+under FSDP, which is predicted with bench's own FSDP2 loop (a note says so).
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ def read_training_arguments(r: Reading) -> None:
         if "strategy" in r.fields:
             r.problems.append(f"{r.where}fsdp and deepspeed are both set; allowed: one of them")
         r.fields["strategy"], r.fields["offload"] = fsdp
+        r.notes.append(
+            "fsdp: predicted with bench's FSDP2 loop; the Trainer's (accelerate's FSDP2 path) is not modelled"
+        )
+    else:  # these arguments drive the HF Trainer: its step, not bench's loop (``loop: trainer``)
+        r.fields["loop"] = "trainer"
     evaluation = r.get("eval_strategy", r.get("evaluation_strategy", "no"))
     if evaluation not in ("no", None):
         r.notes.append(

@@ -92,6 +92,8 @@ def method(cell: Mapping[str, Any]) -> str:
         extras.append(f"optimizer {cell['optimizer']}")
     if cell.get("attn"):
         extras.append(f"attn {cell['attn']}")
+    if cell.get("loop", "plain") == "trainer":
+        extras.append("HF Trainer")
     text = ", ".join(parts)
     return f"{text} [{'; '.join(extras)}]" if extras else text
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from bench.worker import nvml as nvmlmod
 
-LIBRARIES = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "nvidia-ml-py")
+LIBRARIES = ("torch", "transformers", "accelerate", "peft", "deepspeed", "bitsandbytes", "nvidia-ml-py")
+"""Recorded as ``<name>_version``; accelerate runs the HF Trainer loop's AMP, DDP and DeepSpeed."""
 REPO = Path(__file__).resolve().parents[2]
 
 
