@@ -5,6 +5,8 @@ renders every record under the given folders or files; without ``-o`` the
 text goes to standard output. The format comes from ``--format``, else from
 the suffix of ``-o``, else Markdown. Parquet and JSON Lines are the flat
 table of ``bench.report.columnar`` (one row per record, for pandas).
+Predictions made by another predictor version are predicted afresh first
+(``--no-repredict``: shown, marked stale).
 
 ``bench compare A B [--threshold peak=5%,throughput=5%] [--all]`` prints the
 cells whose peak or throughput changed past a threshold (all with ``--all``)
@@ -18,7 +20,7 @@ import sys
 
 from bench import destination, recordshape, store
 from bench.errors import UserError
-from bench.report import columnar, compare as comparemod
+from bench.report import columnar, compare as comparemod, freshness
 from bench.report.render import render
 
 MAX_WARNINGS = 20
@@ -52,14 +54,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         destination.check_file(args.output)
     elif fmt == "parquet":
         raise UserError("--format parquet: a binary file, not for the terminal; allowed: with -o FILE.parquet")
+    records = freshness.refresh(_records(args.results, "report"), repredict=args.repredict)
     if fmt in columnar.FORMATS:
-        data = columnar.to_bytes(_records(args.results, "report"), fmt)
+        data = columnar.to_bytes(records, fmt)
         if args.output is None:
             sys.stdout.write(data.decode())
             return 0
         print(f"wrote {destination.write_bytes(args.output, data)} ({fmt})", file=sys.stderr)
         return 0
-    text = render(_records(args.results, "report"), fmt, title=args.title)
+    text = render(records, fmt, title=args.title)
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -86,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format", choices=columnar.ALL_FORMATS, help="md, html, csv, parquet or jsonl [from -o's suffix, else md]"
     )
     p.add_argument("--title", help="heading of the report")
+    p.add_argument(
+        "--no-repredict",
+        dest="repredict",
+        action="store_false",
+        help="keep predictions made by another predictor version, marked stale [predict them afresh]",
+    )
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser(
