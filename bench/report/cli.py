@@ -10,12 +10,15 @@ Predictions made by another predictor version are predicted afresh first
 
 ``bench compare A B [--threshold peak=5%,throughput=5%] [--all]`` prints the
 cells whose peak or throughput changed past a threshold (all with ``--all``)
-and a summary line; exit 1 when a cell regressed, 0 otherwise.
+and a summary line; exit 1 when a cell regressed, 0 otherwise. Throughput is
+judged only from ``--min-steps`` measured steps on both sides, and only past
+the noise of their step times.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from bench import destination, recordshape, store
@@ -73,6 +76,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     thresholds = comparemod.parse_thresholds(args.threshold)
+    if args.min_steps < 1:
+        raise UserError(f"--min-steps: {args.min_steps} is not allowed; allowed: an integer >= 1")
+    thresholds = dataclasses.replace(thresholds, min_steps=args.min_steps)
     changes = comparemod.compare(_records([args.a], "A"), _records([args.b], "B"), thresholds)
     sys.stdout.write(comparemod.render(changes, thresholds, show_all=args.all))
     return 1 if comparemod.regressed(changes) else 0
@@ -110,6 +116,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="allowed rise of the peak and fall of tokens/s before a cell counts as worse "
         f"[{comparemod.THRESHOLD_FORM.replace('%', '%%')}]",
+    )
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=comparemod.MIN_STEPS,
+        metavar="N",
+        help=f"measured steps both sides need before a throughput change counts [{comparemod.MIN_STEPS}]",
     )
     p.add_argument("--all", action="store_true", help="list unchanged cells too")
     p.set_defaults(func=cmd_compare)
