@@ -22,7 +22,11 @@ from bench.report import table as tablemod
 from bench.report.catalog import DEFAULT, Catalog
 
 FORMATS = ("md", "html", "csv")
+"""Formats of ``render`` (``bench report --format``)."""
+PLAN_FORMATS = ("md", "html", "csv", "json")
+"""Formats ``bench plan -o FILE`` writes, told by the file's suffix (json: the entries of ``--json``)."""
 _SUFFIXES = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".csv": "csv"}
+_PLAN_SUFFIXES = {**_SUFFIXES, ".json": "json"}
 
 
 def render(
@@ -66,6 +70,11 @@ def render_plan(
     return render(records, fmt, "plan", title, catalog)
 
 
+def render_html(records: Iterable[Mapping[str, Any]], title: str = "bench report", catalog: Catalog = DEFAULT) -> str:
+    """The self-contained HTML page of measured ``records`` (table, per-part bars, plots)."""
+    return render(records, "html", title=title, catalog=catalog)
+
+
 def plan_record(cell: Any, predicted: Mapping[str, Any] | None) -> dict[str, Any]:
     """A record-shaped dict for one predicted ``bench.cell.Cell`` (nothing measured)."""
     return Record.of(
@@ -86,3 +95,14 @@ def format_of(output: str | Path | None, fmt: str | None) -> str:
             f"name it .md, .html or .csv, or give --format md|html|csv"
         )
     return _SUFFIXES[suffix]
+
+
+def plan_format_of(output: str | Path) -> str:
+    """The format of ``bench plan -o FILE``, from its suffix; an unknown suffix is a ``UserError``."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in _PLAN_SUFFIXES:
+        raise UserError(
+            f"-o {output}: cannot tell the format from {suffix or 'no suffix'!r}; "
+            f"allowed suffixes: {', '.join(_PLAN_SUFFIXES)}"
+        )
+    return _PLAN_SUFFIXES[suffix]
