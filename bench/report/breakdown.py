@@ -79,7 +79,11 @@ def measured_parts(record: Record) -> list[tuple[str, float]]:
 def _row_label(record: Record) -> str:
     c = record["cell"]
     text = f"{labels.method(c)}, {labels.precision(c)}, {fg.short_setup(record)}, seq {labels.context(c)}"
-    return text + (" (OOM)" if record.get("status") == "oom" else "")
+    if record.get("status") == "oom":
+        return text + " (OOM)"
+    if record.get("status") is None and (record.get("predicted") or {}).get("fits") is False:
+        return text + " (does not fit)"
+    return text
 
 
 def breakdown_bars(

@@ -131,11 +131,12 @@ def peak_vs_batch(
         ax.minorticks_off()
         ax.set_xlim(batches[0] / 1.5, batches[-1] * 1.5)
         ax.set_title(fg.panel_title(key), fontsize=10)
-        ax.set_xlabel("batch size per GPU")
         cpu = key[1] == "CPU"
+        ax.set_xlabel("batch size" if cpu else "batch size per GPU")
         what = "predicted peak" if source == "predicted" else ("peak host RSS" if cpu else "peak VRAM")
         ax.set_ylabel(f"{what} (GiB)")
-        highest = max([peak_of(r, source) or 0 for r in mine] + [catalog.capacity_of(r) or 0 for r in mine])
+        caps = [catalog.capacity_of(r) or 0 for r in mine if not hardware.is_cpu(r)]
+        highest = max([peak_of(r, source) or 0 for r in mine] + caps)
         ax.set_ylim(0, highest / GIB * 1.12)  # room above the card's line for its label
         ax.grid(alpha=0.3)
     method_of = {_setup(r): fg.method(r) for r in train}
