@@ -101,10 +101,9 @@ def columns_for(records: list[Mapping[str, Any]], mode: str) -> tuple[Column, ..
     if mode == "plan" and any(p.get("max_batch") is not None for p in preds):
         cols = cols + (MAX_BATCH,)
     if mode == "measured" and records and all(hardware.is_cpu(r) for r in records):
+        titles = {"peak": "Peak host RSS (GiB)", "batch": "Batch size"}
         cols = tuple(
-            Column(c.key, "Peak host RSS (GiB)", True) if c.key == "peak" else c
-            for c in cols
-            if c.key not in CPU_ONLY_DROPPED
+            Column(c.key, titles.get(c.key, c.title), c.numeric) for c in cols if c.key not in CPU_ONLY_DROPPED
         )
     return cols
 
