@@ -163,8 +163,17 @@ def test_two_real_cpu_smoke_runs_compare_clean(tmp_path):
     root = Path(__file__).parents[1]
     for side in ("a", "b"):
         subprocess.run(
-            [sys.executable, "-m", "bench", "run", str(root / "matrices" / "smoke-cpu.yaml"), "--device", "cpu",
-             "--results", str(tmp_path / side)],
+            [
+                sys.executable,
+                "-m",
+                "bench",
+                "run",
+                str(root / "matrices" / "smoke-cpu.yaml"),
+                "--device",
+                "cpu",
+                "--results",
+                str(tmp_path / side),
+            ],
             check=True,
             capture_output=True,
             cwd=root,

@@ -71,7 +71,9 @@ def test_cpu_runs_are_reported_as_host_rss_without_gpu_columns():
     assert "A100" not in text and "%" not in "".join(text.splitlines()[2:12])
     table = tablemod.build(records)
     peaks = [float(p) for p in column(table, "peak")]
-    assert peaks == [round(r["measured"]["peak_host_rss_bytes"] / 2**30, 2) for r in map(lambda x: x.record, table.rows)]
+    assert peaks == [
+        round(r["measured"]["peak_host_rss_bytes"] / 2**30, 2) for r in map(lambda x: x.record, table.rows)
+    ]
     assert any(n.startswith("CPU runs: 10 rows") for n in table.notes)
     page = render(records, "html")
     assert "fig-pred" not in page and "No figure of predicted against measured peak" in page
@@ -195,7 +197,7 @@ def test_max_batch_is_a_column_of_every_plan_format(plan_files):
     header = [c.strip() for c in md[2].strip("|").split("|")]
     i = header.index("Max batch")
     assert sorted(int(line.strip("|").split("|")[i]) for line in md[4:8]) == sorted(best.values())
-    assert "<th class=\"num\">Max batch</th>" in (plan_files / "plan.html").read_text()
+    assert '<th class="num">Max batch</th>' in (plan_files / "plan.html").read_text()
     rows = list(csv.DictReader(io.StringIO((plan_files / "plan.csv").read_text())))
     assert {r["cell_id"]: int(r["predicted.max_batch"]) for r in rows} == best
 

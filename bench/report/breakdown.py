@@ -105,7 +105,9 @@ def breakdown_bars(
         top = 0.0
         for i, r in enumerate(mine):
             y = len(mine) - 1 - i
-            bars = [("predicted", _parts(r), y + (BAR / 2 if measured else 0), None)]
+            bars: list[tuple[str, list[tuple[str, float]], float, tuple | None]] = [
+                ("predicted", _parts(r), y + (BAR / 2 if measured else 0), None)
+            ]
             if measured:
                 bars.append(("measured", measured_parts(r), y - BAR / 2, MEASURED))
             for kind, parts, yy, palette in bars:
@@ -139,20 +141,19 @@ def breakdown_bars(
         ax.grid(alpha=0.3, axis="x")
     order = [n for _, n in PARTS] + sorted(n for n in part_color if n not in dict(PARTS).values())
     handles = [
-        fg.legend_handle(part_color[n], f"predicted: {n}", marker="s", linestyle="none") for n in order if n in part_color
+        fg.legend_handle(part_color[n], f"predicted: {n}", marker="s", linestyle="none")
+        for n in order
+        if n in part_color
     ]
     if measured:
         handles += [fg.legend_handle(c, f"measured: {n}", marker="s", linestyle="none") for n, c in MEASURED]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
-    caption = (
-        "Memory per part of each cell against the card's memory (dashed), one panel per model and card. "
-        + (
-            "Upper bar: the prediction's parts, which add up to the predicted peak; lower bar (grey): the measured "
-            "peak as torch allocated, allocator cache (reserved - allocated) and memory outside the allocator "
-            "(NVML - reserved). Row labels are coloured by method. Hover a segment for its size."
-            if measured
-            else "Each bar: the prediction's parts, which add up to the predicted peak. Row labels are coloured "
-            "by method. Hover a segment for its size."
-        )
+    caption = "Memory per part of each cell against the card's memory (dashed), one panel per model and card. " + (
+        "Upper bar: the prediction's parts, which add up to the predicted peak; lower bar (grey): the measured "
+        "peak as torch allocated, allocator cache (reserved - allocated) and memory outside the allocator "
+        "(NVML - reserved). Row labels are coloured by method. Hover a segment for its size."
+        if measured
+        else "Each bar: the prediction's parts, which add up to the predicted peak. Row labels are coloured "
+        "by method. Hover a segment for its size."
     )
     return fg.Figure("parts", fg.svg(fig, "parts", tips), len(tips.cells()), caption)

@@ -85,7 +85,7 @@ def parse_thresholds(spec: str | None) -> Thresholds:
                 values[key] = number / 100
     if problems:
         raise UserError(*problems)
-    return Thresholds(**values)
+    return Thresholds(peak=values.get("peak", Thresholds.peak), throughput=values.get("throughput", Thresholds.throughput))
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,7 @@ def throughput_noise(a: list[float], b: list[float]) -> float:
     return NOISE_Z * math.sqrt(variance)
 
 
-def _throughput(
-    a: Mapping[str, Any], b: Mapping[str, Any], t: Thresholds
-) -> tuple[float | None, float, str]:
+def _throughput(a: Mapping[str, Any], b: Mapping[str, Any], t: Thresholds) -> tuple[float | None, float, str]:
     """(relative change of tokens/s or ``None`` when not judged, the bound it must pass, a note)."""
     delta = _delta(_metrics(a)[1], _metrics(b)[1])
     if delta is None:
@@ -154,9 +152,7 @@ def _throughput(
     return delta, t.throughput, ""
 
 
-def _judge(
-    a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds
-) -> tuple[str, str]:
+def _judge(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds) -> tuple[str, str]:
     """(mark, note) of one cell."""
     if a is None or b is None:
         return ("only in B" if a is None else "only in A"), ""
@@ -242,8 +238,19 @@ def _unjudged_change(c: Change, thresholds: Thresholds) -> bool:
 
 def render(changes: list[Change], thresholds: Thresholds, show_all: bool = False) -> str:
     """A text table of the cells that changed or whose throughput change was not called
-(all with ``show_all``), then ``summary``."""
-    header = ("mark", "cell", "status A -> B", "peak A (GiB)", "peak B (GiB)", "peak", "tok/s A", "tok/s B", "tok/s", "note")
+    (all with ``show_all``), then ``summary``."""
+    header = (
+        "mark",
+        "cell",
+        "status A -> B",
+        "peak A (GiB)",
+        "peak B (GiB)",
+        "peak",
+        "tok/s A",
+        "tok/s B",
+        "tok/s",
+        "note",
+    )
     rows = [
         (
             c.mark,

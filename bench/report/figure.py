@@ -155,7 +155,7 @@ def short_setup(record: Record) -> str:
     return text
 
 
-def legend_handle(color, label: str, marker: str = "o", linestyle: str = "-"):
+def legend_handle(color, label: str, marker: str = "o", linestyle: Any = "-"):
     from matplotlib.lines import Line2D
 
     return Line2D([], [], color=color, marker=marker, linestyle=linestyle, label=label)

@@ -38,15 +38,16 @@ def _mark_stale(record: Record) -> dict[str, Any]:
 
 def refresh(records: Iterable[Record], repredict: bool = True) -> list[dict[str, Any]]:
     """``records`` with every stale prediction predicted afresh (or marked stale); pure otherwise."""
-    records = [dict(r) for r in records]
     from bench.report import hardware
 
+    out: list[dict[str, Any]] = [dict(r) for r in records]  # the report's own copies
+
     # a CPU run's prediction is not shown (host RSS is no GPU peak): nothing to refresh
-    todo = [i for i, r in enumerate(records) if stale(r) and not hardware.is_cpu(r)]
+    todo = [i for i, r in enumerate(out) if stale(r) and not hardware.is_cpu(r)]
     if not todo:
-        return records
+        return out
     if not repredict:
-        return [_mark_stale(r) if i in set(todo) else r for i, r in enumerate(records)]
+        return [_mark_stale(r) if i in set(todo) else r for i, r in enumerate(out)]
     from bench import cell as cellmod
     from bench.errors import UserError
     from bench.run.record import prediction_error
@@ -54,26 +55,24 @@ def refresh(records: Iterable[Record], repredict: bool = True) -> list[dict[str,
     cells, where = [], []
     for i in todo:
         try:
-            cells.append(cellmod.normalize(records[i]["cell"]))
+            cells.append(cellmod.normalize(out[i]["cell"]))
             where.append(i)
         except (UserError, KeyError, TypeError, ValueError):
-            records[i] = _mark_stale(records[i])  # a cell this bench no longer builds
+            out[i] = _mark_stale(out[i])  # a cell this bench no longer builds
     answers = _predict(cells)
     for i, answer in zip(where, answers):
         fresh = answer.get("predicted") if isinstance(answer, dict) else None
         if not isinstance(fresh, dict):
-            records[i] = _mark_stale(records[i])
+            out[i] = _mark_stale(out[i])
             continue
-        r = records[i]
-        records[i] = {
+        r = out[i]
+        out[i] = {
             **r,
             "predicted": fresh,
-            "prediction_error": prediction_error(
-                str(r.get("status")), fresh, r.get("measured"), hardware.device(r)
-            ),
+            "prediction_error": prediction_error(str(r.get("status")), fresh, r.get("measured"), hardware.device(r)),
             "prediction_refreshed": True,
         }
-    return records
+    return out
 
 
 def _predict(cells: list[Any]) -> list[dict[str, Any]]:

@@ -96,7 +96,9 @@ def figures(table: Table, catalog: Catalog = DEFAULT) -> list[tuple[str, fg.Figu
         ("throughput against memory", plots.throughput_vs_memory(records, colors, catalog)),
     ]
     if speed_plot.pairs(records):
-        out.append(("predicted against measured throughput", speed_plot.predicted_vs_measured_throughput(records, colors)))
+        out.append(
+            ("predicted against measured throughput", speed_plot.predicted_vs_measured_throughput(records, colors))
+        )
     return out
 
 
@@ -128,7 +130,9 @@ def render(table: Table, title: str = "bench report", catalog: Catalog = DEFAULT
         n = 0
         for name, fig in figures(table, catalog):
             if fig is None:
-                out.append(f'<p class="nofigure">No figure of {escape(name)}: {escape(WHY_EMPTY.get(name, "nothing to draw"))}.</p>')
+                out.append(
+                    f'<p class="nofigure">No figure of {escape(name)}: {escape(WHY_EMPTY.get(name, "nothing to draw"))}.</p>'
+                )
                 continue
             n += 1
             out.append(

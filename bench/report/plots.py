@@ -135,13 +135,15 @@ def peak_vs_batch(
         ax.set_xlabel("batch size" if cpu else "batch size per GPU")
         what = "predicted peak" if source == "predicted" else ("peak host RSS" if cpu else "peak VRAM")
         ax.set_ylabel(f"{what} (GiB)")
-        caps = [catalog.capacity_of(r) or 0 for r in mine if not hardware.is_cpu(r)]
-        highest = max([peak_of(r, source) or 0 for r in mine] + caps)
+        caps: list[float] = [catalog.capacity_of(r) or 0 for r in mine if not hardware.is_cpu(r)]
+        highest = max([peak_of(r, source) or 0.0 for r in mine] + caps)
         ax.set_ylim(0, highest / GIB * 1.12)  # room above the card's line for its label
         ax.grid(alpha=0.3)
     method_of = {_setup(r): fg.method(r) for r in train}
     handles = [
-        fg.legend_handle(colors[method_of[s]], s, MARKERS[style[s] % len(MARKERS)], LINESTYLES[style[s] % len(LINESTYLES)])
+        fg.legend_handle(
+            colors[method_of[s]], s, MARKERS[style[s] % len(MARKERS)], LINESTYLES[style[s] % len(LINESTYLES)]
+        )
         for s in setups
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
@@ -251,7 +253,10 @@ def throughput_vs_memory(
         ax.plot(*zip(*front), color="0.2", linewidth=1, drawstyle="steps-post", zorder=2)
         ax.set_title(fg.panel_title(key), fontsize=10)
         host = hardware.speed_suffix(mine[0]) if source == "measured" else ""
-        ax.set_xlabel(("predicted " if source == "predicted" else "") + ("peak host RSS (GiB)" if key[1] == "CPU" else "peak (GiB)"))
+        ax.set_xlabel(
+            ("predicted " if source == "predicted" else "")
+            + ("peak host RSS (GiB)" if key[1] == "CPU" else "peak (GiB)")
+        )
         ax.set_ylabel(("predicted " if source == "predicted" else "") + f"tokens/s{host}")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
         ax.set_xlim(left=0, right=max(x for x, _ in pts) * 1.25)
