@@ -85,7 +85,9 @@ def parse_thresholds(spec: str | None) -> Thresholds:
                 values[key] = number / 100
     if problems:
         raise UserError(*problems)
-    return Thresholds(peak=values.get("peak", Thresholds.peak), throughput=values.get("throughput", Thresholds.throughput))
+    return Thresholds(
+        peak=values.get("peak", Thresholds.peak), throughput=values.get("throughput", Thresholds.throughput)
+    )
 
 
 @dataclass(frozen=True)
