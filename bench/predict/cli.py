@@ -300,8 +300,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     fmt = None
     if a.output:
-        fmt = plan_format_of(a.output)  # the suffix decides: .md, .html, .csv or .json
         destination.check_file(a.output)  # before any work: never fail after the table was shown
+        fmt = plan_format_of(a.output)  # the suffix decides: .md, .html, .csv or .json
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
