@@ -99,9 +99,7 @@ def main() -> int:
         cells = [normalize(d) for d in json.load(sys.stdin)]
 
     entries = plan_entries(_M, want_max_batch=False)
-    for e in entries:  # a record's prediction says which predictor made it (bench.report.freshness)
-        if isinstance(e.get("predicted"), dict):
-            e["predicted"][version.KEY] = version.current()
+    version.stamp(entries)  # a record's prediction says which predictor made it (bench.report.freshness)
     json.dump([{k: e[k] for k in ("predicted", "error") if k in e} for e in entries], sys.stdout)
     return 0
 

@@ -296,6 +296,7 @@ def plan_entries(
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from bench import destination, matrix
+    from bench.predict import version
     from bench.report.render import plan_format_of, plan_record, render_plan
 
     fmt = None
@@ -305,7 +306,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
-    entries = plan_entries(m, a.max_batch, tokens, price_table, calibration)
+    entries = version.stamp(plan_entries(m, a.max_batch, tokens, price_table, calibration))
     records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
     title = f"Plan: {m.name} on {m.gpu}"
     if a.json:

@@ -1,7 +1,7 @@
 """The predictor's version: a hash of everything a prediction is a function of.
 
 Every prediction stored in a record carries it (``predicted.predictor_version``,
-stamped by ``bench.predict.batch``), so that a report can tell a prediction
+stamped by ``stamp`` in ``bench.predict.batch`` for the runner, and in ``bench plan``'s output), so that a report can tell a prediction
 made by the code it runs from one made by an older predictor: ``bench
 report`` predicts stale ones afresh (``bench.report.freshness``). Like the
 trace cache key (``bench.predict.trace_cache``) it hashes the predictor's code
@@ -49,3 +49,11 @@ def current() -> str:
             h.update(src.relative_to(_BENCH).as_posix().encode() + b"\0")
             h.update(src.read_bytes())
     return h.hexdigest()[:16]
+
+
+def stamp(entries: list[dict]) -> list[dict]:
+    """``entries`` (of ``plan_entries``) with each prediction marked with ``current()``; in place."""
+    for e in entries:
+        if isinstance(e.get("predicted"), dict):
+            e["predicted"][KEY] = current()
+    return entries
