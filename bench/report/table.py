@@ -221,7 +221,9 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
     if hardware.is_cpu(record):  # host RSS: no share of a GPU, no GPU prediction to compare
         v.update(share=labels.MISSING, predicted=labels.MISSING, error=labels.MISSING, ptokens=labels.MISSING)
     elif record.get("prediction_stale") and p:
-        v.update(predicted=f"{v['predicted']} (stale)", error=f"{v['error']} (stale)")
+        for key in ("predicted", "error"):
+            if v[key] != labels.MISSING:
+                v[key] += " (stale)"
     return v
 
 
