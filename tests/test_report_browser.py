@@ -94,6 +94,10 @@ def test_every_figure_has_its_points(report_page):
         # the per-part bars: a predicted segment per non-zero part, a measured bar where a peak was measured
         got = p.eval_on_selector_all("#fig-parts g.pt.predicted", "els => new Set(els.map(e => e.dataset.cell)).size")
         assert got == sum(bool((r.get("predicted") or {}).get("breakdown")) for r in records)
+        untitled = p.eval_on_selector_all(
+            "g.pt", "els => els.filter(e => !e.querySelector('title')?.textContent).length"
+        )
+        assert untitled == 0  # every point has its tooltip
         t5 = next(r for r in records if r["cell"]["model"] == "flan-t5-large")
         tip = p.text_content(f'#fig-pred g.pt[data-cell="{t5["cell_id"]}"] title')
         assert "flan-t5-large" in tip and "error" in tip

@@ -6,7 +6,11 @@ records built by ``plan_record`` from its predictions::
     from bench.report import plan_record, render_plan
     text = render_plan([plan_record(cell, predict(cell).to_dict()) for cell in cells], "md")
 
-Both are pure: the same records give the same text (the catalog's parameter
+``render_html(records, title)`` is the HTML page of measured records (what a
+results folder is served as); ``plan_format_of`` tells ``bench plan -o FILE``'s
+format (``PLAN_FORMATS``) from the file's suffix.
+
+All are pure: the same records give the same text (the catalog's parameter
 counts and GPU memory are the only other input; see ``bench.report.catalog``).
 """
 
