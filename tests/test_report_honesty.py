@@ -52,6 +52,23 @@ def test_emulated_rows_name_the_target_the_host_card_and_the_cap():
     assert any(n.startswith("Emulated: 9 rows ran on H200") for n in table.notes)
 
 
+def test_an_emulated_runs_speed_is_compared_with_the_host_cards_prediction():
+    from bench.predict.speed import speed
+    from bench.report import speed_plot
+
+    records = [r for r in load_records([H200_RUNS / "rtx4090"]) if r["status"] == "ok" and r["predicted"]][:2]
+    fresh = freshness.refresh(records)
+    for r in fresh:
+        host = r["predicted_on_host"]
+        want = speed(cellmod.replace(cellmod.normalize(r["cell"]), gpu="h200")).tokens_per_second
+        assert host["gpu"] == "h200" and host["tokens_per_second"] == pytest.approx(want)
+        assert r["predicted"]["tokens_per_second"] != pytest.approx(want)  # the target's (RTX 4090) differs
+    assert [p for _, _, p in speed_plot.pairs(fresh)] == [r["predicted_on_host"]["tokens_per_second"] for r in fresh]
+    figure = speed_plot.predicted_vs_measured_throughput(fresh, {"LoRA r=16": "C0", "Full": "C1"})
+    assert figure is not None and figure.points == 2 and "predicted for h200" in figure.svg
+    assert all("predicted_on_host" not in r for r in freshness.refresh(records, repredict=False))
+
+
 def test_a_run_on_its_own_card_is_not_marked():
     table = tablemod.build(load_records([GOLDEN_RECORDS]))
     assert not any("emulated" in c or "(on " in c for row in table.rows for c in row.cells)

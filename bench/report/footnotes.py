@@ -122,7 +122,8 @@ def _emulated(records: list[Mapping[str, Any]]) -> str | None:
     return (
         f"Emulated: {len(emulated)} rows ran on {hosts} with torch capped at the target card's memory "
         "(torch.cuda.set_per_process_memory_fraction); their memory answers whether the cell fits the target, "
-        f"but their Tokens/s and MFU are the host card's (marked 'on {hosts}'), not the target's."
+        f"but their Tokens/s and MFU are the host card's (marked 'on {hosts}'), not the target's; "
+        "Predicted tokens/s is the target card's."
     )
 
 

@@ -14,6 +14,13 @@ the predictor cannot run (not installed, a cell it refuses), the old
 prediction stays, marked ``prediction_stale: true``, and the table says so.
 Both marks live only in the report's copy of the record; files are never
 rewritten.
+
+An emulated run (``bench.report.hardware``) measured its speed on the host
+card while its prediction is for the target card; to compare like with
+like, ``refresh`` also predicts each such ok training cell on the host card
+and keeps that speed as ``predicted_on_host`` (``gpu``,
+``step_time_seconds``, ``tokens_per_second``), which the throughput figure
+plots (``bench.report.speed_plot``). ``--no-repredict`` skips this too.
 """
 
 from __future__ import annotations
@@ -44,28 +51,40 @@ def refresh(records: Iterable[Record], repredict: bool = True) -> list[dict[str,
 
     # a CPU run's prediction is not shown (host RSS is no GPU peak): nothing to refresh
     todo = [i for i, r in enumerate(out) if stale(r) and not hardware.is_cpu(r)]
-    if not todo:
-        return out
+    hosts = {i: h for i, r in enumerate(out) if (h := _host_gpu(r)) is not None}
     if not repredict:
         return [_mark_stale(r) if i in set(todo) else r for i, r in enumerate(out)]
+    if not todo and not hosts:
+        return out
     from bench import cell as cellmod
     from bench.errors import UserError
     from bench.run.record import prediction_error
 
-    cells, where = [], []
-    for i in todo:
+    cells, where = [], []  # (index, "target" or "host") of each cell sent to the predictor
+    for i in sorted(set(todo) | set(hosts)):
         try:
-            cells.append(cellmod.normalize(out[i]["cell"]))
-            where.append(i)
+            cell = cellmod.normalize(out[i]["cell"])
+            if i in todo:
+                cells.append(cell)
+                where.append((i, "target"))
+            if i in hosts:
+                cells.append(cellmod.replace(cell, gpu=hosts[i]))
+                where.append((i, "host"))
         except (UserError, KeyError, TypeError, ValueError):
-            out[i] = _mark_stale(out[i])  # a cell this bench no longer builds
+            if i in todo:
+                out[i] = _mark_stale(out[i])  # a cell this bench no longer builds
     answers = _predict(cells)
-    for i, answer in zip(where, answers):
+    for (i, side), answer in zip(where, answers):
         fresh = answer.get("predicted") if isinstance(answer, dict) else None
-        if not isinstance(fresh, dict):
-            out[i] = _mark_stale(out[i])
-            continue
         r = out[i]
+        if side == "host":
+            if isinstance(fresh, dict) and fresh.get("tokens_per_second"):
+                keys = ("step_time_seconds", "tokens_per_second")
+                out[i] = {**r, "predicted_on_host": {"gpu": hosts[i], **{k: fresh.get(k) for k in keys}}}
+            continue
+        if not isinstance(fresh, dict):
+            out[i] = _mark_stale(r)
+            continue
         out[i] = {
             **r,
             "predicted": fresh,
@@ -73,6 +92,23 @@ def refresh(records: Iterable[Record], repredict: bool = True) -> list[dict[str,
             "prediction_refreshed": True,
         }
     return out
+
+
+def _host_gpu(record: Record) -> str | None:
+    """The catalog name of the card an emulated ok training run measured its speed on, else ``None``."""
+    from bench.report import hardware
+
+    if hardware.emulation(record) is None or record.get("status") != "ok":
+        return None
+    if record["cell"].get("task", "train") != "train" or not (record.get("measured") or {}).get("tokens_per_second"):
+        return None
+    from bench import gpus
+    from bench.errors import UserError
+
+    try:
+        return gpus.resolve(str((record.get("environment") or {}).get("gpu_name"))).name
+    except (UserError, KeyError, ValueError):  # a host card the catalog does not know: no like-for-like speed
+        return None
 
 
 def _predict(cells: list[Any]) -> list[dict[str, Any]]:
