@@ -57,6 +57,10 @@ def _section(name: str, section: Mapping[str, Any]) -> list[str]:
         elif isinstance(v, list) and (key.endswith("_per_rank") or key.endswith("_seconds")):
             if not all(x is None or _is_number(x) for x in v):
                 out.append(f"{where}: {short(v)} is not allowed; allowed: a list of numbers")
+        elif isinstance(v, dict) and key.endswith("_bytes") and name != "environment":
+            # a breakdown in bytes (``resident_bytes``: weights, gradients, optimizer states)
+            if not all(isinstance(k, str) and (x is None or _is_number(x)) for k, x in v.items()):
+                out.append(f"{where}: {short(v)} is not allowed; allowed: an object of numbers")
         elif _numeric_key(key) and v is not None and not _is_number(v):
             out.append(f"{where}: {short(v)} is not allowed; allowed: a number or null")
         elif name == "environment" and isinstance(v, (list, dict)) and key != "provenance":

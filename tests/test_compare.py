@@ -91,9 +91,25 @@ def test_new_failure_and_only_in_one(copies, capsys):
     assert out.splitlines()[1].startswith("new failure")
 
 
+def timed(tokens_per_second: float, step_times: list[float], peak: int = 100) -> dict:
+    return {
+        "status": "ok",
+        "measured": {
+            "peak_nvml_process_bytes": peak,
+            "tokens_per_second": tokens_per_second,
+            "step_times_seconds": step_times,
+        },
+    }
+
+
+def steady(seconds: float, n: int = 10, jitter: float = 0.002) -> list[float]:
+    """``n`` step times around ``seconds``, alternating +-``jitter`` (relative)."""
+    return [seconds * (1 + jitter * (-1) ** i) for i in range(n)]
+
+
 def test_marks_of_pairs():
-    ok = {"status": "ok", "measured": {"peak_nvml_process_bytes": 100, "tokens_per_second": 100}}
-    slow = {"status": "ok", "measured": {"peak_nvml_process_bytes": 100, "tokens_per_second": 90}}
+    ok = timed(100, steady(1.0))
+    slow = timed(90, steady(1 / 0.9))
     t = cmp.Thresholds()
     assert cmp._mark(ok, slow, t) == "worse"
     assert cmp._mark(slow, ok, t) == "better"
@@ -101,6 +117,78 @@ def test_marks_of_pairs():
     assert cmp._mark({"status": "oom"}, {"status": "oom"}, t) == "same"
     assert cmp._mark({"status": "skipped"}, ok, t) == "not comparable"
     assert cmp._mark(ok, {"status": "ok", "measured": None}, t) == "not comparable"
+
+
+def test_throughput_from_too_few_steps_is_not_judged():
+    a, b = timed(100, [1.0, 1.0]), timed(50, [2.0, 2.0])
+    mark, note = cmp._judge(a, b, cmp.Thresholds())
+    assert mark == "same" and "2 measured steps < 5" in note
+    assert cmp._mark(a, b, cmp.Thresholds(min_steps=2)) == "worse"
+    # the peak is still judged from any number of steps
+    assert cmp._mark(a, timed(50, [2.0, 2.0], peak=130), cmp.Thresholds()) == "worse"
+
+
+def test_throughput_change_within_the_noise_is_not_called():
+    noisy_a = timed(100, steady(1.0, jitter=0.3))
+    noisy_b = timed(92, steady(1 / 0.92, jitter=0.3))
+    mark, note = cmp._judge(noisy_a, noisy_b, cmp.Thresholds())
+    assert mark == "same" and "noise" in note
+    noise = cmp.throughput_noise(steady(1.0, jitter=0.3), steady(1 / 0.92, jitter=0.3))
+    assert 0.08 < noise < 0.5  # 30 % spread over 10 steps: a 2-sigma bound of about 34 %
+    # the same 8 % drop from steady steps is a regression
+    assert cmp._mark(timed(100, steady(1.0)), timed(92, steady(1 / 0.92)), cmp.Thresholds()) == "worse"
+
+
+def test_min_steps_flag(copies, capsys):
+    a, b = copies
+
+    def slower(rec):
+        rec["measured"]["tokens_per_second"] *= 0.5
+
+    edit_one(b, slower)
+    assert main(["compare", str(a), str(b)]) == 0  # the example records have 2-3 measured steps
+    assert "not judged" in capsys.readouterr().out
+    assert main(["compare", str(a), str(b), "--min-steps", "2"]) == 1
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--min-steps", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --min-steps: 0")
+
+
+@pytest.mark.slow
+def test_two_real_cpu_smoke_runs_compare_clean(tmp_path):
+    """The shipped smoke matrix run twice by the real runner: nothing regressed, exit 0."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    for side in ("a", "b"):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench",
+                "run",
+                str(root / "matrices" / "smoke-cpu.yaml"),
+                "--device",
+                "cpu",
+                "--results",
+                str(tmp_path / side),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=root,
+            timeout=900,
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--all"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].endswith("no regression") and "10 same" in lines[-1]
+    assert sum("tok/s not judged" in line for line in lines) == 10
 
 
 def test_parse_thresholds():

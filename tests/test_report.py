@@ -132,20 +132,23 @@ def test_labels():
     assert labels.percent(-0.0321, signed=True) == "-3.2%"
 
 
-def test_html_is_self_contained_with_three_plots():
+def test_html_is_self_contained_with_its_figures():
     page = render(records(), "html", catalog=CATALOG)
-    assert page.count("<svg") == 3
+    assert re.findall(r'<figure id="fig-([a-z]+)"', page) == ["parts", "peak", "pred", "tput"]
+    assert page.count("<svg") == 4
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    assert "url(http" not in page and "@import" not in page and "<script" not in page and "<link" not in page
+    assert "url(http" not in page and "@import" not in page and "<link" not in page
+    assert "<script src" not in page and page.count("<script>") == 1  # the inline sorting/filtering script
     assert "<!DOCTYPE" not in page.split("<html", 1)[1]  # no nested SVG prolog
     ids = re.findall(r' id="([^"]+)"', page)
     assert len(ids) == len(set(ids)), "element ids repeat across the inline SVGs"
     assert "OOM" in page and "skipped" in page
 
 
-def test_plan_html_has_no_plots():
+def test_plan_html_has_the_prediction_figures():
     page = render(records(), "html", "plan", catalog=CATALOG)
-    assert "<svg" not in page and "Fits" in page
+    assert re.findall(r'<figure id="fig-([a-z]+)"', page) == ["parts", "peak"]
+    assert "Fits" in page and "fig-pred" not in page
 
 
 def test_pareto_front():
@@ -155,13 +158,13 @@ def test_pareto_front():
 
 
 def test_cli_report_formats(tmp_path, capsys):
-    assert main(["report", str(RECORDS)]) == 0
+    assert main(["report", str(RECORDS), "--no-repredict"]) == 0
     assert capsys.readouterr().out.startswith("| Model")
     out = tmp_path / "sub" / "r.html"
-    assert main(["report", str(RECORDS), "-o", str(out)]) == 0
-    assert out.read_text().count("<svg") == 3
+    assert main(["report", str(RECORDS), "-o", str(out), "--no-repredict"]) == 0
+    assert out.read_text().count("<svg") == 4
     out = tmp_path / "r.txt"
-    assert main(["report", str(RECORDS), "-o", str(out), "--format", "csv"]) == 0
+    assert main(["report", str(RECORDS), "-o", str(out), "--format", "csv", "--no-repredict"]) == 0
     assert out.read_text().startswith("cell_id,slug,matrix,status,")
 
 

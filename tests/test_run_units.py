@@ -150,6 +150,8 @@ def test_progress_line():
         "error": None,
     }
     assert progress.line(rec, 3, 12) == "[ 3/12]  ok        s  peak 3.00 GiB  1234 tok/s  pred -5.0%  2.0 s"
+    cpu = {**rec, "environment": {"device": "cpu"}, "measured": {"peak_host_rss_bytes": 2**30}}
+    assert progress.line(cpu, 3, 12) == "[ 3/12]  ok        s  peak 1.00 GiB host"  # no GPU prediction error
     bad = {**rec, "status": "error", "measured": None, "error": "Traceback\nValueError: bad\n"}
     assert progress.line(bad, 4, 12).endswith("(ValueError: bad)")
 

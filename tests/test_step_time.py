@@ -281,6 +281,6 @@ def test_report_shows_predicted_beside_measured_throughput():
             r["predicted"].update(speed.speed(cellmod.replace(c, gpu="h200")).to_dict())
             records.append(r)
     page = render(records, "html")
-    assert page.count("<svg") == 4 and "Predicted against measured training throughput" in page
+    assert page.count("<svg") == 5 and "Predicted against measured training throughput" in page
     header = render(records, "md").splitlines()
     assert any("Predicted tokens/s" in line and "Tokens/s" in line for line in header)

@@ -2,7 +2,7 @@
 
 ``predict_in_subprocess(cells)`` sends the cells as JSON to
 ``python -m bench.predict.batch`` and returns one dict per cell:
-``{"predicted": {...}}`` or ``{"error": "..."}``.
+``{"predicted": {...}}`` (stamped with ``bench.predict.version``) or ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -92,12 +92,14 @@ def _exit_with_parent(interval_s: float = 0.5) -> None:
 
 def main() -> int:
     _exit_with_parent()  # first: importing the predictor (torch) takes seconds
+    from bench.predict import version
     from bench.predict.cli import plan_entries
 
     class _M:  # the shape plan_entries reads
         cells = [normalize(d) for d in json.load(sys.stdin)]
 
     entries = plan_entries(_M, want_max_batch=False)
+    version.stamp(entries)  # a record's prediction says which predictor made it (bench.report.freshness)
     json.dump([{k: e[k] for k in ("predicted", "error") if k in e} for e in entries], sys.stdout)
     return 0
 

@@ -5,7 +5,7 @@ prints one cell's breakdown (``--json`` for the object, ``--gpu all`` for a
 verdict on every catalog card, smallest fitting card first).
 ``bench plan MATRIX.yaml`` predicts every cell of a matrix: a table by default,
 ``--json`` for exactly one JSON array on stdout, ``-o FILE`` to also write the
-table as Markdown. A cell that cannot be predicted carries ``"error"`` and
+plan in the format its suffix names (``.md``, ``.html``, ``.csv``, ``.json``). A cell that cannot be predicted carries ``"error"`` and
 makes the exit code 2.
 
 Both give the predicted speed beside the memory (``bench.predict.speed``:
@@ -363,22 +363,26 @@ def plan_entries(
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from bench import destination, matrix
-    from bench.report.render import plan_record, render_plan
+    from bench.predict import version
+    from bench.report.render import plan_format_of, plan_record, render_plan
 
+    fmt = None
     if a.output:
         destination.check_file(a.output)  # before any work: never fail after the table was shown
+        fmt = plan_format_of(a.output)  # the suffix decides: .md, .html, .csv or .json
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
-    entries = plan_entries(m, a.max_batch, tokens, price_table, calibration)
+    entries = version.stamp(plan_entries(m, a.max_batch, tokens, price_table, calibration))
+    records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
+    title = f"Plan: {m.name} on {m.gpu}"
     if a.json:
         print(json.dumps(entries, indent=1))
     else:
-        records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
-        table = render_plan(records, "md", title=f"Plan: {m.name} on {m.gpu}")
-        sys.stdout.write(table)
-        if a.output:
-            destination.write_text(a.output, table)
+        sys.stdout.write(render_plan(records, "md", title=title))
+    if a.output:
+        text = json.dumps(entries, indent=1) + "\n" if fmt == "json" else render_plan(records, fmt or "md", title=title)
+        destination.write_text(a.output, text)
     for e in entries:
         for n in e.get("notes", []):
             print(f"note: cell {e['cell_id']} ({e['cell']['model']}): {n}", file=sys.stderr)
@@ -470,7 +474,7 @@ def register(sub) -> None:
     p.add_argument("--gpu", help="override the matrix's target GPU")
     p.add_argument("--json", action="store_true", help="one JSON array on stdout")
     p.add_argument("--max-batch", action="store_true", help="add the largest micro-batch that fits")
-    p.add_argument("-o", "--output", help="also write the table as Markdown to this file")
+    p.add_argument("-o", "--output", help="also write the plan to this file: .md, .html, .csv or .json (by suffix)")
     add_run_flags(p)
     p.set_defaults(func=cmd_plan)
 

@@ -5,20 +5,25 @@ renders every record under the given folders or files; without ``-o`` the
 text goes to standard output. The format comes from ``--format``, else from
 the suffix of ``-o``, else Markdown. Parquet and JSON Lines are the flat
 table of ``bench.report.columnar`` (one row per record, for pandas).
+Predictions made by another predictor version are predicted afresh first
+(``--no-repredict``: shown, marked stale).
 
 ``bench compare A B [--threshold peak=5%,throughput=5%] [--all]`` prints the
 cells whose peak or throughput changed past a threshold (all with ``--all``)
-and a summary line; exit 1 when a cell regressed, 0 otherwise.
+and a summary line; exit 1 when a cell regressed, 0 otherwise. Throughput is
+judged only from ``--min-steps`` measured steps on both sides, and only past
+the noise of their step times.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from bench import destination, recordshape, store
 from bench.errors import UserError
-from bench.report import columnar, compare as comparemod
+from bench.report import columnar, compare as comparemod, freshness
 from bench.report.render import render
 
 MAX_WARNINGS = 20
@@ -52,14 +57,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         destination.check_file(args.output)
     elif fmt == "parquet":
         raise UserError("--format parquet: a binary file, not for the terminal; allowed: with -o FILE.parquet")
+    records = freshness.refresh(_records(args.results, "report"), repredict=args.repredict)
     if fmt in columnar.FORMATS:
-        data = columnar.to_bytes(_records(args.results, "report"), fmt)
+        data = columnar.to_bytes(records, fmt)
         if args.output is None:
             sys.stdout.write(data.decode())
             return 0
         print(f"wrote {destination.write_bytes(args.output, data)} ({fmt})", file=sys.stderr)
         return 0
-    text = render(_records(args.results, "report"), fmt, title=args.title)
+    text = render(records, fmt, title=args.title)
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -70,6 +76,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     thresholds = comparemod.parse_thresholds(args.threshold)
+    if args.min_steps < 1:
+        raise UserError(f"--min-steps: {args.min_steps} is not allowed; allowed: an integer >= 1")
+    thresholds = dataclasses.replace(thresholds, min_steps=args.min_steps)
     changes = comparemod.compare(_records([args.a], "A"), _records([args.b], "B"), thresholds)
     sys.stdout.write(comparemod.render(changes, thresholds, show_all=args.all))
     return 1 if comparemod.regressed(changes) else 0
@@ -86,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format", choices=columnar.ALL_FORMATS, help="md, html, csv, parquet or jsonl [from -o's suffix, else md]"
     )
     p.add_argument("--title", help="heading of the report")
+    p.add_argument(
+        "--no-repredict",
+        dest="repredict",
+        action="store_false",
+        help="keep predictions made by another predictor version, marked stale [predict them afresh]",
+    )
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser(
@@ -101,6 +116,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="allowed rise of the peak and fall of tokens/s before a cell counts as worse "
         f"[{comparemod.THRESHOLD_FORM.replace('%', '%%')}]",
+    )
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=comparemod.MIN_STEPS,
+        metavar="N",
+        help=f"measured steps both sides need before a throughput change counts [{comparemod.MIN_STEPS}]",
     )
     p.add_argument("--all", action="store_true", help="list unchanged cells too")
     p.set_defaults(func=cmd_compare)

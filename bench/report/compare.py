@@ -14,11 +14,22 @@ For each cell, the measured peak (NVML per process on a GPU, host RSS on
 
 Thresholds are fractions (``--threshold peak=5%,throughput=5%``, the default).
 ``regressed(changes)`` is what makes ``bench compare`` exit 1.
+
+Throughput is noise-aware. It is judged only where both records measured at
+least ``--min-steps`` steps (5 by default; ``measured.step_times_seconds``):
+from two steps of a CPU smoke run a median means nothing. And a change counts
+only past the larger of its threshold and the noise of the two medians: each
+side's relative spread is the median absolute deviation of its step times
+(times 1.4826, a standard deviation for normal noise) over its median, the
+standard error of a median is 1.2533 of that over the root of the step
+count, and the noise bound is ``NOISE_Z`` (2) standard errors of the
+difference. The note column says why a change was not called.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +43,10 @@ MARKS = ("new failure", "worse", "better", "fixed", "not comparable", "only in A
 REGRESSIONS = ("new failure", "worse")
 FAILED = status.FAILED
 THRESHOLD_FORM = "peak=5%,throughput=5%"
+MIN_STEPS = 5
+"""Measured steps each side needs before its throughput change can be called."""
+NOISE_Z = 2.0
+"""Standard errors of the difference of the two medians a throughput change must exceed."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,8 @@ class Thresholds:
     """Largest allowed rise of the measured peak, as a fraction."""
     throughput: float = 0.05
     """Largest allowed fall of tokens/s, as a fraction."""
+    min_steps: int = MIN_STEPS
+    """Measured steps each side needs for its throughput to be judged."""
 
 
 def parse_thresholds(spec: str | None) -> Thresholds:
@@ -68,7 +85,9 @@ def parse_thresholds(spec: str | None) -> Thresholds:
                 values[key] = number / 100
     if problems:
         raise UserError(*problems)
-    return Thresholds(**values)
+    return Thresholds(
+        peak=values.get("peak", Thresholds.peak), throughput=values.get("throughput", Thresholds.throughput)
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,8 @@ class Change:
     status: tuple[str | None, str | None]
     peak_bytes: tuple[float | None, float | None]
     tokens_per_second: tuple[float | None, float | None]
+    note: str = ""
+    """Why a throughput change was not judged, or the noise bound it was judged against."""
 
     @property
     def peak_delta(self) -> float | None:
@@ -100,25 +121,63 @@ def _metrics(record: Mapping[str, Any] | None) -> tuple[float | None, float | No
     return measured_peak(m, device), m.get("tokens_per_second")
 
 
-def _mark(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds) -> str:
+def step_times(record: Mapping[str, Any] | None) -> list[float]:
+    """The measured steps' times (warm-up excluded), as recorded."""
+    times = ((record or {}).get("measured") or {}).get("step_times_seconds") or []
+    return [float(t) for t in times if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0]
+
+
+def relative_spread(times: list[float]) -> float:
+    """Robust standard deviation of the step times over their median (MAD x 1.4826 / median)."""
+    median = statistics.median(times)
+    mad = statistics.median(abs(t - median) for t in times)
+    return 1.4826 * mad / median
+
+
+def throughput_noise(a: list[float], b: list[float]) -> float:
+    """``NOISE_Z`` standard errors of the relative difference of two medians of step times."""
+    variance = sum((1.2533 * relative_spread(t)) ** 2 / len(t) for t in (a, b))
+    return NOISE_Z * math.sqrt(variance)
+
+
+def _throughput(a: Mapping[str, Any], b: Mapping[str, Any], t: Thresholds) -> tuple[float | None, float, str]:
+    """(relative change of tokens/s or ``None`` when not judged, the bound it must pass, a note)."""
+    delta = _delta(_metrics(a)[1], _metrics(b)[1])
+    if delta is None:
+        return None, t.throughput, ""
+    ta, tb = step_times(a), step_times(b)
+    if min(len(ta), len(tb)) < t.min_steps:
+        return None, t.throughput, f"tok/s not judged: {min(len(ta), len(tb))} measured steps < {t.min_steps}"
+    noise = throughput_noise(ta, tb)
+    if noise > t.throughput:
+        return delta, noise, f"tok/s noise ±{noise * 100:.1f}%"
+    return delta, t.throughput, ""
+
+
+def _judge(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds) -> tuple[str, str]:
+    """(mark, note) of one cell."""
     if a is None or b is None:
-        return "only in B" if a is None else "only in A"
+        return ("only in B" if a is None else "only in A"), ""
     sa, sb = a.get("status"), b.get("status")
     if sa == "ok" and sb in FAILED:
-        return "new failure"
+        return "new failure", ""
     if sa in FAILED and sb == "ok":
-        return "fixed"
+        return "fixed", ""
     if sa != "ok" or sb != "ok":
-        return "same" if sa == sb else "not comparable"
+        return ("same" if sa == sb else "not comparable"), ""
     peak = _delta(_metrics(a)[0], _metrics(b)[0])
-    tput = _delta(_metrics(a)[1], _metrics(b)[1])
+    tput, bound, note = _throughput(a, b, t)
     if peak is None and tput is None:
-        return "not comparable"
-    if (peak is not None and peak > t.peak) or (tput is not None and tput < -t.throughput):
-        return "worse"
-    if (peak is not None and peak < -t.peak) or (tput is not None and tput > t.throughput):
-        return "better"
-    return "same"
+        return "not comparable", note
+    if (peak is not None and peak > t.peak) or (tput is not None and tput < -bound):
+        return "worse", note
+    if (peak is not None and peak < -t.peak) or (tput is not None and tput > bound):
+        return "better", note
+    return "same", note
+
+
+def _mark(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, t: Thresholds) -> str:
+    return _judge(a, b, t)[0]
 
 
 def _by_id(records: Iterable[Mapping[str, Any]], side: str) -> dict[str, Mapping[str, Any]]:
@@ -143,11 +202,13 @@ def compare(
         ca, cb = ra.get(cid), rb.get(cid)
         either = ca or cb
         assert either is not None
+        mark, note = _judge(ca, cb, thresholds)
         changes.append(
             Change(
                 cell_id=cid,
                 slug=either.get("slug") or cid,
-                mark=_mark(ca, cb, thresholds),
+                mark=mark,
+                note=note,
                 status=((ca or {}).get("status"), (cb or {}).get("status")),
                 peak_bytes=(_metrics(ca)[0], _metrics(cb)[0]),
                 tokens_per_second=(_metrics(ca)[1], _metrics(cb)[1]),
@@ -166,13 +227,32 @@ def summary(changes: list[Change], thresholds: Thresholds) -> str:
     verdict = "REGRESSED" if regressed(changes) else "no regression"
     return (
         f"{len(changes)} cells: {counts} (thresholds: peak +{thresholds.peak * 100:g}%, "
-        f"throughput -{thresholds.throughput * 100:g}%): {verdict}"
+        f"throughput -{thresholds.throughput * 100:g}% or its noise, from {thresholds.min_steps} "
+        f"measured steps): {verdict}"
     )
 
 
+def _unjudged_change(c: Change, thresholds: Thresholds) -> bool:
+    """A throughput change past its threshold that was not called (too few steps, noise): listed."""
+    d = c.throughput_delta
+    return bool(c.note) and d is not None and abs(d) > thresholds.throughput
+
+
 def render(changes: list[Change], thresholds: Thresholds, show_all: bool = False) -> str:
-    """A text table of the cells that changed (all with ``show_all``), then ``summary``."""
-    header = ("mark", "cell", "status A -> B", "peak A (GiB)", "peak B (GiB)", "peak", "tok/s A", "tok/s B", "tok/s")
+    """A text table of the cells that changed or whose throughput change was not called
+    (all with ``show_all``), then ``summary``."""
+    header = (
+        "mark",
+        "cell",
+        "status A -> B",
+        "peak A (GiB)",
+        "peak B (GiB)",
+        "peak",
+        "tok/s A",
+        "tok/s B",
+        "tok/s",
+        "note",
+    )
     rows = [
         (
             c.mark,
@@ -184,9 +264,10 @@ def render(changes: list[Change], thresholds: Thresholds, show_all: bool = False
             labels.count(c.tokens_per_second[0]),
             labels.count(c.tokens_per_second[1]),
             labels.percent(c.throughput_delta, True),
+            c.note,
         )
         for c in changes
-        if show_all or c.mark != "same"
+        if show_all or c.mark != "same" or _unjudged_change(c, thresholds)
     ]
     lines = []
     if rows:

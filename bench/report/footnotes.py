@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bench.report import hardware
+
 ENVIRONMENT_KEYS = (
     (("gpu_name", "gpu", "device_name"), "GPU"),
     (("driver",), "driver"),
@@ -86,18 +88,67 @@ def footnotes(records: list[Mapping[str, Any]], mode: str) -> tuple[str, ...]:
     counts: dict[str, int] = {}
     for r in records:
         counts[r.get("status") or "unknown"] = counts.get(r.get("status") or "unknown", 0) + 1
+    gpu_rows = [r for r in records if not hardware.is_cpu(r)]
+    if gpu_rows or not records:
+        notes += [
+            "Peak VRAM: peak of NVML's per-process used memory (CUDA context, allocator cache and all: "
+            f"what decides whether a job fits), {_sampling(gpu_rows)}; per GPU for multi-GPU cells; "
+            "'>' marks the memory held when an OOM cell failed.",
+            "% of GPU: peak over the GPU's memory. Predicted: bench's memory prediction; "
+            "Error = (predicted - measured) / measured.",
+        ]
     notes += [
-        "Peak VRAM: peak of NVML's per-process used memory (CUDA context, allocator cache and all: "
-        f"what decides whether a job fits), {_sampling(records)}; per GPU for multi-GPU cells; "
-        "'>' marks the memory held when an OOM cell failed.",
-        "% of GPU: peak over the GPU's memory. Predicted: bench's memory prediction; "
-        "Error = (predicted - measured) / measured.",
         "Tokens/s: training tokens (batch x context length x gradient accumulation) per median step time; "
-        "for inference, generated tokens per second. MFU: model FLOPs per second (6N rule) "
-        "over the GPU's dense peak for the precision.",
+        "for inference, generated tokens per second."
+        + (
+            " MFU: model FLOPs per second (6N rule) over the GPU's dense peak for the precision."
+            if gpu_rows or not records
+            else ""
+        ),
         "Cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + " (failed cells are kept as rows).",
     ]
-    for line in (environment_line(records), _sources(records)):
+    for line in (_emulated(records), _cpu(records), _freshness(records), environment_line(records), _sources(records)):
         if line:
             notes.append(line)
     return tuple(notes)
+
+
+def _emulated(records: list[Mapping[str, Any]]) -> str | None:
+    """Which rows ran on a larger card capped at the target's memory, and what that means."""
+    emulated = [r for r in records if hardware.emulation(r)]
+    if not emulated:
+        return None
+    hosts = ", ".join(sorted({hardware.emulation(r).host for r in emulated}))  # type: ignore[union-attr]
+    return (
+        f"Emulated: {len(emulated)} rows ran on {hosts} with torch capped at the target card's memory "
+        "(torch.cuda.set_per_process_memory_fraction); their memory answers whether the cell fits the target, "
+        f"but their Tokens/s and MFU are the host card's (marked 'on {hosts}'), not the target's; "
+        "Predicted tokens/s is the target card's."
+    )
+
+
+def _cpu(records: list[Mapping[str, Any]]) -> str | None:
+    n = sum(hardware.is_cpu(r) for r in records)
+    if not n:
+        return None
+    return (
+        f"CPU runs: {n} rows ran with `bench run --device cpu`; their peak is the process's peak host RSS "
+        "(no GPU), and the GPU memory prediction is not compared with it (no Predicted, Error or % of GPU)."
+    )
+
+
+def _freshness(records: list[Mapping[str, Any]]) -> str | None:
+    stale = sum(bool(r.get("prediction_stale")) for r in records)
+    fresh = sum(bool(r.get("prediction_refreshed")) for r in records)
+    parts = []
+    if fresh:
+        parts.append(
+            f"{fresh} predictions were made by an older predictor and predicted afresh for this report "
+            "(Error is against the fresh prediction)"
+        )
+    if stale:
+        parts.append(
+            f"{stale} predictions were made by another predictor version and not predicted afresh "
+            "(marked stale; `bench report` without --no-repredict predicts them again)"
+        )
+    return "Predictions: " + "; ".join(parts) + "." if parts else None

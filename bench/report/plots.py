@@ -1,125 +1,102 @@
-"""Plots of result records, as inline SVG text (matplotlib, no pyplot state).
+"""The scatter and line figures of the HTML report, each a pure function of the records.
 
-Three figures, each a pure function of the records:
+- ``peak_vs_batch``: peak memory against batch size, one panel per (model,
+  hardware), one line per training setup, the card's memory dashed; an OOM
+  cell is a cross on that line (measured), a cell that does not fit a cross
+  at its predicted peak (plan).
+- ``predicted_vs_measured``: predicted against measured peak with ``y = x``;
+  points more than ``LABEL_ERROR`` off are labelled with their cell.
+- ``throughput_vs_memory``: training tokens/s against peak memory, one panel
+  per (model, hardware), with the Pareto front (no other cell is both
+  smaller and faster).
 
-- ``peak_vs_batch``: measured peak VRAM against batch size, one panel per
-  model, one line per training setup (method, precision, checkpointing, context,
-  accumulation), the GPU's memory as a dashed horizontal line; OOM cells are
-  crosses on that line.
-- ``predicted_vs_measured``: predicted against measured peak with ``y = x``.
-- ``throughput_vs_memory``: training tokens/s against peak VRAM, one panel per
-  model, with the Pareto front (no other cell is both smaller and faster).
-
-Each SVG is stripped of its XML prolog and metadata (which name external
-namespaces) and its element ids are prefixed, so several can live in one page.
-Fonts are drawn as paths: the page needs no font or network.
+``source`` is ``measured`` (``bench report``) or ``predicted`` (``bench
+plan``: the predicted peak and tokens/s). Colours are one per method across
+every figure (``figure.method_colors``); every point has a tooltip
+(``figure.Tips``). A figure with nothing to show is ``None``.
 """
 
 from __future__ import annotations
 
-import io
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.report import labels
+from bench.report import figure as fg, hardware, labels
 from bench.report.catalog import DEFAULT, Catalog
 
 Record = Mapping[str, Any]
 GIB = labels.GIB
+LABEL_ERROR = 0.10
+"""Predicted-vs-measured points off by more than this are labelled on the plot."""
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def svg(fig, prefix: str) -> str:
-    """``fig`` as an ``<svg>`` element with ids prefixed by ``prefix``."""
-    import matplotlib
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": "bench", "svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    text = buf.getvalue()
-    text = text[text.index("<svg") :]
-    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)
-    text = text.replace(' id="', f' id="{prefix}-').replace('href="#', f'href="#{prefix}-')
-    return text.replace("url(#", f"url(#{prefix}-")
+def peak_of(record: Record, source: str) -> float | None:
+    """The measured peak (NVML, host RSS on the CPU) or the predicted one."""
+    if source == "predicted":
+        return (record.get("predicted") or {}).get("peak_bytes")
+    return hardware.measured_peak(record)
 
 
-def _setup(record: Record, with_seq: bool = True) -> str:
+def _train(record: Record) -> bool:
+    return record["cell"].get("task", "train") == "train"
+
+
+def _setup(record: Record) -> str:
     c = record["cell"]
-    parts = [labels.method(c), labels.precision(c)]
+    parts = [labels.precision(c), f"seq {labels.context(c)}"]
     if c.get("grad_ckpt"):
         parts.append("ckpt")
-    if with_seq:
-        parts.append(f"seq {labels.context(c)}")
     if c.get("grad_accum", 1) > 1:
         parts.append(f"ga {c['grad_accum']}")
-    return ", ".join(parts)
+    return f"{labels.method(c)}, " + ", ".join(parts)
 
 
-def _colors(keys: Sequence[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    names = sorted(set(keys))
-    if len(names) <= 10:
-        return {k: colormaps["tab10"](i) for i, k in enumerate(names)}
-    # tab20 comes in light/dark pairs: all dark shades first keeps neighbours apart.
-    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
-    return {k: colormaps["tab20"](order[i % 20]) for i, k in enumerate(names)}
+def _failed(record: Record, source: str) -> bool:
+    """An OOM cell (measured), or one predicted not to fit (plan)."""
+    if source == "predicted":
+        return (record.get("predicted") or {}).get("fits") is False
+    return record.get("status") == "oom"
 
 
-def _method(record: Record) -> str:
-    """Method without the bracketed extras: the colour key of figures 2 and 3."""
-    return labels.method(record["cell"]).split(" [")[0]
+def _tip(record: Record, source: str, catalog: Catalog) -> str:
+    lines = [fg.describe(record), hardware.gpu_label(record, catalog)]
+    peak = peak_of(record, source)
+    what = "predicted peak" if source == "predicted" else ("host RSS peak" if hardware.is_cpu(record) else "peak")
+    if peak is not None:
+        lines.append(f"{what} {labels.gib(peak)} GiB")
+    if record.get("status") not in (None, "ok"):
+        lines.append(f"status {labels.status(record.get('status'))}")
+    return "\n".join(lines)
 
 
-def _panels(fig, models: Sequence[str]):
-    ncols = min(len(models), 2) or 1
-    nrows = max(1, -(-len(models) // ncols))
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(models) :]:
-        ax.set_visible(False)
-    return dict(zip(models, axes))
-
-
-def _models(records: Sequence[Record]) -> list[str]:
-    return list(dict.fromkeys(r["cell"]["model"] for r in records))
-
-
-def _peak(record: Record) -> float | None:
-    return (record.get("measured") or {}).get("peak_nvml_process_bytes")
-
-
-def _empty(fig, message: str) -> None:
-    fig.set_size_inches(7, 1)
-    ax = fig.subplots()
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
-
-
-def peak_vs_batch(records: Sequence[Record], catalog: Catalog = DEFAULT) -> str:
-    """Peak VRAM (GiB) against batch size per model and setup, with the GPU's memory."""
-    train = [
-        r
-        for r in records
-        if r["cell"].get("task", "train") == "train"
-        and (r.get("status") == "oom" or (r.get("status") == "ok" and _peak(r) is not None))
-    ]
-    models = _models(train)
-    fig = _figure(12, 4.2 * max(1, -(-len(models) // 2)) + 1.2)
-    if not models:
-        _empty(fig, "No training cell with a measured peak.")
-        return svg(fig, "peak")
-    with_seq = len({labels.context(r["cell"]) for r in train}) > 1
-    setups = {id(r): _setup(r, with_seq) for r in train}
-    colors = _colors(list(setups.values()))
-    for model, ax in _panels(fig, models).items():
-        mine = [r for r in train if r["cell"]["model"] == model]
-        for cap in sorted({catalog.capacity_of(r) for r in mine} - {None}):  # type: ignore[type-var]
+def peak_vs_batch(
+    records: Sequence[Record], colors: dict[str, Any], catalog: Catalog = DEFAULT, source: str = "measured"
+) -> fg.Figure | None:
+    """Peak (GiB) against batch size per (model, hardware) panel and setup, with the card's memory."""
+    if source == "predicted":
+        train = [r for r in records if _train(r) and peak_of(r, source) is not None]
+    else:
+        train = [
+            r
+            for r in records
+            if _train(r)
+            and (
+                (r.get("status") == "ok" and peak_of(r, source) is not None)
+                or (r.get("status") == "oom" and not hardware.is_cpu(r) and catalog.capacity_of(r))
+            )
+        ]
+    keys = fg.panel_keys(train, catalog)
+    if not keys:
+        return None
+    tips = fg.Tips("peak")
+    fig = fg.figure(12, 3.8 * -(-len(keys) // 2) + 1.0)
+    setups = sorted({_setup(r) for r in train})
+    style = {s: i for i, s in enumerate(setups)}
+    for key, ax in fg.panels(fig, keys).items():
+        mine = [r for r in train if fg.panel_key(r, catalog) == key]
+        for cap in sorted({catalog.capacity_of(r) for r in mine if not hardware.is_cpu(r)} - {None}):  # type: ignore[type-var]
             ax.axhline(cap / GIB, color="0.3", linestyle="--", linewidth=1)  # type: ignore[operator]
             ax.annotate(
                 f"GPU memory {cap / GIB:.1f} GiB",  # type: ignore[operator]
@@ -129,63 +106,107 @@ def peak_vs_batch(records: Sequence[Record], catalog: Catalog = DEFAULT) -> str:
                 fontsize=8,
                 color="0.3",
             )
-        for setup in sorted({setups[id(r)] for r in mine}):
-            ok = sorted(
-                (r["cell"]["batch"], _peak(r) / GIB)  # type: ignore[operator]
-                for r in mine
-                if setups[id(r)] == setup and r.get("status") == "ok"
-            )
-            if ok:
-                ax.plot(*zip(*ok), marker="o", color=colors[setup])
-            for r in mine:
-                cap = catalog.capacity_of(r)
-                if setups[id(r)] == setup and r.get("status") == "oom" and cap:
-                    ax.plot(r["cell"]["batch"], cap / GIB, marker="x", markersize=9, color=colors[setup])
-        ax.set_xscale("log", base=2)
+        for setup in sorted({_setup(r) for r in mine}):
+            group = sorted((r for r in mine if _setup(r) == setup), key=lambda r: r["cell"]["batch"])
+            color = colors[fg.method(group[0])]
+            i = style[setup]
+            fitting = [(r["cell"]["batch"], peak_of(r, source) / GIB) for r in group if not _failed(r, source)]  # type: ignore[operator]
+            if len(fitting) > 1:
+                ax.plot(*zip(*fitting), color=color, linestyle=LINESTYLES[i % len(LINESTYLES)], linewidth=1.2)
+            for r in group:
+                failed = _failed(r, source)
+                y = (catalog.capacity_of(r) if r.get("status") == "oom" else peak_of(r, source)) / GIB  # type: ignore[operator]
+                ax.plot(
+                    r["cell"]["batch"],
+                    y,
+                    marker="x" if failed else MARKERS[i % len(MARKERS)],
+                    markersize=9 if failed else 6,
+                    color=color,
+                    linestyle="none",
+                    gid=tips.gid(_tip(r, source, catalog), r),
+                )
         batches = sorted({r["cell"]["batch"] for r in mine})
+        ax.set_xscale("log", base=2)
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.minorticks_off()
         ax.set_xlim(batches[0] / 1.5, batches[-1] * 1.5)
-        ax.set_title(model)
-        ax.set_xlabel("batch size per GPU")
-        ax.set_ylabel("peak VRAM (GiB)")
-        ax.set_ylim(bottom=0)
+        ax.set_title(fg.panel_title(key), fontsize=10)
+        cpu = key[1] == "CPU"
+        ax.set_xlabel("batch size" if cpu else "batch size per GPU")
+        what = "predicted peak" if source == "predicted" else ("peak host RSS" if cpu else "peak VRAM")
+        ax.set_ylabel(f"{what} (GiB)")
+        caps: list[float] = [catalog.capacity_of(r) or 0 for r in mine if not hardware.is_cpu(r)]
+        highest = max([peak_of(r, source) or 0.0 for r in mine] + caps)
+        ax.set_ylim(0, highest / GIB * 1.12)  # room above the card's line for its label
         ax.grid(alpha=0.3)
-    handles = [_line(colors[k], k) for k in colors]
+    method_of = {_setup(r): fg.method(r) for r in train}
+    handles = [
+        fg.legend_handle(
+            colors[method_of[s]], s, MARKERS[style[s] % len(MARKERS)], LINESTYLES[style[s] % len(LINESTYLES)]
+        )
+        for s in setups
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    return svg(fig, "peak")
+    caption = (
+        "Peak memory against batch size, one panel per model and card; the dashed line is the card's memory, "
+        + ("a cross a cell predicted not to fit." if source == "predicted" else "a cross an out-of-memory cell.")
+        + " Colour: method. Hover a point for its cell."
+    )
+    return fg.Figure("peak", fg.svg(fig, "peak", tips), len(tips.texts), caption)
 
 
-def _line(color, label: str, marker: str = "o"):
-    from matplotlib.lines import Line2D
-
-    return Line2D([], [], color=color, marker=marker, label=label)
-
-
-def predicted_vs_measured(records: Sequence[Record]) -> str:
-    """Predicted against measured peak (GiB) per method, with ``y = x``."""
+def predicted_vs_measured(
+    records: Sequence[Record], colors: dict[str, Any], catalog: Catalog = DEFAULT
+) -> fg.Figure | None:
+    """Predicted against measured GPU peak (GiB), with ``y = x``; CPU runs are left out."""
     pairs = [
         r
         for r in records
-        if r.get("status") == "ok" and _peak(r) is not None and (r.get("predicted") or {}).get("peak_bytes") is not None
+        if r.get("status") == "ok"
+        and not hardware.is_cpu(r)
+        and peak_of(r, "measured") is not None
+        and (r.get("predicted") or {}).get("peak_bytes") is not None
     ]
-    fig = _figure(7, 6)
     if not pairs:
-        _empty(fig, "No cell has both a prediction and a measured peak.")
-        return svg(fig, "pred")
+        return None
+    tips = fg.Tips("pred")
+    fig = fg.figure(8, 7)
     ax = fig.subplots()
-    methods = [_method(r) for r in pairs]
-    colors = _colors([_method(r) for r in records])
-    top = max(max(_peak(r), r["predicted"]["peak_bytes"]) for r in pairs) / GIB * 1.05
-    ax.plot([0, top], [0, top], color="0.5", linestyle="--", linewidth=1, label="y = x")
-    for method in sorted(set(methods)):
-        pts = [(_peak(r) / GIB, r["predicted"]["peak_bytes"] / GIB) for r, m in zip(pairs, methods) if m == method]  # type: ignore[operator]
-        ax.scatter(*zip(*pts), color=colors[method], label=method, zorder=3)
+    top = max(max(peak_of(r, "measured"), r["predicted"]["peak_bytes"]) for r in pairs) / GIB * 1.05  # type: ignore[type-var]
+    ax.plot([0, top], [0, top], color="0.5", linestyle="--", linewidth=1)
+    labelled = 0
+    for r in sorted(pairs, key=lambda r: peak_of(r, "measured") or 0):
+        x, y = peak_of(r, "measured") / GIB, r["predicted"]["peak_bytes"] / GIB  # type: ignore[operator]
+        error = (y - x) / x
+        stale = " (stale prediction)" if r.get("prediction_stale") else ""
+        tip = f"{_tip(r, 'measured', catalog)}\npredicted {y:.2f} GiB, error {error * 100:+.1f}%{stale}"
+        ax.scatter([x], [y], color=colors[fg.method(r)], zorder=3, s=28, gid=tips.gid(tip, r))
+        if abs(error) > LABEL_ERROR:
+            # below the diagonal for an under-prediction, above for an over-prediction; staggered so
+            # that neighbours do not overlap, and towards the inside of the axes
+            dy = (-1 if error < 0 else 1) * (10 + 11 * (labelled % 3))
+            ax.annotate(
+                f"{labels.model(r['cell']['model'])}, {fg.method(r)}, {fg.short_setup(r)} ({error * 100:+.0f}%)",
+                (x, y),
+                xytext=(-6 if x > top / 2 else 6, dy),
+                textcoords="offset points",
+                ha="right" if x > top / 2 else "left",
+                fontsize=8,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6},
+            )
+            labelled += 1
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="measured peak VRAM (GiB)", ylabel="predicted peak (GiB)")
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return svg(fig, "pred")
+    methods = sorted({fg.method(r) for r in pairs})
+    handles = [fg.legend_handle(colors[m], m, linestyle="none") for m in methods]
+    handles.append(fg.legend_handle("0.5", "y = x", marker="", linestyle="--"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
+    caption = (
+        "Predicted against measured peak VRAM; points above the dashed y = x line over-predict. "
+        f"Points off by more than {LABEL_ERROR * 100:.0f}% are labelled. Colour: method."
+    )
+    return fg.Figure("pred", fg.svg(fig, "pred", tips), len(tips.texts), caption)
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -197,39 +218,57 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def throughput_vs_memory(records: Sequence[Record]) -> str:
-    """Training tokens/s against peak VRAM per model, with each model's Pareto front."""
+def tokens_of(record: Record, source: str) -> float | None:
+    section = record.get("predicted" if source == "predicted" else "measured") or {}
+    return section.get("tokens_per_second")
+
+
+def throughput_vs_memory(
+    records: Sequence[Record], colors: dict[str, Any], catalog: Catalog = DEFAULT, source: str = "measured"
+) -> fg.Figure | None:
+    """Training tokens/s against peak per (model, hardware) panel, with each panel's Pareto front."""
     train = [
         r
         for r in records
-        if r.get("status") == "ok"
-        and r["cell"].get("task", "train") == "train"
-        and _peak(r) is not None
-        and (r.get("measured") or {}).get("tokens_per_second")
+        if _train(r)
+        and peak_of(r, source) is not None
+        and tokens_of(r, source)
+        and (r.get("status") == "ok" if source == "measured" else (r.get("predicted") or {}).get("fits"))
     ]
-    models = _models(train)
-    fig = _figure(12, 4.2 * max(1, -(-len(models) // 2)) + 0.8)
-    if not models:
-        _empty(fig, "No training cell with a measured peak and throughput.")
-        return svg(fig, "tput")
+    keys = fg.panel_keys(train, catalog)
+    if not keys:
+        return None
     from matplotlib.ticker import FuncFormatter
 
-    methods = {id(r): _method(r) for r in train}
-    colors = _colors([_method(r) for r in records])
-    for model, ax in _panels(fig, models).items():
-        mine = [r for r in train if r["cell"]["model"] == model]
-        for r in mine:
-            ax.scatter(_peak(r) / GIB, r["measured"]["tokens_per_second"], color=colors[methods[id(r)]], zorder=3)  # type: ignore[operator]
-        front = pareto([(_peak(r) / GIB, r["measured"]["tokens_per_second"]) for r in mine])  # type: ignore[operator]
+    tips = fg.Tips("tput")
+    fig = fg.figure(12, 3.8 * -(-len(keys) // 2) + 0.8)
+    for key, ax in fg.panels(fig, keys).items():
+        mine = [r for r in train if fg.panel_key(r, catalog) == key]
+        pts = [(peak_of(r, source) / GIB, float(tokens_of(r, source))) for r in mine]  # type: ignore[operator, arg-type]
+        for r, (x, y) in zip(mine, pts):
+            tip = f"{_tip(r, source, catalog)}\n{labels.count(y)} tokens/s{hardware.speed_suffix(r) if source == 'measured' else ' predicted'}"
+            ax.scatter([x], [y], color=colors[fg.method(r)], zorder=3, s=28, gid=tips.gid(tip, r))
+            ax.annotate(fg.short_setup(r), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color="0.3")
+        front = pareto(pts)
         ax.plot(*zip(*front), color="0.2", linewidth=1, drawstyle="steps-post", zorder=2)
-        ax.set_title(model)
-        ax.set_xlabel("peak VRAM (GiB)")
-        ax.set_ylabel("tokens/s")
+        ax.set_title(fg.panel_title(key), fontsize=10)
+        host = hardware.speed_suffix(mine[0]) if source == "measured" else ""
+        ax.set_xlabel(
+            ("predicted " if source == "predicted" else "")
+            + ("peak host RSS (GiB)" if key[1] == "CPU" else "peak (GiB)")
+        )
+        ax.set_ylabel(("predicted " if source == "predicted" else "") + f"tokens/s{host}")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0, right=max(x for x, _ in pts) * 1.25)
+        ax.set_ylim(bottom=0, top=max(y for _, y in pts) * 1.15)
         ax.grid(alpha=0.3)
-    handles = [_line(colors[k], k) for k in sorted(set(methods.values()))]
-    handles.append(_line("0.2", "Pareto front", marker=""))
+    methods = sorted({fg.method(r) for r in train})
+    handles = [fg.legend_handle(colors[m], m, linestyle="none") for m in methods]
+    handles.append(fg.legend_handle("0.2", "Pareto front", marker=""))
     fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
-    return svg(fig, "tput")
+    caption = (
+        "Training throughput against peak memory, one panel per model and card; the dark line is the Pareto "
+        "front (no other cell is both smaller and faster). Labels: batch (b), accumulation (ga), checkpointing."
+        + (" Emulated cards' throughput is the host card's." if source == "measured" else "")
+    )
+    return fg.Figure("tput", fg.svg(fig, "tput", tips), len(tips.texts), caption)

@@ -6,7 +6,11 @@ records built by ``plan_record`` from its predictions::
     from bench.report import plan_record, render_plan
     text = render_plan([plan_record(cell, predict(cell).to_dict()) for cell in cells], "md")
 
-Both are pure: the same records give the same text (the catalog's parameter
+``render_html(records, title)`` is the HTML page of measured records (what a
+results folder is served as); ``plan_format_of`` tells ``bench plan -o FILE``'s
+format (``PLAN_FORMATS``) from the file's suffix.
+
+All are pure: the same records give the same text (the catalog's parameter
 counts and GPU memory are the only other input; see ``bench.report.catalog``).
 """
 
@@ -22,7 +26,11 @@ from bench.report import table as tablemod
 from bench.report.catalog import DEFAULT, Catalog
 
 FORMATS = ("md", "html", "csv")
+"""Formats of ``render`` (``bench report --format``)."""
+PLAN_FORMATS = ("md", "html", "csv", "json")
+"""Formats ``bench plan -o FILE`` writes, told by the file's suffix (json: the entries of ``--json``)."""
 _SUFFIXES = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html", ".csv": "csv"}
+_PLAN_SUFFIXES = {**_SUFFIXES, ".json": "json"}
 
 
 def render(
@@ -66,6 +74,11 @@ def render_plan(
     return render(records, fmt, "plan", title, catalog)
 
 
+def render_html(records: Iterable[Mapping[str, Any]], title: str = "bench report", catalog: Catalog = DEFAULT) -> str:
+    """The self-contained HTML page of measured ``records`` (table, per-part bars, plots)."""
+    return render(records, "html", title=title, catalog=catalog)
+
+
 def plan_record(cell: Any, predicted: Mapping[str, Any] | None) -> dict[str, Any]:
     """A record-shaped dict for one predicted ``bench.cell.Cell`` (nothing measured)."""
     return Record.of(
@@ -86,3 +99,14 @@ def format_of(output: str | Path | None, fmt: str | None) -> str:
             f"name it .md, .html or .csv, or give --format md|html|csv"
         )
     return _SUFFIXES[suffix]
+
+
+def plan_format_of(output: str | Path) -> str:
+    """The format of ``bench plan -o FILE``, from its suffix; an unknown suffix is a ``UserError``."""
+    suffix = Path(output).suffix.lower()
+    if suffix not in _PLAN_SUFFIXES:
+        raise UserError(
+            f"-o {output}: cannot tell the format from {suffix or 'no suffix'!r}; "
+            f"allowed suffixes: {', '.join(_PLAN_SUFFIXES)}"
+        )
+    return _PLAN_SUFFIXES[suffix]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import cell as cellmod
-from bench.report import labels
+from bench.report import hardware, labels
 from bench.report.catalog import DEFAULT, Catalog
 from bench.report.footnotes import footnotes
 
@@ -81,16 +81,30 @@ SPEED = {
     "measured": (Column("ptokens", "Predicted tokens/s", True),),
 }
 RUN = (Column("time", "Time", True), Column("cost", "Cost (USD)", True))
+MAX_BATCH = Column("max_batch", "Max batch", True)
+CPU_ONLY_DROPPED = ("gpu", "share", "predicted", "error", "ptokens", "mfu")
+"""Columns a report of CPU runs alone leaves out: no GPU, and a GPU prediction is not comparable with host RSS."""
 
 
 def columns_for(records: list[Mapping[str, Any]], mode: str) -> tuple[Column, ...]:
-    """The mode's columns, with the speed and run columns where some record has them."""
+    """The mode's columns, with the speed, run and max-batch columns where some record has them.
+
+    A ``measured`` report of CPU runs only (``bench run --device cpu``) has no
+    GPU columns, and its peak column says it is host RSS.
+    """
     preds = [r.get("predicted") or {} for r in records]
     cols = COLUMNS[mode]
     if any(p.get("step_time_seconds") is not None for p in preds):
         cols = cols[:-1] + SPEED[mode] + cols[-1:] if mode == "measured" else cols + SPEED[mode]
     if mode == "plan" and any(p.get("run") for p in preds):
         cols = cols + RUN
+    if mode == "plan" and any(p.get("max_batch") is not None for p in preds):
+        cols = cols + (MAX_BATCH,)
+    if mode == "measured" and records and all(hardware.is_cpu(r) for r in records):
+        titles = {"peak": "Peak host RSS (GiB)", "batch": "Batch size"}
+        cols = tuple(
+            Column(c.key, titles.get(c.key, c.title), c.numeric) for c in cols if c.key not in CPU_ONLY_DROPPED
+        )
     return cols
 
 
@@ -162,8 +176,7 @@ def sort_key(record: Mapping[str, Any], catalog: Catalog = DEFAULT) -> tuple:
 
 
 def _peak(record: Mapping[str, Any]) -> str:
-    m = record.get("measured") or {}
-    text = labels.gib(m.get("peak_nvml_process_bytes"))
+    text = labels.gib(hardware.measured_peak(record))
     # An OOM's peak is what was held when it failed: the cell needed more.
     return f">{text}" if record.get("status") == "oom" and text != labels.MISSING else text
 
@@ -179,13 +192,14 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
         "params": labels.params(catalog.params_of(record)),
         "context": labels.context(c),
         "method": labels.method(c),
-        "gpu": catalog.gpu_label(c["gpu"]),
+        "gpu": hardware.gpu_label(record, catalog),
         "precision": labels.precision(c),
         "batch": str(c.get("batch", labels.MISSING)),
         "grad_accum": labels.MISSING if infer else str(c.get("grad_accum", 1)),
         "grad_ckpt": labels.MISSING if infer else labels.yes_no(c.get("grad_ckpt")),
         "predicted": labels.gib(p.get("peak_bytes")),
         "fits": labels.yes_no(p.get("fits")),
+        "max_batch": labels.MISSING if p.get("max_batch") is None else str(p["max_batch"]),
         **_speed_values(p),
     }
     if mode == "plan":
@@ -193,15 +207,23 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
         v["share"] = labels.percent(peak / capacity if peak is not None and capacity else None)
         v["host"] = labels.gib(p.get("host_node_bytes") or p.get("host_bytes"))
         return v
-    peak = m.get("peak_nvml_process_bytes")
+    peak = hardware.measured_peak(record)
+    host = hardware.speed_suffix(record)  # an emulated run's speed is the host card's
+    tokens, mfu = m.get("tokens_per_second"), m.get("mfu")
     v.update(
         peak=_peak(record),
         share=labels.percent(peak / capacity if peak is not None and capacity else None),
         error=labels.percent(record.get("prediction_error"), signed=True),
-        tokens=labels.count(m.get("tokens_per_second")),
-        mfu=labels.percent(m.get("mfu")),
+        tokens=labels.count(tokens) + (host if tokens is not None else ""),
+        mfu=labels.percent(mfu) + (host if mfu is not None else ""),
         status=labels.status(record.get("status")),
     )
+    if hardware.is_cpu(record):  # host RSS: no share of a GPU, no GPU prediction to compare
+        v.update(share=labels.MISSING, predicted=labels.MISSING, error=labels.MISSING, ptokens=labels.MISSING)
+    elif record.get("prediction_stale") and p:
+        for key in ("predicted", "error"):
+            if v[key] != labels.MISSING:
+                v[key] += " (stale)"
     return v
 
 

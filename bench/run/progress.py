@@ -27,7 +27,7 @@ def line(record: dict[str, Any], done: int, total: int) -> str:
         parts.append(f"peak {peak / GIB:.2f} GiB" + (" host" if device == "cpu" else ""))
     if m.get("tokens_per_second"):
         parts.append(f"{m['tokens_per_second']:.0f} tok/s")
-    if record.get("prediction_error") is not None:
+    if record.get("prediction_error") is not None and device != "cpu":  # a GPU prediction is no host RSS
         parts.append(f"pred {record['prediction_error']:+.1%}")
     if m.get("wall_seconds") is not None:
         parts.append(f"{m['wall_seconds']:.1f} s")
