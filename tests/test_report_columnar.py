@@ -77,8 +77,9 @@ def _check(df: pd.DataFrame, recs: list[dict]) -> None:
 
 @pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
 def test_the_table_reads_back_as_the_records(records, tmp_path, suffix, capsys):
+    """As stored (--no-repredict): a stale prediction would otherwise be predicted afresh."""
     out = tmp_path / f"table.{suffix}"
-    assert main(["report", str(records), "-o", str(out)]) == 0
+    assert main(["report", "--no-repredict", str(records), "-o", str(out)]) == 0
     assert f"({suffix})" in capsys.readouterr().err
     df = pd.read_parquet(out) if suffix == "parquet" else pd.read_json(out, lines=True, dtype=False, precise_float=True)
     recs = [store.load_record(p) for p in store.record_files([records])]
@@ -92,7 +93,7 @@ def test_the_table_reads_back_as_the_records(records, tmp_path, suffix, capsys):
 
 def test_parquet_keeps_integer_and_list_types(records, tmp_path):
     out = tmp_path / "t.parquet"
-    assert main(["report", str(records), "--format", "parquet", "-o", str(out)]) == 0
+    assert main(["report", "--no-repredict", str(records), "--format", "parquet", "-o", str(out)]) == 0
     df = pd.read_parquet(out)
     assert str(df["measured.peak_nvml_process_bytes"].dtype) == "Int64"  # nulls do not make it float
     assert str(df["cell.batch"].dtype) == "Int64" and str(df["cell.grad_ckpt"].dtype) == "boolean"
@@ -101,14 +102,14 @@ def test_parquet_keeps_integer_and_list_types(records, tmp_path):
 
 
 def test_jsonl_goes_to_standard_output_and_parquet_needs_a_file(records, capsys):
-    assert main(["report", str(records), "--format", "jsonl"]) == 0
+    assert main(["report", "--no-repredict", str(records), "--format", "jsonl"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(store.record_files([records])) and json.loads(lines[0])["cell_id"]
-    assert main(["report", str(records), "--format", "parquet"]) == 2
+    assert main(["report", "--no-repredict", str(records), "--format", "parquet"]) == 2
     assert "error: --format parquet" in capsys.readouterr().err
 
 
 def test_an_unknown_suffix_names_every_format(records, tmp_path, capsys):
-    assert main(["report", str(records), "-o", str(tmp_path / "t.xlsx")]) == 2
+    assert main(["report", "--no-repredict", str(records), "-o", str(tmp_path / "t.xlsx")]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and ".parquet or .jsonl" in err
