@@ -27,6 +27,7 @@ prints after ``error:``, each with the field it names.
 
 from __future__ import annotations
 
+import os
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -76,10 +77,32 @@ def page_html(root_path: str) -> str:
     return text.replace("<!--BASE-->", f'<base href="{escape(root_path.rstrip("/"), quote=True)}/">', 1)
 
 
+class Prefixed:
+    """The app under ``--root-path`` both behind a proxy that strips the prefix and asked for directly.
+
+    uvicorn puts the root path before every request path and Starlette routes on what follows it,
+    so ``/api/status`` works as a stripping proxy forwards it; ``/prefix/api/status`` (no proxy, or
+    one that keeps the prefix) would route as ``/prefix/api/status`` and is mapped to the same route.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        root = scope.get("root_path", "")
+        if root and scope["type"] == "http":
+            path = scope["path"]
+            rest = path[len(root) :] if path.startswith(root) else path
+            if rest == root or rest.startswith(root + "/"):
+                scope = dict(scope, path=root + rest[len(root) :])
+        await self.app(scope, receive, send)
+
+
 def create_app(results: list[str] | None = None, calculator: Calculator | None = None) -> Starlette:
     """The ASGI app; ``results``: folders whose report the page links to."""
     calc = calculator or Calculator()
     folders = [str(Path(r)) for r in results or []]
+    reports: dict[int, tuple[tuple, str]] = {}  # folder index -> (its records' mtimes, the rendered page)
 
     def guarded(handler):
         async def route(request: Request) -> Response:
@@ -199,11 +222,17 @@ def create_app(results: list[str] | None = None, calculator: Calculator | None =
             folder = folders[index]
         except (ValueError, IndexError):
             return HTMLResponse("<p>No such results folder.</p>", status_code=404)
+        from bench import store
         from bench.report.cli import _records
         from bench.report.render import render
 
         def make() -> str:
-            return render(_records([folder], "results"), "html", title=f"bench report: {folder}")
+            files = sorted(store.record_files([folder]))
+            stamp = tuple((str(f), os.stat(f).st_mtime_ns) for f in files)  # a record rewritten: a new report
+            cached = reports.get(index)
+            if cached is None or cached[0] != stamp:
+                reports[index] = (stamp, render(_records([folder], "results"), "html", title=f"bench report: {folder}"))
+            return reports[index][1]
 
         try:
             return HTMLResponse(await run_in_threadpool(make))

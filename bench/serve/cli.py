@@ -71,14 +71,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
         raise UserError(f"--root-path: {a.root_path!r} is not allowed; allowed: a path such as /bench")
     import uvicorn
 
-    from bench.serve.app import create_app
+    from bench.serve.app import Prefixed, create_app
 
     cache = trace_cache_folder()
     warm_up()
     app = create_app(a.results)
     root = a.root_path.rstrip("/")
     print(f"bench serve: http://{a.host}:{a.port}{root}/  (trace cache: {cache})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, root_path=root, log_level="warning", workers=1)
+    uvicorn.run(Prefixed(app), host=a.host, port=a.port, root_path=root, log_level="warning", workers=1)
     return 0
 
 
