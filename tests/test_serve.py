@@ -209,6 +209,8 @@ def test_root_path_results_and_a_home_nobody_can_write(tmp_path):
         assert serving.call(stripped + "/api/status")[0] == 200
         status, entry = serving.call(base + "/api/predict", CELL)
         assert status == 200 and entry["predicted"]["fits"] is True
+        cache = serving.call(base + "/api/status")[1]["trace_cache"]
+        assert Path(cache).is_dir() and not cache.startswith(str(blocked)) and list(Path(cache).glob("*.json"))
         status, again = serving.call(base + "/api/predict", {**CELL, "batch": 3})
         assert status == 200 and again["predicted"]["peak_bytes"] > entry["predicted"]["peak_bytes"]
         status, report = serving.call(base + "/results/0")

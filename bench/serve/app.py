@@ -17,7 +17,8 @@ JSON API (every path below is relative to ``--root-path``):
 - ``POST /api/upload``: ``{"kind": "model" | "ds_config" | "from", "name": FILE, "text": CONTENT}``;
   answer ``{"path", "name"}``: the value to put in that cell field (and, for a job file,
   ``fields``: the cell fields it sets). The server reads no other path.
-- ``GET  /api/status``: ``busy`` (``tracing``/``predicting`` what, for how many seconds) or null.
+- ``GET  /api/status``: ``busy`` (``tracing``/``predicting`` what, for how many seconds) or null,
+  the models traced so far, and where traces are cached (``trace_cache``: a folder or ``off``).
 - ``GET  /results``, ``GET /results/N``: the results folders given at start, and the HTML report
   of folder ``N`` (``bench report DIR --format html``).
 
@@ -206,7 +207,10 @@ def create_app(results: list[str] | None = None, calculator: Calculator | None =
         return JSONResponse(out)
 
     async def status(request: Request) -> Response:
-        return JSONResponse(calc.status())
+        from bench.predict import trace_cache
+
+        folder = trace_cache.folder()
+        return JSONResponse({**calc.status(), "trace_cache": str(folder) if folder else "off"})
 
     async def results_index(request: Request) -> Response:
         items = "".join(
