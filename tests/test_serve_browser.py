@@ -59,7 +59,10 @@ def test_the_page_shows_what_bench_predict_says(tmp_path):
             n = int(p.get_attribute(f"#{key}", "data-bytes"))
             assert n == expected[f"{key}_bytes"]
             assert p.inner_text(f"#{key}").lstrip("+") == f"{n / GiB:.2f}"
-        parts = {r.get_attribute("data-part"): int(r.get_attribute("data-bytes")) for r in p.query_selector_all("#parts tr[data-part]")}
+        parts = {
+            r.get_attribute("data-part"): int(r.get_attribute("data-bytes"))
+            for r in p.query_selector_all("#parts tr[data-part]")
+        }
         assert parts == expected["breakdown"]
         shown = {s.get_attribute("data-part") for s in p.query_selector_all("#bar .seg")}
         assert shown == {k for k, v in expected["breakdown"].items() if v > 0}
@@ -70,9 +73,13 @@ def test_the_page_shows_what_bench_predict_says(tmp_path):
         cells = [c.inner_text() for c in row.query_selector_all("td")]
         assert cells[2] == f"{expected['peak_bytes'] / GiB:.2f}" and cells[3] == "yes"
         assert int(cells[5]) >= 2  # the largest batch that fits: batch 2 does
-        assert len(p.query_selector_all("#cards tr[data-gpu]")) == len(json.loads(cli("predict", *flags[:-2], "--gpu", "all", "--json").stdout))
+        assert len(p.query_selector_all("#cards tr[data-gpu]")) == len(
+            json.loads(cli("predict", *flags[:-2], "--gpu", "all", "--json").stdout)
+        )
         command = p.inner_text("#command")
-        assert command == "bench predict " + " ".join(flags[:-4] + ["--gpu", "a100-40gb", "--tokens", "1000000", "--json"])
+        assert command == "bench predict " + " ".join(
+            flags[:-4] + ["--gpu", "a100-40gb", "--tokens", "1000000", "--json"]
+        )
         assert "grad_ckpt: true" in p.inner_text("#matrix")
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         p.screenshot(path=str(SHOT), full_page=True)

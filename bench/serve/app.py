@@ -62,7 +62,9 @@ async def _body(request: Request) -> Any:
 
         return json.loads(raw or b"null")
     except ValueError as e:
-        raise FieldError([{"key": "", "message": f"request: the body is not JSON ({e}); allowed: a JSON object"}]) from None
+        raise FieldError(
+            [{"key": "", "message": f"request: the body is not JSON ({e}); allowed: a JSON object"}]
+        ) from None
 
 
 def _options(request: Request) -> Options:
@@ -196,14 +198,18 @@ def create_app(results: list[str] | None = None, calculator: Calculator | None =
                 job = await run_in_threadpool(jobfile.load, Path(path))
                 fields = dict(job.fields)
                 if any(k in fields for k in ("tuning", "strategy", "offload")):
-                    triple = [fields.pop(k, d) for k, d in (("tuning", "full"), ("strategy", "none"), ("offload", "none"))]
+                    triple = [
+                        fields.pop(k, d) for k, d in (("tuning", "full"), ("strategy", "none"), ("offload", "none"))
+                    ]
                     fields["method"] = cellmod.method_name(*triple)
                 if isinstance(fields.get("model"), str):
                     fields["model"] = calc.uploads.name_of(fields["model"])
                 out["fields"] = fields
                 out["notes"] = [calc.uploads.readable(n) for n in job.notes]
         except UserError as e:
-            raise FieldError(field_errors(e, calc.uploads, key if key in ("model", "ds_config", "from") else None)) from None
+            raise FieldError(
+                field_errors(e, calc.uploads, key if key in ("model", "ds_config", "from") else None)
+            ) from None
         return JSONResponse(out)
 
     async def status(request: Request) -> Response:
@@ -213,12 +219,15 @@ def create_app(results: list[str] | None = None, calculator: Calculator | None =
         return JSONResponse({**calc.status(), "trace_cache": str(folder) if folder else "off"})
 
     async def results_index(request: Request) -> Response:
-        items = "".join(
-            f'<li><a href="results/{i}">{escape(f)}</a></li>' for i, f in enumerate(folders)
-        ) or "<li>none: start the server with --results DIR</li>"
+        items = (
+            "".join(f'<li><a href="results/{i}">{escape(f)}</a></li>' for i, f in enumerate(folders))
+            or "<li>none: start the server with --results DIR</li>"
+        )
         base = escape(request.scope.get("root_path", "").rstrip("/"), quote=True)
-        return HTMLResponse(f'<!DOCTYPE html><html><head><base href="{base}/"><title>results</title></head>'
-                            f"<body><h1>Results</h1><ul>{items}</ul></body></html>")
+        return HTMLResponse(
+            f'<!DOCTYPE html><html><head><base href="{base}/"><title>results</title></head>'
+            f"<body><h1>Results</h1><ul>{items}</ul></body></html>"
+        )
 
     async def results_report(request: Request) -> Response:
         try:

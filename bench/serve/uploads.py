@@ -56,9 +56,9 @@ class Uploads:
                 raise UserError(f"upload: the server cannot write its temporary folder ({e.strerror})") from None
         return self._root
 
-    def add(self, kind: str, name: str, text: str) -> str:
+    def add(self, kind: object, name: object, text: object) -> str:
         """Store ``text`` sent as file ``name`` for cell field ``kind``; the path a cell may name."""
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             raise UserError(f"kind: {short(kind)} is not allowed; allowed: {', '.join(KINDS)}")
         if not isinstance(text, str) or not isinstance(name, str):
             raise UserError(f"{kind}: the upload needs a file name and its text")
