@@ -51,10 +51,8 @@ def trace_cache_folder() -> str:
 def warm_up() -> None:
     """Import what every prediction needs, so the first request pays no import."""
     import bench.predict.cli  # noqa: F401
-    import bench.predict.estimate  # noqa: F401
-    import bench.predict.model_trace  # noqa: F401
     import bench.predict.ranking  # noqa: F401
-    import bench.predict.speed  # noqa: F401
+    from bench.predict import predict  # noqa: F401  (the tracer, torch and transformers)
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
