@@ -5,6 +5,8 @@
   a function body too, and importing it loads no torch.
 - ``bench/worker/`` is the child: it never imports the parent's executors.
 - The shared, torch-free modules (recipe, statuses, record, units) load no torch.
+- ``bench/serve/`` (the web calculator) predicts only through what the CLI's ``predict`` and
+  ``plan`` call, and importing it loads no torch.
 """
 
 from __future__ import annotations

@@ -237,3 +237,20 @@ def test_with_no_writable_folder_at_all_traces_stay_in_memory(tmp_path, monkeypa
         uploads.Uploads().add("model", "c.json", "{}")
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "ok"))
     assert serve_cli.trace_cache_folder() == str(tmp_path / "ok")
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--results", "no-such-folder"], "error: --results: 'no-such-folder' is not a folder"),
+        (["--results", "docs"], "error: --results: 'docs' holds no result records"),
+        (["--port", "0"], "error: --port: 0 is not allowed; allowed: 1 to 65535"),
+        (["--root-path", "calc"], "error: --root-path: 'calc' is not allowed"),
+    ],
+)
+def test_bad_serve_flags_are_one_line(args, line, capsys):
+    from bench import cli as bench_cli
+
+    assert bench_cli.main(["serve", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(line) and "\n" not in err
