@@ -16,7 +16,14 @@ import sys
 from bench import __version__
 from bench.errors import UserError
 
-VERB_MODULES = ("bench.predict.cli", "bench.run.cli", "bench.report.cli", "bench.publish", "bench.listing", "bench.serve.cli")
+VERB_MODULES = (
+    "bench.predict.cli",
+    "bench.run.cli",
+    "bench.report.cli",
+    "bench.publish",
+    "bench.listing",
+    "bench.serve.cli",
+)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

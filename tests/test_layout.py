@@ -74,7 +74,7 @@ def test_the_server_calls_the_predictor_only_as_the_cli_does():
     """``bench/serve/`` predicts through the functions ``bench predict``/``bench plan`` call
     (``bench.predict.cli``, the card ranking, prices), never the tracer's internals, so the page
     and the CLI cannot drift; and importing the server loads no torch until it predicts."""
-    modules = tuple(f"bench.predict.{m}" for m in ("cli", "ranking", "cost", "trace_cache"))
+    modules = tuple(f"bench.predict.{m}" for m in ("cli", "ranking", "cost", "trace_cache", "version"))
     public = {"bench.predict", "bench.predict.predict", "bench.predict.max_batch", *modules}
     found = {m for ms in imports("serve").values() for m in ms if m.startswith(("bench.predict", "torch"))}
     assert {m for m in found if m not in public and not m.startswith(tuple(f"{x}." for x in modules))} == set()

@@ -5,7 +5,8 @@ cell reads them (``model``, ``method``, ``precision``, ``batch``, ``seq``,
 ``grad_accum``, ``grad_ckpt``, ``gpu``, ``gpus``, ... and ``from``: a job
 file whose fields the object's own keys override) and returns what
 ``bench plan --json`` prints for that cell (``bench.predict.cli.plan_entries``,
-the very function the CLI calls). ``Calculator.cards(fields)`` returns one
+the very function the CLI calls, stamped with the
+predictor's version as ``bench plan`` stamps it). ``Calculator.cards(fields)`` returns one
 row per catalog card as ``bench predict --gpu all --json --tokens N`` does
 (``bench.predict.ranking.rows``).
 
@@ -212,7 +213,7 @@ class Calculator:
 
     def predict(self, fields: Any, options: Options = Options()) -> dict:
         """The ``bench plan --json`` entry of one cell (``error`` set where the predictor refuses it)."""
-        from bench.predict import cost
+        from bench.predict import cost, version
         from bench.predict.cli import plan_entries
 
         c, notes = self.cell_of(fields)
@@ -222,7 +223,7 @@ class Calculator:
             key,
             f"{cellmod.model_label(c.model)} ({c.method}, {c.precision}) on {c.gpu}",
             c.model,
-            lambda: plan_entries(one, options.max_batch, options.tokens, cost.prices(), None)[0],
+            lambda: version.stamp(plan_entries(one, options.max_batch, options.tokens, cost.prices(), None))[0],
         )
         return json.loads(json.dumps(entry))
 
