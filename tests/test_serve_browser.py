@@ -92,6 +92,7 @@ def test_the_page_shows_what_bench_predict_says(tmp_path):
         box, field = err.bounding_box(), p.locator("#batch").bounding_box()
         assert 0 <= box["y"] - (field["y"] + field["height"]) < 40 and abs(box["x"] - field["x"]) < 40
         assert "bad" in (p.get_attribute("#f-batch", "class") or "")
+        assert "stale" in (p.get_attribute("#out", "class") or "")  # the last good cell's figures, dimmed
         p.fill("#batch", "2")
         p.fill("#model", "gtp2")
         settle(p)
