@@ -11,7 +11,8 @@ JSON API (every path below is relative to ``--root-path``):
   (``label``, ``cell_id``, ``cell``, ``predicted``; ``error`` instead of ``predicted`` with status
   422 where the predictor refuses the cell).
 - ``POST /api/cards[?tokens=N&max_batch=1]``: the same body; one row per catalog card as
-  ``bench predict --gpu all --json [--tokens N]`` prints them (``gpu``, ``capacity_bytes``,
+  ``bench predict --gpu all --tokens N --json [--max-batch]`` prints them, cheapest first
+  (without ``tokens``: the same rows, smallest fitting card first) (``gpu``, ``capacity_bytes``,
   ``fits``, ``predicted``, ``max_batch``; ``error`` for a card without the precision).
 - ``POST /api/command``: the same body; ``{"cell_id", "command", "matrix_yaml"}`` to copy.
 - ``POST /api/upload``: ``{"kind": "model" | "ds_config" | "from", "name": FILE, "text": CONTENT}``;

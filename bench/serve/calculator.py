@@ -7,7 +7,7 @@ file whose fields the object's own keys override) and returns what
 ``bench plan --json`` prints for that cell (``bench.predict.cli.plan_entries``,
 the very function the CLI calls, stamped with the
 predictor's version as ``bench plan`` stamps it). ``Calculator.cards(fields)`` returns one
-row per catalog card as ``bench predict --gpu all --json --tokens N`` does
+row per catalog card as ``bench predict --gpu all --tokens N --json`` does
 (``bench.predict.ranking.rows``).
 
 The tracer patches global torch state while it runs, so predictions run one at
@@ -228,19 +228,35 @@ class Calculator:
         return json.loads(json.dumps(entry))
 
     def cards(self, fields: Any, options: Options = Options()) -> list[dict]:
-        """Every catalog card for the cell, as ``bench predict --gpu all --json [--tokens N]`` lists them."""
-        from bench.predict import cost, ranking
+        """Every card, as ``bench predict --gpu all --tokens N --json [--max-batch]`` (no tokens: by memory).
 
-        c, notes = self.cell_of(fields)
-        key = ("cards", c.cell_id, c.model, options)
+        The largest micro-batch is searched card by card, each search a turn of its own at the
+        lock, so that a prediction asked meanwhile waits for one card's search, not all of them.
+        """
+        from bench.predict import cost, max_batch, ranking
+
+        c, _ = self.cell_of(fields)
         rank = "cost" if options.tokens is not None else "memory"
 
         def make() -> list[dict]:
-            rows = ranking.rows(c, options.tokens, cost.prices(), None, options.max_batch)
+            rows = ranking.rows(c, options.tokens, cost.prices(), None, False)
             return sorted(rows, key=ranking._order(rank))
 
-        answer = self._cached(key, f"{cellmod.model_label(c.model)} on every card", c.model, make)
-        return json.loads(json.dumps(answer))
+        label = cellmod.model_label(c.model)
+        key = ("cards", c.cell_id, c.model, options.tokens)
+        rows = json.loads(json.dumps(self._cached(key, f"{label} on every card", c.model, make)))
+        if options.max_batch:
+            for row in rows:
+                if "error" in row:
+                    continue
+                card = cellmod.replace(c, gpu=row["gpu"])
+                row["max_batch"] = self._cached(
+                    ("max_batch", card.cell_id, card.model),
+                    f"the largest batch of {label} on {row['gpu']}",
+                    c.model,
+                    lambda card=card: max_batch(card),
+                )
+        return rows
 
     def status(self) -> dict:
         """What the predictor is doing now: ``busy`` (``tracing``/``predicting`` what, for how long) or None."""
