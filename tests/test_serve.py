@@ -255,3 +255,25 @@ def test_bad_serve_flags_are_one_line(args, line, capsys):
     assert bench_cli.main(["serve", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(line) and "\n" not in err
+
+
+def test_a_hub_id_is_fetched_and_a_missing_one_is_the_model_fields_line(client, tmp_path, monkeypatch):
+    from hubserver import Hub
+
+    from bench import models
+
+    config = json.loads((ROOT / "tests/data/llama-110m.json").read_text())
+    with Hub({"test-org/tiny-llama": config}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        for k in ("HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(k, raising=False)
+        models.resolve.cache_clear()
+        try:
+            r = client.post("/api/predict", json={**CELL, "model": "test-org/tiny-llama", "seq": 128})
+            assert r.status_code == 200 and r.json()["cell"]["model"] == "test-org/tiny-llama"
+            r = client.post("/api/predict", json={**CELL, "model": "test-org/missing"})
+            (err,) = r.json()["errors"]
+            assert r.status_code == 400 and err["key"] == "model" and "was not found" in err["message"]
+        finally:
+            models.resolve.cache_clear()
