@@ -3,7 +3,7 @@
 Each verb lives with its concept and registers its own sub-parser
 (``register(subparsers)``, setting ``func``): ``validate`` here,
 ``predict``/``plan`` in ``bench.predict.cli``, ``run`` in ``bench.run.cli``,
-``report``/``compare`` in ``bench.report.cli``. A ``UserError`` becomes
+``report``/``compare`` in ``bench.report.cli``, ``serve`` in ``bench.serve.cli``. A ``UserError`` becomes
 ``error: <line>`` per problem and exit code 2; anything else keeps its traceback.
 """
 
@@ -16,7 +16,14 @@ import sys
 from bench import __version__
 from bench.errors import UserError
 
-VERB_MODULES = ("bench.predict.cli", "bench.run.cli", "bench.report.cli", "bench.publish", "bench.listing")
+VERB_MODULES = (
+    "bench.predict.cli",
+    "bench.run.cli",
+    "bench.report.cli",
+    "bench.publish",
+    "bench.listing",
+    "bench.serve.cli",
+)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@
   a function body too, and importing it loads no torch.
 - ``bench/worker/`` is the child: it never imports the parent's executors.
 - The shared, torch-free modules (recipe, statuses, record, units) load no torch.
+- ``bench/serve/`` (the web calculator) predicts only through what the CLI's ``predict`` and
+  ``plan`` call, and importing it loads no torch.
 """
 
 from __future__ import annotations
@@ -65,4 +67,16 @@ def test_shared_modules_load_no_torch():
         "bad = [m for m in ('torch', 'transformers', 'deepspeed', 'peft') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_server_calls_the_predictor_only_as_the_cli_does():
+    """``bench/serve/`` predicts through the functions ``bench predict``/``bench plan`` call
+    (``bench.predict.cli``, the card ranking, prices), never the tracer's internals, so the page
+    and the CLI cannot drift; and importing the server loads no torch until it predicts."""
+    modules = tuple(f"bench.predict.{m}" for m in ("cli", "ranking", "cost", "trace_cache", "version"))
+    public = {"bench.predict", "bench.predict.predict", "bench.predict.max_batch", *modules}
+    found = {m for ms in imports("serve").values() for m in ms if m.startswith(("bench.predict", "torch"))}
+    assert {m for m in found if m not in public and not m.startswith(tuple(f"{x}." for x in modules))} == set()
+    code = "import sys, bench.serve.app, bench.serve.cli\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
