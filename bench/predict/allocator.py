@@ -28,11 +28,10 @@ address, block size, stream, requested bytes and the caller's tag);
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import contextvars
+from bisect import bisect_left, insort
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 MIN_BLOCK = 512
 SMALL_SIZE = 1 << 20
@@ -54,15 +53,16 @@ def segment_size(n: int) -> int:
     return (n + ROUND_LARGE - 1) // ROUND_LARGE * ROUND_LARGE
 
 
-@dataclass(eq=False)
 class _Block:
-    addr: int
-    size: int
-    small: bool
-    free: bool = True
-    prev: _Block | None = None
-    next: _Block | None = None
-    stream: int = 0
+    """A block of a segment; ``prev``/``next`` are its neighbours in the segment."""
+
+    __slots__ = ("addr", "size", "small", "free", "prev", "next", "stream")
+
+    def __init__(self, addr: int, size: int, small: bool, free: bool, prev, nxt, stream: int) -> None:
+        self.addr, self.size, self.small, self.free = addr, size, small, free
+        self.prev: _Block | None = prev
+        self.next: _Block | None = nxt
+        self.stream = stream
 
 
 _LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("bench_allocator_limit", default=None)
@@ -96,16 +96,45 @@ def recording() -> Iterator[list[CachingAllocator]]:
 LogEntry = tuple[str, int, int, int, int, str | None]
 """``(action, addr, size, stream, requested bytes, tag)``."""
 
+_STOP: contextvars.ContextVar[bool] = contextvars.ContextVar("bench_allocator_stop", default=False)
+
+
+class OutOfMemory(Exception):
+    """Raised inside ``stop_at_oom()`` by the first allocation that runs out."""
+
+
+@contextlib.contextmanager
+def stop_at_oom():
+    """Allocators created inside raise ``OutOfMemory`` as soon as the run is out of memory:
+    for a caller that asks only whether it fits, the rest of the replay is wasted."""
+    token = _STOP.set(True)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+_ADDR = 1 << 64
+"""A free block sorts by ``size * _ADDR + addr``: smallest size, then lowest address
+(addresses stay below 2**64: segments are 2**40 apart)."""
+
 
 class CachingAllocator:
-    """Replays ``malloc(key, nbytes)`` / ``free(key)``; tracks peaks, retries and OOM."""
+    """Replays ``malloc(key, nbytes)`` / ``free(key)``; tracks peaks, retries and OOM.
+
+    It also records how the run depended on its ``limit`` (``need``, ``decided``), so
+    the same run is replayed once for every card it can tell apart (``estimate``).
+    """
 
     def __init__(self) -> None:
         self.limit = _LIMIT.get()
         self.retries = 0
         self.oom = False
-        # free blocks per (small pool, stream): a block freed on one CUDA stream is reused only by it
-        self._pools: dict[tuple[bool, int], list[tuple[int, int, _Block]]] = {}
+        # free blocks per pool (small or large, and the stream: a block freed on one CUDA
+        # stream is reused only by it), as sorted ``size * _ADDR + addr`` order keys
+        self._pools: dict[int, list[int]] = {}
+        self._free: dict[int, _Block] = {}
+        """Free blocks by their order key."""
         self.stream = 0
         """The stream following allocations are made on (0: the compute stream)."""
         self._blocks: dict[object, _Block] = {}
@@ -114,53 +143,82 @@ class CachingAllocator:
         self.reserved = 0
         self.peak_allocated = 0
         self.peak_reserved = 0
+        self.need = 0
+        """The smallest limit under which this run would have gone exactly as it did: the
+        most reserved bytes any new segment asked for (and what ``room_for`` decided on).
+        Without a limit it is the reserved peak."""
+        self.decided = 0
+        """The smallest limit under which every ``room_for`` answer would have been the same."""
+        self.stop = _STOP.get()
         made = _RECORDING.get()
         self.log: list[LogEntry] | None = None if made is None else []
         if made is not None:
             made.append(self)
 
     def _insert(self, b: _Block) -> None:
-        bisect.insort(self._pools.setdefault((b.small, b.stream), []), (b.size, b.addr, b))
+        order = b.size * _ADDR + b.addr
+        self._free[order] = b
+        insort(self._pools.setdefault(b.stream * 2 + b.small, []), order)
 
     def _remove(self, b: _Block) -> None:
-        pool = self._pools[(b.small, b.stream)]
-        i = bisect.bisect_left(pool, (b.size, b.addr))
-        assert pool[i][2] is b
+        order = b.size * _ADDR + b.addr
+        pool = self._pools[b.stream * 2 + b.small]
+        i = bisect_left(pool, order)
+        assert pool[i] == order
         del pool[i]
+        del self._free[order]
 
-    def malloc(self, key: object, nbytes: int, tag: str | None = None) -> None:
-        size = round_size(nbytes)
+    def malloc(self, key: object, nbytes: int, tag: str | None = None) -> int:
+        """Allocate ``nbytes`` as ``key``; returns the size of the block it got.
+
+        (The replay's hot path: pool insertions are written out here and in ``free``.)"""
+        size = MIN_BLOCK if nbytes < MIN_BLOCK else (nbytes + MIN_BLOCK - 1) // MIN_BLOCK * MIN_BLOCK
         small = size <= SMALL_SIZE
-        pool = self._pools.setdefault((small, self.stream), [])
-        i = bisect.bisect_left(pool, (size, -1))
+        stream = self.stream
+        pools = self._pools
+        pool = pools.get(stream * 2 + small)
+        if pool is None:
+            pool = pools[stream * 2 + small] = []
+        i = bisect_left(pool, size * _ADDR)
         if i < len(pool):
-            block = pool.pop(i)[2]
+            block = self._free.pop(pool.pop(i))
         else:
             seg = segment_size(size)
-            if self.limit is not None and self.reserved + seg > self.limit:
+            reserved = self.reserved
+            if reserved + seg > self.need:
+                self.need = reserved + seg
+            if self.limit is not None and reserved + seg > self.limit:
                 self.empty_cache()
                 self.retries += 1
                 self.oom = self.oom or self.reserved + seg > self.limit
-            block = _Block(self._next_addr, seg, small, stream=self.stream)
+                if self.oom and self.stop:
+                    raise OutOfMemory
+            block = _Block(self._next_addr, seg, small, True, None, None, stream)
             self._next_addr += seg + (1 << 40)  # segments are never adjacent
             self.reserved += seg
-            self.peak_reserved = max(self.peak_reserved, self.reserved)
+            if self.reserved > self.peak_reserved:
+                self.peak_reserved = self.reserved
             if self.log is not None:
-                self.log.append(("segment_alloc", block.addr, seg, self.stream, seg, None))
+                self.log.append(("segment_alloc", block.addr, seg, stream, seg, None))
         rest = block.size - size
         if rest >= MIN_BLOCK if small else rest > SMALL_SIZE:
-            tail = _Block(block.addr + size, rest, small, True, block, block.next, block.stream)
-            if block.next:
-                block.next.prev = tail
+            nxt = block.next
+            tail = _Block(block.addr + size, rest, small, True, block, nxt, stream)
+            if nxt:
+                nxt.prev = tail
             block.next = tail
             block.size = size
-            self._insert(tail)
+            order = rest * _ADDR + tail.addr
+            self._free[order] = tail
+            insort(pool, order)  # the tail stays in the block's pool (same size class and stream)
         block.free = False
         self._blocks[key] = block
         self.allocated += block.size
         if self.log is not None:
             self.log.append(("alloc", block.addr, block.size, block.stream, nbytes, tag))
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        if self.allocated > self.peak_allocated:
+            self.peak_allocated = self.allocated
+        return block.size
 
     def free(self, key: object) -> None:
         block = self._blocks.pop(key)
@@ -168,30 +226,48 @@ class CachingAllocator:
         if self.log is not None:
             self.log.append(("free", block.addr, block.size, block.stream, block.size, None))
         block.free = True
-        for nb in (block.prev, block.next):
-            if nb is not None and nb.free:
-                self._remove(nb)
-                if nb is block.prev:
-                    nb.size += block.size
-                    nb.next = block.next
-                    if block.next:
-                        block.next.prev = nb
-                    block = nb
-                else:
-                    block.size += nb.size
-                    block.next = nb.next
-                    if nb.next:
-                        nb.next.prev = block
-        self._insert(block)
+        prev, nxt = block.prev, block.next
+        pool = self._pools[block.stream * 2 + block.small]
+        free = self._free
+        if prev is not None and prev.free:
+            order = prev.size * _ADDR + prev.addr
+            del pool[bisect_left(pool, order)]
+            del free[order]
+            prev.size += block.size
+            prev.next = nxt
+            if nxt:
+                nxt.prev = prev
+            block = prev
+        if nxt is not None and nxt.free:
+            order = nxt.size * _ADDR + nxt.addr
+            del pool[bisect_left(pool, order)]
+            del free[order]
+            block.size += nxt.size
+            block.next = nxt.next
+            if nxt.next:
+                nxt.next.prev = block
+        order = block.size * _ADDR + block.addr
+        free[order] = block
+        insort(pool, order)
+
+    def room_for(self, nbytes: int) -> bool:
+        """Whether the card's free memory (its limit less what is reserved) holds
+        ``nbytes`` more: a decision a library makes from ``cudaMemGetInfo``. True
+        without a limit."""
+        if self.reserved + nbytes > self.need:
+            self.need = self.reserved + nbytes
+        self.decided = max(self.decided, self.need)
+        return self.limit is None or self.limit - self.reserved >= nbytes
 
     def empty_cache(self) -> None:
         """``torch.cuda.empty_cache()``: release every wholly free segment."""
         for pool in self._pools.values():
-            for entry in [e for e in pool if e[2].prev is None and e[2].next is None]:
-                pool.remove(entry)
-                self.reserved -= entry[2].size
+            whole = [o for o in pool if self._free[o].prev is None and self._free[o].next is None]
+            for order in whole:
+                pool.remove(order)
+                b = self._free.pop(order)
+                self.reserved -= b.size
                 if self.log is not None:
-                    b = entry[2]
                     self.log.append(("segment_free", b.addr, b.size, b.stream, b.size, None))
 
     def reset_peaks(self) -> None:

@@ -98,7 +98,7 @@ def main() -> int:
     class _M:  # the shape plan_entries reads
         cells = [normalize(d) for d in json.load(sys.stdin)]
 
-    entries = plan_entries(_M, want_max_batch=False)
+    entries = plan_entries(_M, want_max_batch=False, jobs=1)  # one core: the cells being measured need the rest
     version.stamp(entries)  # a record's prediction says which predictor made it (bench.report.freshness)
     json.dump([{k: e[k] for k in ("predicted", "error") if k in e} for e in entries], sys.stdout)
     return 0

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from bench.predict import trace as tr
+from bench.predict import events as tr
 from bench.recipe import block_of, is_block
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.predict.trace import MemoryLog
 
 TRACED = 3
 
@@ -37,6 +41,8 @@ class Marks:
 def _block_list(model) -> torch.nn.ModuleList | None:
     """The ``ModuleList`` of the model's blocks (``bench.recipe.block_of``), the
     largest one where there are several (an encoder's and a decoder's)."""
+    import torch  # the marks are set while tracing (torch loaded); replication needs no torch
+
     best = None
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.ModuleList) and len(m) == TRACED and is_block(f"{name}.0"):
@@ -45,8 +51,10 @@ def _block_list(model) -> torch.nn.ModuleList | None:
     return best
 
 
-def attach_marks(model, log: tr.MemoryLog):
+def attach_marks(model, log: MemoryLog):
     """Hooks that fill a ``Marks`` during a traced micro-step."""
+    import torch
+
     marks, hooks = Marks(), []  # type: Marks, list
     layers = _block_list(model)
     if layers is None:

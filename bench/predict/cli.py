@@ -335,30 +335,18 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def plan_entries(
-    m, want_max_batch: bool, tokens: int | None = None, price_table: dict | None = None, calibration: dict | None = None
+    m,
+    want_max_batch: bool,
+    tokens: int | None = None,
+    price_table: dict | None = None,
+    calibration: dict | None = None,
+    jobs: int | None = None,
 ) -> list[dict]:
-    """One JSON-ready entry per cell of a loaded matrix, in matrix order."""
-    from bench.predict import max_batch, predict
+    """One JSON-ready entry per cell of a loaded matrix, in matrix order (``planner.entries``)."""
+    from bench.predict import planner
 
-    entries = []
-    for c in m.cells:
-        e = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict()}
-        if getattr(m, "notes", {}).get(c.cell_id):
-            e["notes"] = list(m.notes[c.cell_id])
-        try:
-            p = predict(c)
-            e["predicted"] = p.to_dict()
-            if p.cards:
-                e["notes"] = [*e.get("notes", []), placement_note(p)]
-            e["predicted"].update(speed_fields(c, calibration, tokens, price_table))
-            if want_max_batch:
-                e["predicted"]["max_batch"] = max_batch(c)
-        except UserError as err:
-            e["error"] = "; ".join(err.problems)
-        except Exception as err:  # a model the tracer cannot run: keep going, report it
-            e["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        entries.append(e)
-    return entries
+    notes = getattr(m, "notes", {})
+    return planner.entries(m.cells, notes, want_max_batch, tokens, price_table, calibration, jobs)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -373,7 +361,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
-    entries = version.stamp(plan_entries(m, a.max_batch, tokens, price_table, calibration))
+    entries = version.stamp(plan_entries(m, a.max_batch, tokens, price_table, calibration, getattr(a, "jobs", None)))
     records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
     title = f"Plan: {m.name} on {m.gpu}"
     if a.json:
@@ -475,6 +463,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON array on stdout")
     p.add_argument("--max-batch", action="store_true", help="add the largest micro-batch that fits")
     p.add_argument("-o", "--output", help="also write the plan to this file: .md, .html, .csv or .json (by suffix)")
+    p.add_argument("--jobs", type=int, metavar="N", help="processes predicting at once [one per core]")
     add_run_flags(p)
     p.set_defaults(func=cmd_plan)
 

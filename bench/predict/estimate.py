@@ -1,13 +1,13 @@
 """``predict(cell)``: the peak GPU memory of a cell, as a breakdown that adds up.
 
 Pipeline: trace the real model's micro-step on meta tensors
-(``model_trace``), replay the whole run (load, micro-steps, optimizer steps,
+(``model_trace``, on a cache miss only: ``shapes``), replay the whole run (load, micro-steps, optimizer steps,
 the strategy's buffers) through the caching-allocator model (``program``,
 ``plain``/``zero``/``fsdp``/``generate``), then add what lives outside the
 allocator (CUDA context, kernels, NCCL). Peak NVML process memory =
 allocator reserved peak + context.
 
-Tracing is kept cheap three ways (``model_trace.trace_train``): a deep model
+Tracing is kept cheap three ways (``shapes.trace_train``): a deep model
 is traced at three blocks and its middle block replicated to the real depth
 (``blocks``); batches above 2 are derived from traces at batch 1 and 2; traces
 are cached on disk (``trace_cache``).
@@ -15,11 +15,12 @@ are cached on disk (``trace_cache``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
 from bench import gpus, overhead, recipe as recipes
-from bench.predict import allocator, model_trace, plain
+from bench.predict import allocator, plain, shapes
 from bench.predict.program import CONTEXT, PARTS, RESERVE, Outcome
 from bench.recipe import Recipe
 
@@ -97,18 +98,48 @@ def recipe_for(cell) -> Recipe:
     return recipes.of(cell)
 
 
+def program_cell(cell):
+    """The cell as its replayed program sees it: the program depends on the card only
+    through torch's cuBLAS workspace (``plain.cublas_workspace``) and on its limit, which
+    is applied apart (``Outcome.under``). So every card of one workspace size shares one
+    replay: the cell's GPU is replaced by the first such card, its label and its stated
+    memory (``gpu_memory``, a limit too) dropped."""
+    changes = {"gpu_memory": None} if getattr(cell, "gpu_memory", None) is not None else {}
+    return dataclasses.replace(cell, gpu=_workspace_card(cell.gpu), label="", **changes)
+
+
+@functools.lru_cache(maxsize=64)
+def _workspace_card(name: str) -> str:
+    size = plain.cublas_workspace(gpus.resolve(name))
+    return min(n for n in gpus.names() if plain.cublas_workspace(gpus.resolve(n)) == size)
+
+
 def _program(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
     """(allocator outcome, host bytes, bytes outside the allocator), cached.
 
     ``limit``: the allocator's room on the card; near it the simulated
     allocator releases its cache and retries, as the real one does.
     """
-    with allocator.limited(limit):
-        return _program_cached(cell, layers, limit)
+    return _replay(program_cell(cell), layers, limit)
 
 
-@functools.lru_cache(maxsize=512)
-def _program_cached(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
+_REPLAYS: dict[tuple, tuple[Outcome, int, int]] = {}
+"""Replays made in this process, by (program cell, layers, limit); the oldest go past ``_KEEP``."""
+_KEEP = 1024
+
+
+def _replay(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:
+    key = (cell, layers, limit)
+    found = _REPLAYS.get(key)
+    if found is None:
+        with allocator.limited(limit):
+            found = _REPLAYS[key] = _program_now(cell, layers)
+        if len(_REPLAYS) > _KEEP:
+            del _REPLAYS[next(iter(_REPLAYS))]
+    return found
+
+
+def _program_now(cell, layers: int | None) -> tuple[Outcome, int, int]:
     gpu = gpus.of_cell(cell)
     r = recipe_for(cell)
     if not cell.trains:
@@ -123,13 +154,48 @@ def _program_cached(cell, layers: int | None, limit: int | None) -> tuple[Outcom
         from bench.predict import fsdp
 
         return fsdp.program(cell, gpu)
-    tt = model_trace.trace_train(model_trace.shape_key(cell, layers))
+    tt = shapes.trace_train(shapes.shape_key(cell, layers))
     weight_bytes = None
     if r.quantized_base == "nf4":
         from bench.predict import quant
 
         weight_bytes = quant.nf4_weight_bytes
     return plain.program(tt, cell, gpu, weight_bytes), overhead.HOST_BASE_BYTES, r.outside_allocator_bytes
+
+
+def room(cell) -> int:
+    """The allocator's room on the cell's card: its memory less what the process holds outside."""
+    return gpus.of_cell(cell).memory_bytes - recipe_for(cell).outside_allocator_bytes
+
+
+def _on_card(cell, limit: int) -> tuple[Outcome, int, int, bool]:
+    """(outcome, host bytes, bytes outside the allocator, fits) of the cell under ``limit``.
+
+    The run without a limit is replayed once (and shared by every card, ``program_cell``);
+    it is the run under ``limit`` too when the limit never came into play, and it proves
+    an OOM when more was requested at once than the limit holds. Only in between is the
+    run replayed again under the limit, where releasing the cache may let it fit. A cell
+    that does not fit is reported by its run without the limit (what it would take).
+    """
+    free = _program(cell, None, None)
+    verdict = free[0].under(limit)
+    if verdict is None:
+        capped = _program(cell, None, limit)
+        if not capped[0].oom:
+            return (*capped, True)
+    return (*free, bool(verdict))
+
+
+def replay_reported(cell) -> tuple[Outcome, int, int]:
+    """The run whose outcome ``predict(cell)`` reports, replayed now rather than taken from
+    the in-process cache (the allocator's log of it is the predicted timeline)."""
+    limit = room(cell)
+    free = _program(cell, None, None)
+    used = None
+    if free[0].under(limit) is None and not _program(cell, None, limit)[0].oom:
+        used = limit
+    with allocator.limited(used):
+        return _program_now(program_cell(cell), None)
 
 
 def predict(cell, host_memory: int | None = None) -> Prediction:
@@ -142,10 +208,7 @@ def predict(cell, host_memory: int | None = None) -> Prediction:
         from bench.predict import split
 
         return split.predict(cell, host_memory)
-    outcome, host, outside = _program(cell, None, gpu.memory_bytes - recipe_for(cell).outside_allocator_bytes)
-    fits = not outcome.oom
-    if not fits:  # what it would take: the same run without the card's limit
-        outcome, host, outside = _program(cell, None, None)
+    outcome, host, outside, fits = _on_card(cell, room(cell))
     reserved = max(outcome.peak_reserved, outcome.peak_allocated)
     parts = {p: int(outcome.at_peak.get(p, 0)) for p in PARTS}
     parts[RESERVE] = 0
@@ -169,21 +232,48 @@ def predict(cell, host_memory: int | None = None) -> Prediction:
     )
 
 
+def fits(cell) -> bool:
+    """Whether the cell fits its card (``predict(cell).fits``, without the breakdown).
+
+    With the run without a limit replayed already, as ``predict`` decides; otherwise one
+    replay under the card's limit answers, stopped at its first failing allocation (where
+    the run without a limit fits, the two are the same run, ``Outcome.under``)."""
+    if recipe_for(cell).split != "none":
+        return predict(cell).fits
+    limit = room(cell)
+    if (program_cell(cell), None, None) in _REPLAYS:
+        return _on_card(cell, limit)[3]
+    try:
+        with allocator.stop_at_oom():  # the first failing allocation answers (nothing is kept)
+            return not _program(cell, None, limit)[0].oom
+    except allocator.OutOfMemory:
+        return False
+
+
 def max_batch(cell, limit: int = 1024) -> int:
-    """Largest micro-batch that fits the cell's GPU (0 if batch 1 does not)."""
+    """Largest micro-batch that fits the cell's GPU (0 if batch 1 does not).
+
+    The answer is the same for every batch of a cell, so it is searched once per cell
+    at batch 1; the batches it tries are replayed once without a limit and shared with
+    every cell and card that replays them (``_on_card``)."""
+    return _max_batch(dataclasses.replace(cell, batch=1, label=""), limit)
+
+
+@functools.lru_cache(maxsize=1024)
+def _max_batch(base, limit: int) -> int:
     from bench.cell import replace
 
-    fits = lambda b: predict(replace(cell, batch=b)).fits  # noqa: E731
-    if not fits(1):
+    fits_at = lambda b: fits(replace(base, batch=b))  # noqa: E731
+    if not fits_at(1):
         return 0
     lo, hi = 1, 2
-    while hi <= limit and fits(hi):
+    while hi <= limit and fits_at(hi):
         lo, hi = hi, hi * 2
     hi = min(hi, limit + 1)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        lo, hi = (mid, hi) if fits_at(mid) else (lo, mid)
     return lo
 
 
-__all__ = ["Prediction", "predict", "max_batch"]
+__all__ = ["Prediction", "fits", "max_batch", "predict", "program_cell", "replay_reported", "room"]

@@ -35,9 +35,9 @@ from __future__ import annotations
 from bench import overhead, recipe as recipes
 from bench.dtypes import BYTES
 from bench.predict import optimizer as opt, plain
+from bench.predict.events import Param
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 from bench.predict.sharded import malloc, on_stream, sharded_program, step_trace
-from bench.predict.trace import Param
 from bench.recipe import block_of
 
 # --- FSDP2 -------------------------------------------------------------------

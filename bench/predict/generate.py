@@ -15,127 +15,57 @@ The forward is asked for the last position's logits only where it takes
 re-concatenated one token longer (3286, 1286-1289).
 
 The real model's prefill and two decode forwards are traced on meta tensors
-(``trace.MemoryLog``); every event of a decode step is linear in the cache
+(``generation_trace``, with ``trace.MemoryLog``; cached on disk); every event of a decode step is linear in the cache
 length, so step ``t`` is the first decode step with its sizes extrapolated, the
 cache tensors it frees and creates mapped to the cache's slots.
 """
 
 from __future__ import annotations
 
-import inspect
-
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+import functools
+import json
 
 from bench import models, overhead, recipe as recipes
-from bench.dtypes import torch_dtype
-from bench.predict import model_trace, plain, trace as tr
+from bench.predict import events as tr, plain, shapes, trace_cache
 from bench.predict.program import ACTS, CONTEXT, KV, LOGITS, TRANSIENT, WEIGHTS, Outcome, Program
 
 
-class _Truth(TorchDispatchMode):
-    """``bool(tensor)`` on meta (``aten.is_nonzero``): what ``MemoryLog`` records for
-    ``all``/``any``, else False, as ``MemoryLog`` answers ``item()``."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.is_nonzero.default:
-            return bool(getattr(args[0], "_bench_value", False))
-        return func(*args, **(kwargs or {}))
-
-
-def _cache_tensors(cache, cross: bool = False) -> list[torch.Tensor]:
-    """The cache's key/value tensors: its growing self-attention ones, or with
-    ``cross`` also an encoder-decoder cache's cross-attention ones."""
-    caches = [getattr(cache, "self_attention_cache", cache)]
-    if cross and hasattr(cache, "cross_attention_cache"):
-        caches.append(cache.cross_attention_cache)
-    return [
-        t
-        for c in caches
-        for layer in c.layers
-        for t in (layer.keys, layer.values)
-        if isinstance(t, torch.Tensor) and t.numel()
-    ]
-
-
-def _keys(tensors) -> list[int]:
-    return [t.untyped_storage()._bench_key for t in tensors]
-
-
 def trace(cell, layers: int | None = None, instruments: tuple = ()) -> dict:
-    """Prefill and two decode forwards of the cell's model on meta, with their events.
-
-    ``instruments``: objects with ``attach(model, log) -> [hook handles]``, called on the
-    built model before it runs (their hooks allocate what the real run allocates beside
-    the model's own ops: ``split``'s device copies, ``infer_quant``'s kernel workspaces),
-    and ``finish(trace dict)``, called on the result."""
-    from transformers import DynamicCache, EncoderDecoderCache
-
+    """Prefill and two decode forwards of the cell's model on meta, with their events
+    (``generation_trace``). ``instruments``: objects with ``attach(model, log) -> [hook
+    handles]``, called on the built model before it runs (their hooks allocate what the
+    real run allocates beside the model's own ops: ``split``'s device copies,
+    ``infer_quant``'s kernel workspaces), and ``finish(trace dict)``, called on the result.
+    Without instruments the trace is kept in the on-disk trace cache."""
     spec = models.resolve(cell.model)
-    attn = cell.attn or models.default_attn(spec)
-    overrides = model_trace._layer_overrides(spec, layers) if layers else {}
-    model = models.build(
-        spec,
-        device="meta",
-        dtype=torch_dtype(recipes.of(cell).build_dtype),
-        attn="sdpa" if attn == "flash_attention_2" else attn,
-        **overrides,
-    )
-    model.eval()
-    for t in [*model.parameters(), *model.buffers()]:
-        t.untyped_storage()._bench_key = 0
-    sig = inspect.signature(model.forward).parameters
-    name = "cache" if "cache" in sig else "past_key_values"
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in sig else {}
-    cfg = model.config.get_text_config(decoder=True)
-    b, s, enc_dec = cell.batch, cell.seq, spec.is_encoder_decoder
-    log = tr.MemoryLog(tr.Trace())
-    hooks = [model.register_forward_pre_hook(lambda *_: setattr(log, "phase", "forward"))]
-    if model.get_output_embeddings() is not None:
-        hooks.append(
-            model.get_output_embeddings().register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits"))
-        )
-    for instrument in instruments:
-        hooks += instrument.attach(model, log)
-    marks, slots = [], []
-    with torch.inference_mode(), log, tr.AttentionEmulation(), _Truth():
-        ids = torch.empty((b, s), dtype=torch.long, device="meta")
-        masks = [torch.empty((b, s + i), dtype=torch.long, device="meta") for i in range(3)]
-        cache = DynamicCache(config=cfg)
-        kw = {name: cache, "use_cache": True, **extra}
-        keep = set()
-        if enc_dec:
-            kw[name] = cache = EncoderDecoderCache(cache, DynamicCache(config=cfg))  # type: ignore[assignment]
-            enc = model.get_encoder()(input_ids=ids, attention_mask=masks[0])
-            keep = set(_keys(t for t in enc.values() if isinstance(t, torch.Tensor)))
-            kw["encoder_outputs"] = enc
-        for step in range(3):
-            first = ids if step == 0 else ids[:, :1]
-            inputs = {"decoder_input_ids": first[:, :1]} if enc_dec else {"input_ids": first}
-            out = model(**inputs, attention_mask=masks[0 if enc_dec else step], **kw)
-            marks.append(len(log.trace.events))
-            slots.append(_keys(_cache_tensors(cache)))
-            if step == 0:
-                cached = set(_keys(_cache_tensors(cache, cross=True)))
-            del out
-    for h in hooks:
-        h.remove()
-    out = {
-        "params": [p.numel() * p.element_size() for p in model.parameters()],
-        "named": [(n, p.numel(), p.numel() * p.element_size(), tuple(p.shape)) for n, p in model.named_parameters()],
-        "named_buffers": [(n, x.numel() * x.element_size()) for n, x in model.named_buffers()],
-        "buffers": sum(x.numel() * x.element_size() for x in model.buffers()),
-        "events": log.trace.events,
-        "marks": marks,
-        "slots": slots,
-        "cache": cached,
-        "keep": keep,
-        "vocab": int(cfg.vocab_size),
-        "enc_dec": enc_dec,
-    }
-    for instrument in instruments:
-        instrument.finish(out)
-    return out
+    attn = cell.attn or shapes.default_attn(spec)
+    if instruments:
+        from bench.predict import generation_trace  # torch and transformers
+
+        return generation_trace.trace_now(cell, attn, layers, instruments)
+    return _cached(cell, attn, layers)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached(cell, attn: str, layers: int | None) -> dict:
+    key = ("generate", cell.model, recipes.of(cell).build_dtype, attn, cell.batch, cell.seq, layers)
+    path = trace_cache._path(key)
+    if path is not None and path.exists():
+        try:
+            d = json.loads(path.read_text())
+            d["events"] = [tuple(e) for e in d["events"]]
+            d["named"] = [(n, numel, nbytes, tuple(shape)) for n, numel, nbytes, shape in d["named"]]
+            d["named_buffers"] = [tuple(b) for b in d["named_buffers"]]
+            d["cache"], d["keep"] = set(d["cache"]), set(d["keep"])
+            return d
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable entry: trace again and overwrite it
+    from bench.predict import generation_trace  # torch and transformers: only on a cache miss
+
+    t = generation_trace.trace_now(cell, attn, layers)
+    if path is not None:
+        trace_cache.store(path, {**t, "cache": sorted(t["cache"]), "keep": sorted(t["keep"])})
+    return t
 
 
 def _window(ev, lo: int, hi: int, old: list[int], new: list[int]) -> list[tuple]:

@@ -1,26 +1,24 @@
 """The kernels of ``generate()``'s prefill and of one decode forward, for the time model.
 
 As ``op_cost`` does for training: the real model runs on meta tensors under
-``op_cost.OpLog`` in inference mode, with a ``DynamicCache``; the prefill
+``op_log.OpLog`` in inference mode, with a ``DynamicCache``; the prefill
 forward sees the ``batch x seq`` prompt, and the decode forward one new token
 per sequence against a cache of ``seq + new_tokens // 2`` positions (the mean
 length over the generation: its attention and cache reads grow linearly).
 One- and two-block models are traced and the second block replicated to the
-real depth. Encoder-decoder models are not modelled (``None``).
+real depth. Encoder-decoder models are not modelled (``None``). The counts are
+kept in the trace cache (``trace_cache``): torch runs on a miss only.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
+import json
 from types import SimpleNamespace
 
-import torch
-
 from bench import models
-from bench.dtypes import torch_dtype
-from bench.predict import model_trace, trace as tr
-from bench.predict.op_cost import AttentionCount, OpCounts, OpLog, rescaled
+from bench.predict import shapes, trace_cache
+from bench.predict.op_cost import OpCounts, rescaled
 
 
 def generation(
@@ -28,7 +26,7 @@ def generation(
 ) -> tuple[OpCounts, OpCounts] | None:
     """(prefill, one decode step) kernels at full depth, or None for an encoder-decoder model.
 
-    Traced at the sentinel batch and length (``model_trace``) and rescaled:
+    Traced at the sentinel batch and length (``shapes``) and rescaled:
     the prefill to ``seq``, the decode step to a cache of ``seq + new_tokens // 2``."""
     traced = _sentinel(model, precision, attn)
     if traced is None:
@@ -46,8 +44,8 @@ def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, O
     spec = models.resolve(model)
     if spec.is_encoder_decoder:
         return None
-    depth = model_trace.layer_count(spec)
-    b, s = model_trace.SENTINEL_BATCH, model_trace.SENTINEL_SEQ
+    depth = shapes.layer_count(spec)
+    b, s = shapes.SENTINEL_BATCH, shapes.SENTINEL_SEQ
     traces = {}
     for layers in (1, 2):
         # the decode step after an ``s - 1`` prompt attends to ``s`` positions: sizes that rescale
@@ -63,9 +61,39 @@ def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, O
 
 
 def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) -> tuple[OpCounts, OpCounts]:
+    """``_trace_now``, through the on-disk trace cache."""
+    attn = attn or shapes.default_attn(spec)
+    path = trace_cache._path(("generation_ops", spec.name, precision, attn, layers, b, s))
+    if path is not None and path.exists():
+        try:
+            d = json.loads(path.read_text())
+            return _counts(d[0]), _counts(d[1])
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass  # unreadable entry: trace again and overwrite it
+    pre, dec = _trace_now(spec, precision, attn, layers, b, s)
+    if path is not None:
+        trace_cache.store(path, [_plain(pre), _plain(dec)])
+    return pre, dec
+
+
+def _plain(c: OpCounts) -> dict:
+    return {"kernels": [[list(op), n] for op, n in c.kernels.items()], "views": c.views, "params": c.params}
+
+
+def _counts(d: dict) -> OpCounts:
+    return OpCounts({(*op[:4], tuple(op[4])): n for op, n in d["kernels"]}, d["views"], d["params"])
+
+
+def _trace_now(spec, precision: str, attn: str, layers: int, b: int, s: int) -> tuple[OpCounts, OpCounts]:
+    import inspect
+
+    import torch
     from transformers import DynamicCache
 
-    attn = attn or models.default_attn(spec)
+    from bench.dtypes import torch_dtype
+    from bench.predict import model_trace, trace as tr
+    from bench.predict.op_log import AttentionCount, OpLog
+
     model = models.build(
         spec,
         device="meta",

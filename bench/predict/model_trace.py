@@ -1,23 +1,20 @@
-"""Run the real model's training micro-step or generation on meta tensors and log it.
+"""Run the real model's training micro-step on meta tensors and log it (the torch side).
 
-``trace_train`` builds the cell's model (transformers from the catalog config,
+``trace_now`` builds the cell's model (transformers from the catalog config,
 PEFT LoRA when the cell says so, gradient checkpointing, attention
 implementation) on the meta device, runs forward, loss and backward under
 ``MemoryLog`` and the CUDA emulations of ``trace``, and returns a ``TrainTrace``:
 the parameters (what is static) and the event log of one micro-step (what
 moves). ``bench.predict.generate.trace`` does the same for ``generate()`` with a KV cache.
 
-Results are cached per shape-relevant key, so a plan of many cells that differ
-only in method, optimizer or GPU traces each model shape once.
+Which key is traced, and how one trace serves every batch, length and depth
+(and is cached on disk), is ``shapes``: this module runs only on a cache miss.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import warnings
-from dataclasses import dataclass
 
 import torch
 import transformers
@@ -26,76 +23,19 @@ from bench import architectures, models, recipe as recipes
 from bench.dtypes import torch_dtype
 from bench.errors import UserError
 from bench.methods import adapters, freezing
-from bench.predict import blocks, trace as tr, trace_cache
+from bench.predict import blocks, trace as tr
+from bench.predict.shapes import (  # noqa: F401  re-exported: the tests and scripts read them here
+    SENTINEL_BATCH,
+    SENTINEL_SEQ,
+    SENTINEL_TARGET,
+    ShapeKey,
+    layer_count,
+    rescale as _rescale,
+    shape_key,
+    trace_train,
+    traced as _trace_train,
+)
 from bench.predict.trace import Param, TrainTrace
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShapeKey:
-    """Everything about a cell that changes the traced step (not strategy/optimizer/GPU).
-
-    What the loop keeps between micro-steps (``Recipe.holds_output``, the Trainer's loop and
-    the sharded ones keep only the loss) is not part of it: the replay drops the output from
-    the traced step (``sharded.loss_only``), so both loops share one trace unless accelerate's
-    fp32 conversion of the output (``outputs_to_fp32``) changes the step itself."""
-
-    model: str
-    tuning: str
-    weight_dtype: str
-    autocast: str | None
-    batch: int
-    seq: int
-    target_seq: int
-    grad_ckpt: bool
-    attn: str
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_targets: tuple[str, ...] | None
-    use_cache: bool = False
-    """The model's KV cache left on in training (transformers turns it off under checkpointing)."""
-    freeze: int = 0
-    """Blocks (and embeddings) frozen; traced at full depth, as frozen and trainable blocks differ."""
-    outputs_to_fp32: bool = False
-    """accelerate's ``ConvertOutputsToFp32`` wraps the forward (``Recipe.outputs_to_fp32``)."""
-    layers: int | None = None
-
-
-def shape_key(cell, layers: int | None = None) -> ShapeKey:
-    """The traced step of a cell: the model and shape, with the recipe's dtypes
-    (``Recipe.trace_dtypes``: the half-dtype weights DeepSpeed and FSDP compute
-    on, or the build dtype with autocast in plain loops) and adapters."""
-    r = recipes.of(cell)
-    spec = models.resolve(cell.model)
-    attn = cell.attn or models.default_attn(spec)
-    if attn == "flash_attention_2":
-        attn = "sdpa"  # same kernels' memory: out + logsumexp saved, no S x S matrix
-    wdt, ac = r.trace_dtypes
-    a = r.adapters
-    return ShapeKey(
-        model=cell.model,
-        tuning=cell.tuning,
-        weight_dtype=wdt,
-        autocast=ac,
-        batch=cell.batch,
-        seq=cell.seq,
-        target_seq=cell.decoder_seq,
-        grad_ckpt=r.grad_ckpt,
-        attn=attn,
-        lora_r=cell.lora_r,
-        lora_alpha=cell.lora_alpha,
-        lora_dropout=cell.lora_dropout,
-        lora_targets=a.targets if a else None,
-        use_cache=r.use_cache,
-        freeze=r.freeze,
-        outputs_to_fp32=r.outputs_to_fp32,
-        layers=layers,
-    )
-
-
-def layer_count(spec) -> int:
-    c = spec.config
-    return int(c.get("num_hidden_layers") or c.get("n_layer") or c.get("num_layers") or 1)
 
 
 def _recompute_context(key: ShapeKey):
@@ -187,69 +127,8 @@ def _inputs(key: ShapeKey, spec, vocab: int) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
-# Sentinel sizes: primes no model dimension is a multiple of. A tensor's byte
-# count then says how many batch, sequence and target dimensions it has (the
-# power of each prime in it), so one trace serves every batch and length.
-SENTINEL_BATCH, SENTINEL_SEQ, SENTINEL_TARGET = 1021, 1019, 1013
-
-
-def _power(n: int, p: int) -> int:
-    k = 0
-    while n and n % p == 0:
-        n //= p
-        k += 1
-    return k
-
-
-def _rescale(n: int, key: ShapeKey) -> int:
-    """Bytes at the sentinel shape -> bytes at ``key``'s batch and lengths."""
-    for prime, real in ((SENTINEL_BATCH, key.batch), (SENTINEL_SEQ, key.seq), (SENTINEL_TARGET, key.target_seq)):
-        k = _power(n, prime)
-        if k:
-            n = n // prime**k * real**k
-    return n
-
-
-@functools.lru_cache(maxsize=256)
-def trace_train(key: ShapeKey) -> TrainTrace:
-    """One forward + loss + backward micro-step, with grads starting at None.
-
-    Meta tensors cost the same at any size, and every activation's size is a
-    product of the batch, the sequence lengths and fixed model dimensions. So
-    the step is traced once at the sentinel shape and each event's size
-    rescaled to ``key``'s (``_rescale``); a size that is not such a product
-    (e.g. ``seq + 1`` labels) keeps its sentinel value's scaling in the other
-    dimensions only, a few bytes.
-
-    Blocks are identical: a model deeper than ``blocks.TRACED`` blocks is
-    traced at that depth and its middle block's events are replicated to the
-    real depth (``blocks.replicate``), falling back to a full-depth trace if
-    the blocks' event sequences do not line up.
-    """
-    spec = models.resolve(key.model)
-    target = SENTINEL_TARGET if spec.is_encoder_decoder else SENTINEL_SEQ
-    base = dataclasses.replace(key, batch=SENTINEL_BATCH, seq=SENTINEL_SEQ, target_seq=target)
-    if key != base:
-        if not spec.is_encoder_decoder:
-            key = dataclasses.replace(key, target_seq=key.seq)
-        t = trace_train(base)
-        events = [(k, key_, _rescale(n, key), tag) for k, key_, n, tag in t.trace.events]
-        trace = tr.Trace(events=events, grad_keys=t.trace.grad_keys, forward_end=t.trace.forward_end)
-        return dataclasses.replace(t, trace=trace, input_bytes=_rescale(t.input_bytes, key))
-    depth = layer_count(spec)
-    if key.layers is None and depth > blocks.TRACED and not spec.is_encoder_decoder and not key.freeze:
-        small = _trace_train(dataclasses.replace(key, layers=blocks.TRACED))
-        full = blocks.replicate(small, depth)
-        if full is not None:
-            return full
-    return _trace_train(key)
-
-
-def _trace_train(key: ShapeKey) -> TrainTrace:
-    return trace_cache.load(key, _trace_train_now)
-
-
-def _trace_train_now(key: ShapeKey) -> TrainTrace:
+def trace_now(key: ShapeKey) -> TrainTrace:
+    """The micro-step of ``key``, traced now (``shapes.traced`` asks the cache first)."""
     model, spec = build(key)
     params = tuple(
         Param(n, p.numel(), p.numel() * p.element_size(), p.requires_grad, tuple(p.shape))

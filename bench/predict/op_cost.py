@@ -23,37 +23,19 @@ and the forward again for each recomputation under checkpointing.
 
 A micro-step is traced at the cell's real batch and lengths (meta tensors cost
 the same at any size) with one and with two blocks; the second block's ops are
-replicated to the real depth, as ``blocks`` does for memory.
+replicated to the real depth, as ``blocks`` does for memory. The counting
+itself (``op_log``, torch) runs only when the trace cache misses.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import functools
 import json
 from dataclasses import dataclass
 
-import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import flop_registry
-
 from bench import models
-from bench.dtypes import torch_dtype
-from bench.predict import model_trace, trace as tr, trace_cache
-
-_NO_KERNEL = {
-    torch.ops.aten.empty,
-    torch.ops.aten.empty_strided,
-    torch.ops.aten.empty_like,
-    torch.ops.aten.detach,
-    torch.ops.aten.lift_fresh,
-    torch.ops.aten._local_scalar_dense,
-    torch.ops.aten.set_,
-}
+from bench.predict import shapes, trace_cache
 
 Op = tuple[str, str, str, int, tuple[int, ...]]
 """``(phase, kind, dtype, flops, bytes of each tensor read or written)``: one kernel (``phase``: forward, backward, or
@@ -82,102 +64,22 @@ class OpCounts:
         return int(sum(op[3] * n for op, n in self.kernels.items()))
 
 
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _read_bytes(t: torch.Tensor) -> int:
-    """Bytes an op reads from ``t``: an expanded (broadcast) view reads its storage once."""
-    return min(_nbytes(t), t.untyped_storage().nbytes()) if t.untyped_storage().nbytes() else _nbytes(t)
-
-
-class OpLog(TorchDispatchMode):
-    """Counts the kernels (and view ops) of everything it sees, per phase."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.phase = "forward"
-        self.kernels: collections.Counter = collections.Counter()
-        self.views: collections.Counter = collections.Counter()
-        self.flops_seen = 0
-
-    def add(self, kind: str, dtype: str, flops: int, sizes: tuple[int, ...], phase: str | None = None) -> None:
-        self.kernels[(phase or self.phase, kind, dtype, int(flops), tuple(sorted(sizes)))] += 1
-        self.flops_seen += int(flops)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            return getattr(args[0], "_bench_value", False if args[0].dtype == torch.bool else 0)
-        if func is torch.ops.aten.is_nonzero.default:
-            return bool(getattr(args[0], "_bench_value", False))
-        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        before = {id(t.untyped_storage()) for t in inputs}
-        out = func(*args, **kwargs)
-        if func.overloadpacket in (torch.ops.aten.all, torch.ops.aten.any) and isinstance(out, torch.Tensor):
-            out._bench_value = func.overloadpacket is torch.ops.aten.all
-        outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-        mutable = func._schema.is_mutable
-        fresh = any(id(t.untyped_storage()) not in before for t in outs)
-        if func.overloadpacket in _NO_KERNEL or not (mutable or fresh) or not outs and not mutable:
-            self.views["recompute" if self.phase == "backward" and torch.is_grad_enabled() else self.phase] += 1
-            return out
-        packet = func.overloadpacket
-        flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
-        sizes = (*(_read_bytes(t) for t in inputs), *(_nbytes(t) for t in outs if not mutable))
-        dtype = str((inputs or outs)[0].dtype).replace("torch.", "")
-        # the engine runs backward functions with grad mode off; a checkpoint's recomputation records a graph
-        phase = "recompute" if self.phase == "backward" and torch.is_grad_enabled() else self.phase
-        self.add("matmul" if flops else "memory", dtype, flops, sizes, phase)
-        return out
-
-
-class AttentionCount(TorchFunctionMode):
-    """Adds the FLOPs of fused SDPA calls (which run as ``empty`` tensors on meta)."""
-
-    def __init__(self, log: OpLog, recompute: bool):
-        super().__init__()
-        self.log = log
-        self.recompute = recompute
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not torch.nn.functional.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        seen = self.log.flops_seen
-        out = func(*args, **kwargs)
-        if self.log.flops_seen != seen:  # the math path: its matmuls were counted
-            return out
-        q, k, v = args[:3]
-        b, h, s_q, d = q.shape
-        flops = 2 * b * h * s_q * k.shape[-2] * (d + v.shape[-1])
-        if kwargs.get("is_causal") or (len(args) > 5 and args[5]):
-            flops //= 2
-        dtype = str(out.dtype).replace("torch.", "")  # after autocast's cast
-        io = tuple(_nbytes(t) for t in (q, k, v, out))
-        self.log.add("attention", dtype, flops, io, "forward")
-        self.log.add("attention", dtype, flops * 5 // 2, io + io, "backward")
-        if self.recompute:
-            self.log.add("attention", dtype, flops, io, "recompute")
-        return out
-
-
 @functools.lru_cache(maxsize=512)
-def micro_step(key: model_trace.ShapeKey) -> OpCounts:
+def micro_step(key: shapes.ShapeKey) -> OpCounts:
     """Kernels of one forward + loss + backward of ``key``'s model at full depth.
 
     Traced once per model and method at the sentinel batch and lengths of
-    ``model_trace`` and rescaled (every FLOP and byte count is a product of the
+    ``shapes`` and rescaled (every FLOP and byte count is a product of the
     batch, the lengths and fixed model dimensions), so cells that differ only
     in batch or sequence length share one trace."""
     spec = models.resolve(key.model)
-    target = model_trace.SENTINEL_TARGET if spec.is_encoder_decoder else model_trace.SENTINEL_SEQ
-    base = dataclasses.replace(key, batch=model_trace.SENTINEL_BATCH, seq=model_trace.SENTINEL_SEQ, target_seq=target)
+    target = shapes.SENTINEL_TARGET if spec.is_encoder_decoder else shapes.SENTINEL_SEQ
+    base = dataclasses.replace(key, batch=shapes.SENTINEL_BATCH, seq=shapes.SENTINEL_SEQ, target_seq=target)
     if key != base:
         if not spec.is_encoder_decoder:
             key = dataclasses.replace(key, target_seq=key.seq)
         return rescaled(micro_step(base), key)
-    depth = model_trace.layer_count(spec)
+    depth = shapes.layer_count(spec)
     if depth <= 2 or key.layers is not None:
         return _trace(key)
     one = _trace(dataclasses.replace(key, layers=1))
@@ -190,12 +92,12 @@ def rescaled(counts: OpCounts, shape) -> OpCounts:
     """``counts`` traced at the sentinel shape, at ``shape``'s batch, seq and target_seq."""
     out: dict[Op, float] = {}
     for (ph, kind, dtype, flops, sizes), n in counts.kernels.items():
-        op = (ph, kind, dtype, model_trace._rescale(flops, shape), tuple(model_trace._rescale(b, shape) for b in sizes))
+        op = (ph, kind, dtype, shapes.rescale(flops, shape), tuple(shapes.rescale(b, shape) for b in sizes))
         out[op] = out.get(op, 0.0) + n  # batch 1 can make two sentinel ops one
     return OpCounts(dict(out), counts.views, counts.params)
 
 
-def _trace(key: model_trace.ShapeKey) -> OpCounts:
+def _trace(key: shapes.ShapeKey) -> OpCounts:
     """``_trace_now``, through the on-disk trace cache (``trace_cache``)."""
     path = trace_cache._path(("ops", key))
     if path is not None and path.exists():
@@ -218,25 +120,8 @@ def _trace(key: model_trace.ShapeKey) -> OpCounts:
     return counts
 
 
-def _trace_now(key: model_trace.ShapeKey) -> OpCounts:
-    model, spec = model_trace.build(key)
-    log = OpLog()
-    with log:
-        inputs = model_trace._inputs(key, spec, 0)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(tr.AttentionEmulation())
-            if key.autocast:
-                stack.enter_context(tr.AutocastEmulation(torch_dtype(key.autocast)))
-            stack.enter_context(AttentionCount(log, key.grad_ckpt))
-            loss = model(**inputs).loss
-        log.phase = "backward"
-        loss.backward()
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    counts = {
-        "elements": sum(p.numel() for p in params),
-        "trainable": sum(p.numel() for p in trainable),
-        "tensors": len(params),
-        "trainable_tensors": len(trainable),
-    }
-    return OpCounts(dict(log.kernels), dict(log.views), {k: float(v) for k, v in counts.items()})
+def _trace_now(key: shapes.ShapeKey) -> OpCounts:
+    """The kernels of ``key``'s micro-step, counted now on the real model (``op_log``)."""
+    from bench.predict import op_log  # torch and transformers: only on a cache miss
+
+    return op_log.trace_now(key)

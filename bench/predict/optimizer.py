@@ -20,7 +20,7 @@ From the optimizers' own code (torch 2.x ``torch/optim/adamw.py``,
 
 from __future__ import annotations
 
-from bench.predict.trace import Param
+from bench.predict.events import Param
 
 BNB_MIN_8BIT = 4096
 BNB_BLOCK = 2048

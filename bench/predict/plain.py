@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from bench import recipe as recipes
 from bench.predict import optimizer as opt
+from bench.predict.events import TrainTrace
 from bench.predict.program import COMM, CONTEXT, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 from bench.predict.sharded import loss_only
-from bench.predict.trace import TrainTrace
 
 STEPS = 2
 

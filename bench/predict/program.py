@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.predict import trace as tr
+from bench.predict import events as tr
 from bench.predict.allocator import CachingAllocator
-from bench.predict.trace import TrainTrace
+from bench.predict.events import TrainTrace
 
 # breakdown names (the prediction's parts)
 WEIGHTS = "weights"
@@ -43,40 +43,80 @@ class Outcome:
     resident: dict[str, int] = field(default_factory=dict)
     """Bytes still allocated per part when the run ends (after the last optimizer step), as
     requested: what a rank keeps between steps (its weights, gradient and optimizer-state storage)."""
+    need: int = 0
+    """Under any allocator limit of at least this many bytes the run goes exactly as it
+    did (``CachingAllocator.need``)."""
+    decided: int = 0
+    """Under any limit of at least this many bytes the program makes the same choices
+    (``CachingAllocator.room_for``), so it asks for the same allocations."""
+    floor: int = 0
+    """The most bytes requested at once: a run with the same requests reserves at least
+    this much under any limit, so a limit below it (and at least ``decided``) runs out."""
+
+    def under(self, limit: int) -> bool | None:
+        """What this run (made without a limit) says about ``limit``: True, the same run
+        fits it (and is what the limited run would be); False, it runs out; None: only
+        a replay under ``limit`` can tell (the cache released near the limit may save it)."""
+        if self.need <= limit:
+            return True
+        if self.decided <= limit < self.floor:
+            return False
+        return None
 
 
 class Program:
-    """Allocation sequence with tags, replayed live through ``CachingAllocator``."""
+    """Allocation sequence with tags, replayed live through ``CachingAllocator``.
+
+    ``at_peak`` (live bytes per part when allocated bytes peak) is taken lazily: a
+    malloc that raises the peak only marks it, and the parts are copied before the
+    next free (consecutive mallocs after a peak each raise it again).
+    """
 
     def __init__(self) -> None:
         self.alloc = CachingAllocator()
         self._next = 0
-        self._tag: dict[int, tuple[str, int]] = {}
+        self._held_by: dict[int, tuple[str, int, int]] = {}
+        """key -> (part, block size, bytes asked)."""
         self.live = {p: 0 for p in PARTS}
-        self.at_peak: dict[str, int] = dict(self.live)
+        self._at_peak: dict[str, int] = dict(self.live)
+        self._peak_pending = False
         self.requested = {p: 0 for p in PARTS}
         """Live bytes per tag as requested (``live`` counts the allocator's blocks)."""
-        self._asked: dict[int, int] = {}
+        self._asked_now = 0
+        self.floor = 0
         self._held: list[int] = []
+
+    @property
+    def at_peak(self) -> dict[str, int]:
+        if self._peak_pending:
+            self._at_peak = dict(self.live)
+            self._peak_pending = False
+        return self._at_peak
 
     def malloc(self, nbytes: int, tag: str) -> int:
         self._next += 1
         key = self._next
-        before = self.alloc.peak_allocated
-        self.alloc.malloc(key, nbytes, tag)
-        size = self.alloc._blocks[key].size
-        self._tag[key] = (tag, size)
+        a = self.alloc
+        before = a.peak_allocated
+        size = a.malloc(key, nbytes, tag)
+        self._held_by[key] = (tag, size, nbytes)
         self.live[tag] += size
         self.requested[tag] += nbytes
-        self._asked[key] = nbytes
-        if self.alloc.peak_allocated > before:
-            self.at_peak = dict(self.live)
+        self._asked_now += nbytes
+        if self._asked_now > self.floor:
+            self.floor = self._asked_now
+        if a.peak_allocated > before:
+            self._peak_pending = True
         return key
 
     def free(self, key: int) -> None:
-        tag, size = self._tag.pop(key)
+        if self._peak_pending:
+            self._at_peak = dict(self.live)
+            self._peak_pending = False
+        tag, size, asked = self._held_by.pop(key)
         self.live[tag] -= size
-        self.requested[tag] -= self._asked.pop(key)
+        self.requested[tag] -= asked
+        self._asked_now -= asked
         self.alloc.free(key)
 
     def transient(self, nbytes: int, tag: str = TRANSIENT) -> None:
@@ -96,36 +136,41 @@ class Program:
         into its buckets and free it.
         """
         mapping: dict[int, int] = {}
-        traced_tag: dict[int, str] = {}
+        inputs: set[int] = set()
         kept: list[int] = []
         held, self._held = self._held, []
-        for i, (kind, k, n, tag) in enumerate(tt.trace.events):
-            if i == tt.trace.forward_end:
+        malloc, free = self.malloc, self.free
+        parts = {**_TRACE_TAGS, "grad": grad_tag}
+        events = tt.trace.events
+        end = tt.trace.forward_end
+        for i, (kind, k, n, tag) in enumerate(events):
+            if i == end:
                 for key in held:
-                    self.free(key)
+                    free(key)
                 held = []
             if kind == tr.ALLOC:
-                part = grad_tag if tag == "grad" else _TRACE_TAGS.get(tag, TRANSIENT)
-                key = self.malloc(n, part)
-                if tag == "grad" and grad_sink is not None:
-                    grad_sink(n)
-                    self.free(key)
-                elif tag == "grad" and not keep_grads:
-                    self.free(key)
-                elif tag == "grad":
-                    kept.append(key)
+                key = malloc(n, parts.get(tag, TRANSIENT))
+                if tag == "grad":
+                    if grad_sink is not None:
+                        grad_sink(n)
+                        free(key)
+                    elif not keep_grads:
+                        free(key)
+                    else:
+                        kept.append(key)
                 else:
                     mapping[k] = key
-                    traced_tag[k] = tag
+                    if tag == "input":
+                        inputs.add(k)
             elif k in mapping:
-                self.free(mapping.pop(k))
+                free(mapping.pop(k))
         for key in held:
-            self.free(key)
+            free(key)
         for k, key in mapping.items():
-            if traced_tag[k] != "input":
+            if k not in inputs:
                 self._held.append(key)  # the output object (logits, KV cache), freed by the next forward
             else:
-                self.free(key)  # the batch
+                free(key)  # the batch
         return kept
 
     def outcome(self) -> Outcome:
@@ -137,4 +182,7 @@ class Program:
             a.oom,
             a.retries,
             {k: v for k, v in self.requested.items() if v},
+            need=a.need,
+            decided=a.decided,
+            floor=self.floor,
         )

@@ -26,7 +26,7 @@ and then calls PEFT's ``prepare_model_for_kbit_training``.
 
 from __future__ import annotations
 
-from bench.predict.trace import Param
+from bench.predict.events import Param
 
 BLOCK = 64
 NESTED_BLOCK = 256

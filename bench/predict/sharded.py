@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench.predict import model_trace, trace as tr
+from bench.predict import events as tr, shapes
+from bench.predict.events import TrainTrace
 from bench.predict.program import Program
-from bench.predict.trace import TrainTrace
 from bench.recipe import block_of
 
 
@@ -40,7 +40,7 @@ def step_trace(cell, layers: int | None = None) -> tuple[TrainTrace, int]:
     from bench import recipe as recipes
 
     r = recipes.of(cell)
-    tt = model_trace.trace_train(model_trace.shape_key(cell, layers))
+    tt = shapes.trace_train(shapes.shape_key(cell, layers))
     if not r.holds_output:  # every sharded loop (DeepSpeed, FSDP, the Trainer's) keeps only the loss
         tt = loss_only(tt)
     if r.quantized_base is None:

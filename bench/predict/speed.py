@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from bench import gpus, models
-from bench.predict import generation_ops, model_trace, op_cost, step_time
+from bench.predict import generation_ops, op_cost, shapes, step_time
 from bench.predict.speed_figures import figures
 
 
@@ -36,10 +36,10 @@ class Speed:
         return out
 
 
-def shape_key(cell) -> model_trace.ShapeKey:
+def shape_key(cell) -> shapes.ShapeKey:
     """The micro-step the cell's GPU runs (the recipe's dtypes: ZeRO and FSDP compute on
     half weights without autocast)."""
-    return model_trace.shape_key(cell)
+    return shapes.shape_key(cell)
 
 
 def speed(cell, gpu: str | None = None, calibration: dict | None = None, host_memory: int | None = None) -> Speed:

@@ -126,18 +126,13 @@ def _free_block(address: int, size: int) -> dict[str, Any]:
 
 
 def of_cell(cell) -> tuple[dict[str, Any], Any]:
-    """``(snapshot, prediction)`` of one cell: ``predict(cell)`` replayed with the allocator's log on.
-
-    The replay's in-process cache is cleared first, so that the run is
-    replayed (and logged) now; the last allocator made is the one whose
-    outcome the prediction reports (a cell that does not fit is replayed
-    again without the card's limit).
-    """
+    """``(snapshot, prediction)`` of one cell: the run ``predict(cell)`` reports, replayed
+    afresh with the allocator's log on (``estimate.replay_reported``)."""
     from bench.predict import estimate
 
-    estimate._program_cached.cache_clear()
+    prediction = estimate.predict(cell)
     with allocator.recording() as made:
-        prediction = estimate.predict(cell)
+        estimate.replay_reported(cell)
     if not made or made[-1].log is None:
         raise RuntimeError("the prediction made no allocator to log")
     return snapshot(made[-1].log), prediction

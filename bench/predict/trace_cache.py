@@ -18,7 +18,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from bench.predict import blocks, trace as tr
+from bench.predict import blocks, events as tr
 
 FORMAT = 1
 
@@ -53,7 +53,7 @@ def _path(key) -> Path | None:
 
 def load(key, make):
     """The cached ``TrainTrace`` for ``key``, or ``make(key)`` stored for next time."""
-    from bench.predict.trace import Param, TrainTrace
+    from bench.predict.events import Param, TrainTrace
 
     path = _path(key)
     if path is not None and path.exists():
@@ -91,7 +91,31 @@ def load(key, make):
     return tt
 
 
-def store(path: Path, d: dict) -> None:
+_FACTS: dict = {}
+
+
+def fact(key: tuple, compute):
+    """A small fact about the traced models (e.g. transformers' default attention of a
+    model type), computed once by ``compute()`` and kept beside the traces under the same
+    fingerprint, so that a cached prediction need not import transformers to ask it.
+    Values are JSON scalars or lists."""
+    if key in _FACTS:
+        return _FACTS[key]
+    path = _path(("fact", key))
+    if path is not None and path.exists():
+        try:
+            value = json.loads(path.read_text())["value"]
+            _FACTS[key] = value
+            return value
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable entry: compute it again and overwrite it
+    value = _FACTS[key] = compute()
+    if path is not None:
+        store(path, {"value": value})
+    return value
+
+
+def store(path: Path, d: dict | list) -> None:
     """Write one entry atomically; a read-only home only costs the cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,9 @@ from typing import Any
 from bench import dsconfig, overhead, recipe as recipes
 from bench.dtypes import BYTES
 from bench.predict import optimizer as opt, plain
+from bench.predict.events import Param
 from bench.predict.program import COMM, CONTEXT, GRADS, OPTIM, TRANSIENT, WEIGHTS, Outcome, Program
 from bench.predict.sharded import empty_cache, malloc, on_stream, sharded_program, step_trace, use_order
-from bench.predict.trace import Param
 
 NORM_BYTES = 8  # gradient norms in fp64 (zero/utils.py:59-63)
 NORM_CHUNK = 250_000_000  # stage3.py:1960 _constant_buffered_norm2
@@ -237,8 +237,7 @@ def _stage12(prog, tt, keys, cell, s, wb, name) -> int:
     # the host first, the buffer is flattened there and moved to the GPU alone
     flat_bytes = ps * ranks * wb
     empty_cache(prog)
-    limit = prog.alloc.limit
-    beside = limit is None or limit - prog.alloc.reserved >= flat_bytes
+    beside = prog.alloc.room_for(flat_bytes)
     moved = 0
     if not beside:
         for p, key in zip(tt.params, keys):
