@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cell as cellmod, gpus, matrix
+from bench import cell as cellmod, gpus, matrix, recipe
 from bench.cell import normalize
 from bench.predict import allocator, estimate, planner
 from bench.predict.program import Program
@@ -94,7 +94,8 @@ def _sample(per_matrix: int) -> list[dict]:
     for path in sorted((ROOT / "matrices").glob("*.yaml")):
         groups: dict = {}
         for c in matrix.load(path).cells:
-            groups.setdefault(planner.trace_group(c), c)
+            if recipe.of(c).split == "none":  # a split cell's placement is traced afresh every time
+                groups.setdefault(planner.trace_group(c), c)
         size = lambda c: (models.resolve(c.model).layers or 1) * len(str(models.resolve(c.model).config))  # noqa: E731
         picked = sorted(groups.values(), key=size)[:per_matrix]
         out += [c.to_dict() for c in picked]
@@ -142,7 +143,8 @@ def test_cached_and_traced_predictions_agree_on_every_cell(tmp_path, name):
     traced = _bench(args, cache)
     assert traced.returncode in (0, 2), traced.stderr[-2000:]
     cached = _bench(args, cache, wrapped=True)
-    assert _loaded(cached) == []
+    if all(recipe.of(c).split == "none" for c in matrix.load(ROOT / "matrices" / f"{name}.yaml").cells):
+        assert _loaded(cached) == []  # a split cell's placement is traced afresh every time
     assert json.loads(cached.stdout) == json.loads(traced.stdout)
 
 
