@@ -40,6 +40,37 @@ CUSTOM_GPU = "custom"
 """The ``gpu`` name of a card given by its memory alone (``gpu_memory``)."""
 LOOPS = ("plain", "trainer")
 
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
+    "tuning": TUNINGS,
+    "strategy": STRATEGIES,
+    "offload": OFFLOADS,
+    "precision": PRECISIONS,
+    "quant": QUANTS,
+    "split": SPLITS,
+    "split_balance": SPLIT_BALANCES,
+    "loop": LOOPS,
+    "optimizer": OPTIMIZERS,
+    "attn": ATTNS,
+}
+"""The enumerated fields and their allowed values: ``normalize`` checks a cell against these
+and the command line's help lists them (``bench.clihelp``), so the two cannot drift."""
+
+INT_MINIMUM = {
+    "batch": 1,
+    "seq": 1,
+    "new_tokens": 1,
+    "grad_accum": 1,
+    "gpus": 1,
+    "lora_r": 1,
+    "lora_alpha": 1,
+    "steps": 1,
+    "warmup": 0,
+    "freeze": 0,
+    "target_seq": 1,
+}
+"""The integer fields and their smallest allowed value (the largest is ``limits.CELL_MAX``)."""
+
 # method shorthand -> (tuning, strategy, offload)
 _STRATEGY_METHODS = {
     "none": ("none", "none"),
@@ -73,7 +104,13 @@ def method_name(tuning: str, strategy: str, offload: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Cell:
-    """One normalized benchmark cell. Field docs give the default in brackets."""
+    """One normalized benchmark cell.
+
+    The docstring under each field is its documentation: ``bench.clihelp`` reads it
+    from this source for the command line's help, with the field's default and, for an
+    enumerated field, the allowed values of ``CHOICES``. A trailing ``[...]`` states the
+    default in words where the field's default is ``None`` (it means "decided elsewhere").
+    """
 
     model: str
     """Catalog name, Hugging Face id or path to a config.json; a hub id outside the catalog
@@ -83,21 +120,25 @@ class Cell:
     task: str = "train"
     """``train`` (optimizer steps) or ``infer`` (``generate()`` with a KV cache)."""
     tuning: str = "full"
-    """``full`` | ``lora`` | ``qlora``: which parameters train."""
+    """Which parameters train: all of them (``full``), LoRA adapters, or LoRA adapters on a
+    4-bit base (``qlora``)."""
     strategy: str = "none"
-    """``none`` | ``ddp`` | ``zero1`` | ``zero2`` | ``zero3`` | ``fsdp``."""
+    """How the ranks share the model: one GPU (``none``), data parallel, DeepSpeed ZeRO stage 1-3
+    or FSDP2."""
     offload: str = "none"
-    """``none`` | ``optimizer`` | ``all`` (optimizer and parameters) to host RAM."""
+    """What lives in host RAM: nothing, the optimizer states, or ``all`` (optimizer and
+    parameters)."""
     gpus: int = 1
     """Ranks the cell runs on; ZeRO and FSDP shard across them."""
     precision: str = "fp32"
-    """``fp32``; ``fp16``/``bf16`` mixed precision (fp32 master); ``pure-bf16``."""
+    """``fp32``; ``fp16``/``bf16`` mixed precision (fp32 master weights); ``pure-bf16`` (bf16
+    weights and optimizer states)."""
     batch: int = 1
     """Micro-batch per GPU."""
     seq: int = 512
     """Tokens per sample (the source length for encoder-decoder models)."""
     target_seq: int | None = None
-    """Decoder length for encoder-decoder models [= seq]."""
+    """Decoder length for encoder-decoder models [the value of seq]."""
     new_tokens: int = 128
     """Generated tokens for ``task: infer``."""
     grad_accum: int = 1
@@ -112,13 +153,16 @@ class Cell:
     checkpointing): the output then also holds every layer's keys and values,
     until the next forward returns. Fine-tuning recipes turn it off [off]."""
     attn: str | None = None
-    """``sdpa`` | ``eager`` | ``flash_attention_2`` [the model's transformers default]."""
+    """The attention kernel [the model's transformers default]."""
     optimizer: str = "adamw"
-    """``adamw`` (fused) | ``adamw-foreach`` | ``sgd`` | ``adafactor`` | ``adamw-8bit``; the HF
-    Trainer's ``optim`` names are accepted and stored as these (``bench.optimizer_names``)."""
+    """``adamw`` is torch's fused AdamW, ``adamw-foreach`` its foreach one, ``adamw-8bit``
+    bitsandbytes'; the HF Trainer's ``optim`` names are stored as these (``bench.optimizer_names``)."""
     lora_r: int = 16
+    """LoRA rank of every adapter."""
     lora_alpha: int = 32
+    """LoRA scaling numerator (PEFT's ``lora_alpha``)."""
     lora_dropout: float = 0.05
+    """Dropout on the adapters' input, a number in [0, 1)."""
     lora_targets: tuple[str, ...] | None = None
     """Module names LoRA wraps [PEFT's default for the architecture]."""
     ds_config: str | None = None
@@ -275,7 +319,7 @@ def _file_token(value: str) -> str:
     return "file:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _int(raw: dict, key: str, problems: list[str], where: str, minimum: int = 1) -> int | None:
+def _int(raw: dict, key: str, problems: list[str], where: str, minimum: int) -> int | None:
     v = raw.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         problems.append(f"{where}{key}: {short(v)} is not allowed; allowed: an integer >= {minimum}")
@@ -357,35 +401,19 @@ def normalize(raw: dict[str, Any], where: str = "") -> Cell:
     for k in ("model", "gpu"):
         if not isinstance(raw.get(k), str) or not raw.get(k):
             problems.append(f"{where}{k}: {raw.get(k)!r} is not allowed; allowed: a non-empty name")
-    for key, choices in (
-        ("task", TASKS),
-        ("tuning", TUNINGS),
-        ("strategy", STRATEGIES),
-        ("offload", OFFLOADS),
-        ("precision", PRECISIONS),
-        ("quant", QUANTS),
-        ("split", SPLITS),
-        ("split_balance", SPLIT_BALANCES),
-        ("loop", LOOPS),
-    ):
-        if key in raw and raw[key] not in choices:
+    for key, choices in CHOICES.items():
+        if key not in raw or (raw[key] is None and _DEFAULTS.get(key, "") is None):
+            continue  # absent, or None where None is the default
+        if key == "optimizer":  # bench's names or the HF Trainer's ``optim`` spellings
+            try:
+                raw["optimizer"] = optimizer_names.canonical(raw["optimizer"])
+            except UserError as e:
+                problems += [f"{where}{m}" for m in e.problems]
+        elif raw[key] not in choices:
             problems.append(f"{where}" + allowed(key, raw[key], choices))
-    if "optimizer" in raw:  # bench's names or the HF Trainer's ``optim`` spellings
-        try:
-            raw["optimizer"] = optimizer_names.canonical(raw["optimizer"])
-        except UserError as e:
-            problems += [f"{where}{m}" for m in e.problems]
-    if raw.get("attn") is not None and raw["attn"] not in ATTNS:
-        problems.append(f"{where}" + allowed("attn", raw["attn"], ATTNS))
-    for key in ("batch", "seq", "new_tokens", "grad_accum", "gpus", "lora_r", "lora_alpha", "steps"):
-        if key in raw:
-            _int(raw, key, problems, where)
-    if "warmup" in raw:
-        _int(raw, "warmup", problems, where, minimum=0)
-    if "freeze" in raw:
-        _int(raw, "freeze", problems, where, minimum=0)
-    if raw.get("target_seq") is not None:
-        _int(raw, "target_seq", problems, where)
+    for key, minimum in INT_MINIMUM.items():
+        if key in raw and not (raw[key] is None and _DEFAULTS.get(key, "") is None):
+            _int(raw, key, problems, where, minimum)
     if "grad_ckpt" in raw:
         _bool(raw, "grad_ckpt", problems, where)
     if "use_cache" in raw:

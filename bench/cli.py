@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from bench import __version__
+from bench import __version__, clihelp
 from bench.errors import UserError
 
 VERB_MODULES = (
@@ -34,13 +34,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Will model M, trained with method X at precision P and batch B, fit on GPU G, and how
+fast will it go? bench predicts the peak GPU memory (a breakdown whose parts add up)
+and the step time of such a cell without a GPU, and measures cells for real on one.
+
+Start with: bench predict --model llama-3.1-8b --method lora --precision bf16 --gpu all
+Each command's options, allowed values and defaults: bench COMMAND --help"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
+    parser = clihelp.Parser(prog="bench", description=DESCRIPTION, formatter_class=clihelp.Formatter)
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("validate", help="check a matrix file and count its cells")
-    p.add_argument("matrix")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p = sub.add_parser(
+        "validate",
+        help="check a matrix file and count its cells",
+        description="Check every cell of a matrix (all problems at once) and count its cells; no GPU, no trace.",
+    )
+    p.add_argument("matrix", help="matrix YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=clihelp.overrides_help())
     p.set_defaults(func=cmd_validate)
     for name in VERB_MODULES:
         try:
@@ -50,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    clihelp.finish(parser)
     return parser
 
 

@@ -22,31 +22,57 @@ import dataclasses
 import json
 import sys
 
-from bench import destination
+from bench import cell as cellmod, clihelp, destination
 from bench.dtypes import GiB
 from bench.errors import UserError
 
-_CLI_DEFAULTS = {
-    "task": "train",
-    "precision": "fp32",
-    "batch": 1,
-    "seq": 512,
-    "grad_accum": 1,
-    "gpus": 1,
-    "optimizer": "adamw",
-    "new_tokens": 128,
-}
+PREDICT_FIELDS = ("method",) + tuple(
+    f for f in cellmod.FIELD_NAMES if f not in ("model", "gpu", "steps", "warmup", "label")
+)
+"""The cell fields ``predict`` takes as flags (``--batch`` ...); their help is the field's doc
+(``bench.clihelp``). ``steps``, ``warmup`` and ``label`` change no prediction."""
+
+
+def assumed(c, given: set[str]) -> dict:
+    """The values that decide the prediction which neither a flag nor the ``--from`` file gave."""
+    keys = ["method", "precision", "seq", "batch"]
+    if c.trains:
+        keys += ["grad_accum", "optimizer"]
+    else:
+        keys.append("new_tokens")
+    if c.strategy != "none":
+        keys.append("gpus")
+    if c.tuning in ("lora", "qlora"):
+        keys.append("lora_r")
+    method_given = given & {"method", "tuning", "strategy", "offload"}
+    out = {}
+    for k in keys:
+        if k == "method":
+            if not method_given:
+                out[k] = c.method
+        elif k not in given:
+            out[k] = getattr(c, k)
+    return out
+
+
+def assumed_line(values: dict) -> str:
+    if not values:
+        return ""
+    return "assumed: " + ", ".join(f"{k} {clihelp.show(v)}" for k, v in values.items()) + " (flags you did not give)"
 
 
 def _cell_from_args(a: argparse.Namespace, gpu: str):
-    """(cell, notes): the flags, over the job file of ``--from`` when given (a flag wins over the file)."""
-    from bench import cell as cellmod, jobfile, matrix, models
+    """(cell, notes, assumed): the flags, over the job file of ``--from`` when given (a flag wins
+    over the file), and the values neither gave (``assumed``)."""
+    from bench import jobfile, matrix, models
 
     raw: dict = {}
     notes: list[str] = []
+    given = {k for k in PREDICT_FIELDS if getattr(a, k) is not None}
     if a.from_file:
         job = jobfile.load(a.from_file)
         raw.update(job.fields)
+        given |= set(job.fields)
         notes += job.notes
         if a.method is not None and a.method in cellmod.TUNINGS:  # e.g. lora over the file's ZeRO setup
             raw["tuning"] = a.method
@@ -54,50 +80,24 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
         elif a.method is not None:
             for k in ("tuning", "strategy", "offload"):
                 raw.pop(k, None)
-        if "seq" not in raw and a.seq is None:
-            notes.append(f"{job.kind} file gives no sequence length: predicted at seq {_CLI_DEFAULTS['seq']} (--seq)")
     model = a.model or raw.get("model")
     if not model:
         raise UserError("model: missing; give --model (the file names no model)")
     raw.update({"model": models.resolve(model).name, "gpu": gpu})
-    for key, default in _CLI_DEFAULTS.items():
-        value = getattr(a, key)
-        if value is not None:
-            raw[key] = value
-        else:
-            raw.setdefault(key, default)
-    if a.grad_ckpt:
-        raw["grad_ckpt"] = True
-    raw.setdefault("grad_ckpt", False)
-    for key in (
-        "method",
-        "tuning",
-        "strategy",
-        "offload",
-        "attn",
-        "ds_config",
-        "target_seq",
-        "lora_r",
-        "zero_init",
-        "freeze",
-        "quant",
-        "quant_double",
-        "split",
-        "split_balance",
-        "gpu_memory",
-        "loop",
-    ):
-        if getattr(a, key, None) is not None:
+    for key in PREDICT_FIELDS:
+        if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     c = cellmod.normalize(raw, "")
     problems = matrix.validate_cell(c)
     if problems:
         raise UserError(*problems)
+    if a.from_file and "seq" not in given:  # job: loaded above
+        notes.append(f"{job.kind} file gives no sequence length: predicted at seq {c.seq} (--seq)")
     if a.from_file and c.strategy != "none" and a.gpus is None:
         notes.append(
             f"the file does not say how many GPUs share the {c.strategy} run: predicted for gpus {c.gpus} (--gpus)"
         )
-    return c, tuple(notes)
+    return c, tuple(notes), assumed(c, given)
 
 
 def _host_verdict(p, host_memory: int | None) -> str:
@@ -255,82 +255,64 @@ def _with_timeline(c, path: str):
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from bench import cell as cellmod, gpus
-    from bench.predict import max_batch, predict
+    from bench import gpus
+    from bench.predict import max_batch, predict, ranking
 
     tokens, table, calibration = _run_args(a)
     if a.gpu is None:
         if a.gpu_memory is None:
             raise UserError("gpu: missing; give --gpu (a catalog GPU or 'all'), or --gpu-memory SIZE for a custom card")
         a.gpu = gpus.CUSTOM
+    host = _host_memory(a)
     if a.timeline is not None:
         if a.gpu == "all":
             raise UserError("--timeline: one card's run; allowed: with --gpu NAME, not --gpu all")
         destination.check_file(a.timeline, "--timeline")
     if a.gpu != "all":
-        c, notes = _cell_from_args(a, gpus.resolve(a.gpu).name)
+        c, notes, assumed_values = _cell_from_args(a, gpus.resolve(a.gpu).name)
         if a.timeline is not None and c.split != "none":
             raise UserError(
                 "--timeline: one card's run; allowed: a cell without split (each card is its own allocator)"
             )
-        p = _with_timeline(c, a.timeline) if a.timeline is not None else predict(c, _host_memory(a))
+        p = _with_timeline(c, a.timeline) if a.timeline is not None else predict(c, host)
         p = dataclasses.replace(p, notes=p.notes + notes)
-        sp = speed_fields(c, calibration, tokens, table, _host_memory(a))
-        out = {"label": c.label, "cell_id": c.cell_id, "cell": c.to_dict(), "predicted": {**p.to_dict(), **sp}}
-        host = _host_memory(a)
+        sp = speed_fields(c, calibration, tokens, table, host)
+        out = {
+            "label": c.label,
+            "cell_id": c.cell_id,
+            "cell": c.to_dict(),
+            "assumed": assumed_values,
+            "predicted": {**p.to_dict(), **sp},
+        }
         if host is not None:
             out["predicted"]["host_fits"] = p.host_node_bytes <= host
         if a.max_batch:
             out["max_batch"] = max_batch(c)
         if a.json:
             print(json.dumps(out, indent=1))
-        else:
-            sys.stdout.write(_breakdown_text(c, p, _host_memory(a)))
-            sys.stdout.write(_speed_text(c, sp))
-            if a.max_batch:
-                print(f"  largest micro-batch that fits: {out['max_batch']}")
+            return 0
+        if assumed_values:
+            print(assumed_line(assumed_values))
+        sys.stdout.write(_breakdown_text(c, p, host))
+        sys.stdout.write(_speed_text(c, sp))
+        if a.max_batch:
+            print(f"  largest micro-batch that fits: {out['max_batch']}")
         return 0
-    base, notes = _cell_from_args(a, "h200")
-    if tokens is not None or a.rank in ("cost", "time"):
-        from bench.predict import ranking
-
-        return ranking.rank_cards(base, a, tokens, table, calibration)
-    rows = []
-    for name in gpus.names():
-        g = gpus.resolve(name)
-        if base.precision in ("bf16", "pure-bf16") and not g.bf16:
-            rows.append((name, g.memory_bytes, None))
-            continue
-        rows.append((name, g.memory_bytes, predict(cellmod.replace(base, gpu=name))))
-    rows.sort(key=lambda r: (not (r[2] and r[2].fits), r[1]))
+    base, notes, assumed_values = _cell_from_args(a, "h200")
+    ranked = ranking.rank_cards(base, a, tokens, table, calibration)
     if a.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "gpu": n,
-                        "predicted": p.to_dict() if p else None,
-                        "error": None if p else f"{base.precision} is not supported on {n}",
-                    }
-                    for n, _, p in rows
-                ],
-                indent=1,
-            )
-        )
+        for r in ranked:
+            r["assumed"] = assumed_values
+            if host is not None and r.get("predicted"):
+                r["predicted"]["host_fits"] = r["predicted"]["host_node_bytes"] <= host
+        print(json.dumps(ranked, indent=1))
         return 0
-    per = " per GPU" if base.gpus > 1 else ""
-    print(f"{base.slug}: peak GPU memory{per} by card (smallest card that fits first), host RAM per node")
-    for n, cap, p in rows:
-        if p is None:
-            print(f"  {n:<12} {cap / GiB:7.1f} GiB  -- no {base.precision} support")
-        else:
-            print(
-                f"  {n:<12} {cap / GiB:7.1f} GiB  {p.peak_bytes / GiB:7.2f} GiB  "
-                f"{'fits' if p.fits else 'OOM ':<5} headroom {p.headroom_bytes / GiB:+7.2f} GiB  "
-                f"host {p.host_node_bytes / GiB:7.1f} GiB{_host_verdict(p, _host_memory(a))}"
-            )
+    if assumed_values:
+        print(assumed_line(assumed_values))
+    print(ranking.title(base, a.rank or ("cost" if tokens is not None else "memory"), tokens))
+    print(ranking.table(ranked, a.max_batch, tokens, host))
     for n in notes:
-        print(f"  note: {n}")
+        print(f"note: {n}")
     return 0
 
 
@@ -386,62 +368,45 @@ def register(sub) -> None:
 
     search.register(sub)
     calibration.register(sub)
-    p = sub.add_parser("predict", help="predict one cell's peak GPU memory, with a breakdown")
-    p.add_argument("--model", help="catalog name, hub id or config.json path (default: the --from file's model)")
+    p = sub.add_parser(
+        "predict",
+        help="predict one cell's peak GPU memory (a breakdown) and step time",
+        description="""\
+Predict one cell (model x method x precision x shape) on a GPU without one: the peak
+GPU memory as NVML shows it, as a breakdown whose parts add up, host RAM, step time,
+tokens/s and MFU; with --tokens N (or --epochs E --dataset-tokens N) the run's wall
+time and price. A field you do not give takes its default, and the first line says
+which ones were assumed. --gpu all: one row per catalog card.
+
+examples:
+  bench predict --model llama-3.1-8b --method lora --precision bf16 --seq 2048 --gpu 4090
+  bench predict --model mistral-7b --method zero3-offload --precision bf16 --gpu all --max-batch
+  bench predict --from tests/data/jobs/axolotl_qlora.yml --gpu a100-80gb""",
+    )
+    p.add_argument(
+        "--model",
+        help=f"the model. Allowed: {clihelp.allowed_text('model')}. [default: the --from file's model]",
+    )
     p.add_argument(
         "--from",
         dest="from_file",
         metavar="FILE",
-        help="a DeepSpeed JSON, HF TrainingArguments JSON/YAML, axolotl or LLaMA-Factory YAML; flags win over it",
+        help="a DeepSpeed JSON, HF TrainingArguments JSON/YAML, axolotl or LLaMA-Factory YAML; "
+        "flags win over it [default: none, flags only]",
     )
-    p.add_argument("--method")
-    p.add_argument("--tuning")
-    p.add_argument("--strategy")
-    p.add_argument("--offload")
-    p.add_argument("--precision")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--seq", type=int)
-    p.add_argument("--target-seq", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--grad-ckpt", action="store_true")
-    p.add_argument("--attn")
-    p.add_argument("--optimizer")
-    p.add_argument("--lora-r", type=int)
-    p.add_argument("--ds-config")
-    p.add_argument("--gpus", type=int)
-    p.add_argument("--task")
-    p.add_argument("--new-tokens", type=int)
-    p.add_argument("--gpu", help="a catalog GPU, or 'all' [custom with --gpu-memory]")
-    p.add_argument("--quant", help="task infer: int8 | nf4 | fp4 (bitsandbytes) [none]")
     p.add_argument(
-        "--quant-double", action=argparse.BooleanOptionalAction, default=None, help="nf4/fp4: double quantization"
+        "--gpu",
+        help=clihelp.field_help("gpu", "custom with --gpu-memory", "; or all: every card"),
     )
-    p.add_argument("--split", help="task infer over --gpus cards: layers [none]")
-    p.add_argument("--split-balance", help="split layers: balanced | sequential [balanced]")
-    p.add_argument(
-        "--gpu-memory", metavar="SIZE", help="the card's memory (e.g. 10GiB); alone: a custom card of that size"
-    )
+    p.add_argument("--method", metavar="METHOD", help=clihelp.method_help())
+    clihelp.add_cell_flags(p, PREDICT_FIELDS[1:])
     p.add_argument(
         "--host-memory",
         metavar="SIZE",
-        help="host RAM of one node (e.g. 256GiB): adds a host-RAM verdict beside the GPU's",
-    )
-    p.add_argument(
-        "--freeze", type=int, metavar="N", help="full tuning: freeze the embeddings and the first N blocks [0]"
-    )
-    p.add_argument(
-        "--zero-init",
-        dest="zero_init",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="ZeRO-3: build under deepspeed.zero.Init [on]; --no-zero-init builds the whole model first",
-    )
-    p.add_argument(
-        "--loop",
-        help="training loop: plain (bench's own) or trainer (the HF Trainer: keeps only the loss) [plain]",
+        help="host RAM of one node (e.g. 256GiB): adds a host-RAM verdict beside the GPU's [default: no verdict]",
     )
     p.add_argument("--max-batch", action="store_true", help="also find the largest micro-batch that fits")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object (a list with --gpu all)")
     p.add_argument(
         "--timeline",
         metavar="FILE",
@@ -451,18 +416,31 @@ def register(sub) -> None:
         "--rank",
         choices=("cost", "time", "memory"),
         default=None,
-        help="--gpu all: order the cards that fit (default: cost with --tokens, else memory)",
+        help="--gpu all: order the cards that fit by cost, time or memory "
+        "[cost with --tokens, else memory: the smallest card first]",
     )
     add_run_flags(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("plan", help="predict every cell of a matrix (no GPU needed)")
-    p.add_argument("matrix")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--gpu", help="override the matrix's target GPU")
+    p = sub.add_parser(
+        "plan",
+        help="predict every cell of a matrix (no GPU needed)",
+        description="Predict the peak GPU memory and step time of every cell of MATRIX: a table on "
+        "stdout (progress on stderr when it is a terminal), --json for one JSON array. A cell that "
+        "cannot be predicted is named on stderr and makes the exit code 2.",
+    )
+    p.add_argument("matrix", help="matrix YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=clihelp.overrides_help())
+    p.add_argument(
+        "--gpu", help=f"target GPU of every cell. Allowed: {clihelp.allowed_text('gpu')} [default: the matrix's gpu]"
+    )
     p.add_argument("--json", action="store_true", help="one JSON array on stdout")
     p.add_argument("--max-batch", action="store_true", help="add the largest micro-batch that fits")
-    p.add_argument("-o", "--output", help="also write the plan to this file: .md, .html, .csv or .json (by suffix)")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="also write the plan to this file: .md, .html, .csv or .json (by suffix) [default: stdout only]",
+    )
     p.add_argument("--jobs", type=int, metavar="N", help="processes predicting at once [one per core]")
     add_run_flags(p)
     p.set_defaults(func=cmd_plan)
@@ -470,9 +448,24 @@ def register(sub) -> None:
 
 def add_run_flags(p) -> None:
     """The flags that turn a speed into a run's time and price."""
-    p.add_argument("--tokens", type=int, help="tokens the run trains on: adds wall time and cost")
-    p.add_argument("--epochs", type=float, help="with --dataset-tokens: tokens = epochs x dataset tokens")
-    p.add_argument("--dataset-tokens", type=int)
-    p.add_argument("--price", action="append", metavar="GPU=USD", help="USD per GPU-hour (repeatable)")
-    p.add_argument("--prices", metavar="FILE", help="YAML/JSON mapping gpu: USD per GPU-hour")
-    p.add_argument("--calibration", metavar="FILE", help="a bench calibrate profile for the card's figures")
+    p.add_argument(
+        "--tokens", type=int, metavar="N", help="tokens the run trains on: adds wall time and cost [default: none]"
+    )
+    p.add_argument(
+        "--epochs", type=float, metavar="E", help="with --dataset-tokens: tokens = E x dataset tokens [default: none]"
+    )
+    p.add_argument("--dataset-tokens", type=int, metavar="N", help="tokens in one epoch of the dataset [default: none]")
+    p.add_argument(
+        "--price",
+        action="append",
+        metavar="GPU=USD",
+        help="USD per GPU-hour of a card, repeatable [default: the catalog's indicative price]",
+    )
+    p.add_argument(
+        "--prices", metavar="FILE", help="YAML/JSON mapping gpu: USD per GPU-hour [default: the catalog's prices]"
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="a bench calibrate profile for the card's speed figures [default: the catalog's fitted figures]",
+    )

@@ -1,4 +1,5 @@
-"""``bench predict ... --gpu all --tokens N``: the cards that fit, cheapest (or fastest) first.
+"""``bench predict ... --gpu all``: every catalog card, the smallest that fits (or the cheapest
+or fastest, ``--rank``; cost by default with ``--tokens N``) first.
 
 Each catalog card gets the cell's memory prediction and, where it fits, its
 predicted step time, tokens/s and, for the stated tokens, the run's wall time
@@ -9,7 +10,7 @@ precision, follow, smallest first.
 
 from __future__ import annotations
 
-import json
+from tabulate import tabulate
 
 from bench import cell as cellmod, gpus
 from bench.report.labels import duration
@@ -56,33 +57,61 @@ def rows(base, tokens: int | None, table: dict, calibration: dict | None, want_m
     return out
 
 
-def rank_cards(base, a, tokens: int | None, table: dict, calibration: dict | None) -> int:
-    rank = a.rank or ("cost" if tokens is not None else "memory")
-    ranked = sorted(rows(base, tokens, table, calibration, a.max_batch), key=_order(rank))
-    if a.json:
-        print(json.dumps(ranked, indent=1))
-        return 0
-    what = f"{tokens:,} tokens" if tokens is not None else "one optimizer step"
-    print(f"{base.slug}: cards that fit, by {rank} for {what}")
-    print(
-        f"  {'gpu':<12} {'memory':>9} {'peak':>9} {'host RAM':>9} {'step (s)':>9} {'tokens/s':>9}"
-        f" {'time':>10} {'USD':>9}{'  max batch' if a.max_batch else ''}"
-    )
+def _host_cell(p: dict, host_memory: int | None) -> str:
+    need = p["host_node_bytes"]
+    text = f"{need / GiB:.1f}"
+    if host_memory is not None:
+        text += " fits" if need <= host_memory else " does NOT fit"
+    return text
+
+
+def table(ranked: list[dict], want_max_batch: bool, tokens: int | None, host_memory: int | None = None) -> str:
+    """The cards as a text table (``tabulate``): capacity, predicted peak, verdict, headroom,
+    host RAM of a node, the largest micro-batch (``want_max_batch``), step time and tokens/s
+    where the cell fits, and the run's time and price for ``tokens``."""
+    headers = ["gpu", "memory GiB", "peak GiB", "verdict", "headroom GiB", "host RAM GiB"]
+    if want_max_batch:
+        headers.append("max batch")
+    headers += ["step s", "tokens/s"]
+    if tokens is not None:
+        headers += ["time", "USD"]
+    out = []
     for r in ranked:
         p = r.get("predicted") or {}
         if "error" in r:
-            print(f"  {r['gpu']:<12} {r['capacity_bytes'] / GiB:7.1f} G  -- {r['error']}")
-            continue
-        run = p.get("run") or {}
-        speed = (
-            f"{p['step_time_seconds']:9.3f} {p['tokens_per_second']:9.0f}"
-            if r["fits"] and p.get("step_time_seconds")
-            else f"{'OOM':>9} {'':>9}"
-        )
-        usd = f"{run['usd']:9.2f}" if run.get("usd") is not None else f"{'-':>9}"
-        mb = f"  {r['max_batch']:>9}" if a.max_batch else ""
-        print(
-            f"  {r['gpu']:<12} {r['capacity_bytes'] / GiB:7.1f} G {p['peak_bytes'] / GiB:7.2f} G"
-            f" {p['host_bytes'] / GiB:7.1f} G {speed} {duration(run.get('seconds')) if run else '-':>10} {usd}{mb}"
-        )
-    return 0
+            row = [r["gpu"], f"{r['capacity_bytes'] / GiB:.1f}", "-", r["error"], "-", "-"]
+        else:
+            row = [
+                r["gpu"],
+                f"{r['capacity_bytes'] / GiB:.1f}",
+                f"{p['peak_bytes'] / GiB:.2f}",
+                "fits" if r["fits"] else "OOM",
+                f"{p['headroom_bytes'] / GiB:+.2f}",
+                _host_cell(p, host_memory),
+            ]
+        if want_max_batch:
+            row.append(r.get("max_batch", "-"))
+        timed = r.get("fits") and p.get("step_time_seconds")
+        row += [f"{p['step_time_seconds']:.3f}", f"{p['tokens_per_second']:.0f}"] if timed else ["-", "-"]
+        if tokens is not None:
+            run = p.get("run") or {}
+            row.append(duration(run["seconds"]) if run.get("seconds") is not None else "-")
+            row.append(f"{run['usd']:.2f}" if run.get("usd") is not None else "-")
+        out.append(row)
+    return tabulate(out, headers=headers, disable_numparse=True, colalign=("left",) + ("right",) * (len(headers) - 1))
+
+
+def rank_cards(
+    base, a, tokens: int | None, table_: dict, calibration: dict | None, host_memory: int | None = None
+) -> list[dict]:
+    """The catalog's cards for ``base``, in the order ``--rank`` asks (default: cost with
+    ``tokens``, else memory: the smallest card that fits first)."""
+    rank = a.rank or ("cost" if tokens is not None else "memory")
+    return sorted(rows(base, tokens, table_, calibration, a.max_batch), key=_order(rank))
+
+
+def title(base, rank: str, tokens: int | None) -> str:
+    per = " per GPU" if base.gpus > 1 else ""
+    what = f"a run of {tokens:,} tokens" if tokens is not None else "one optimizer step"
+    order = {"memory": "smallest card that fits first", "cost": "cheapest first", "time": "fastest first"}[rank]
+    return f"{base.slug}: peak GPU memory{per} and {what} on each card ({order}; host RAM per node)"
