@@ -146,7 +146,8 @@ def of_cell(cell) -> GPU:
 
 def resolve(name: str) -> GPU:
     """A catalog name, marketing name or NVML name in any case, or a common spelling
-    (``4090``, ``RTX 4090``, ``rtx-4090``, ``a6000``); an ambiguous one (``a100``) names
+    (``4090``, ``RTX 4090``, ``rtx-4090``, ``a6000``, ``H100 SXM``, the start of a marketing
+    name); an ambiguous one (``a100``: 40 or 80 GB) names
     the cards it could be, an unknown one the closest names."""
     if str(name).strip().lower() == CUSTOM:
         return generic()
@@ -160,7 +161,12 @@ def resolve(name: str) -> GPU:
         for g in _catalog().values()
         if q
         and len(q) >= 3
-        and (_squash(g.name).startswith(q) or (q[0].isdigit() or q[0] == "a") and q in _squash(g.name))
+        and (
+            _squash(g.name).startswith(q)
+            or _squash(g.marketing_name).startswith(q)  # "H100 SXM" -> NVIDIA H100 SXM5 80GB
+            or (q[0].isdigit() or q[0] == "a")
+            and q in _squash(g.name)
+        )
     }
     if len(partial) > 1:  # "3080" is the RTX 3080, not the 3080 Ti
         tight = {n for n in partial if _squash(n) in (q, "rtx" + q) or _squash(n).endswith(q)}

@@ -21,8 +21,9 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 
-from bench import cell as cellmod, clihelp, destination
+from bench import cell as cellmod, clihelp, destination, progressbar
 from bench.dtypes import GiB
 from bench.errors import UserError
 
@@ -323,12 +324,14 @@ def plan_entries(
     price_table: dict | None = None,
     calibration: dict | None = None,
     jobs: int | None = None,
+    on_entry: Callable[[dict], object] | None = None,
 ) -> list[dict]:
-    """One JSON-ready entry per cell of a loaded matrix, in matrix order (``planner.entries``)."""
+    """One JSON-ready entry per cell of a loaded matrix, in matrix order (``planner.entries``);
+    ``on_entry`` is called with each as it is done (the progress bar)."""
     from bench.predict import planner
 
     notes = getattr(m, "notes", {})
-    return planner.entries(m.cells, notes, want_max_batch, tokens, price_table, calibration, jobs)
+    return planner.entries(m.cells, notes, want_max_batch, tokens, price_table, calibration, jobs, on_entry)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -343,7 +346,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
     overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
-    entries = version.stamp(plan_entries(m, a.max_batch, tokens, price_table, calibration, getattr(a, "jobs", None)))
+    with progressbar.bar(len(m.cells), f"plan {m.name}") as bar:
+        entries = plan_entries(
+            m, a.max_batch, tokens, price_table, calibration, getattr(a, "jobs", None), lambda e: bar.update(1)
+        )
+    entries = version.stamp(entries)
     records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
     title = f"Plan: {m.name} on {m.gpu}"
     if a.json:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -117,8 +118,10 @@ def entries(
     price_table: dict | None = None,
     calibration: dict | None = None,
     jobs: int | None = None,
+    on_entry: Callable[[dict], object] | None = None,
 ) -> list[dict]:
-    """One entry per cell, in order; ``jobs`` processes (default: one per core, 1: here)."""
+    """One entry per cell, in order; ``jobs`` processes (default: one per core, 1: here);
+    ``on_entry`` is called with each entry as its group is done (the progress bar)."""
     if jobs is not None and (isinstance(jobs, bool) or jobs < 1):
         raise UserError(f"--jobs: {jobs!r} is not allowed; allowed: a positive number of processes")
     notes = notes or {}
@@ -134,11 +137,13 @@ def entries(
         out[i].update(result)
         if placement:
             out[i]["notes"] = [*out[i].get("notes", []), placement]
+        if on_entry is not None:
+            on_entry(out[i])
     return out
 
 
 def _predicted(cells: list, options: tuple, jobs: int):
-    """(index, result) for every cell, computed by up to ``jobs`` processes."""
+    """(index, result) for every cell, computed by up to ``jobs`` processes, yielded group by group."""
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(cells):
         try:
@@ -149,8 +154,9 @@ def _predicted(cells: list, options: tuple, jobs: int):
     work = sorted(groups.values(), key=lambda idx: -_cost(cells, idx, options[0]))
     jobs = min(jobs, len(work))
     if jobs <= 1:
-        return [found for idx in work for found in zip(idx, _group([cells[i] for i in idx], options))]
-    found: list = []
+        for idx in work:
+            yield from zip(idx, _group([cells[i] for i in idx], options))
+        return
     # fork where torch is not loaded (workers inherit this process's warm caches); a
     # process that loaded torch forks its workers from a fresh server process instead
     # (forking torch's threads is unsafe)
@@ -161,10 +167,9 @@ def _predicted(cells: list, options: tuple, jobs: int):
         futures = [(idx, pool.submit(_group, [cells[i] for i in idx], options)) for idx in work]
         for idx, fut in futures:
             try:
-                found += zip(idx, fut.result())
+                yield from zip(idx, fut.result())
             except BrokenProcessPool as e:
-                found += [(i, {"error": f"predictor failed: a worker process died ({e})"}) for i in idx]
-    return found
+                yield from ((i, {"error": f"predictor failed: a worker process died ({e})"}) for i in idx)
 
 
 def _group(cells: list, options: tuple) -> list[dict]:

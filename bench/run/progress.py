@@ -1,4 +1,4 @@
-"""What a run prints: one line per finished cell, and a bar with ETA on a TTY.
+"""What a run prints: one line per finished cell, and a tqdm bar with ETA on a TTY.
 
 The line (stdout) says the status, the peak that decides fitting (GiB =
 2**30 bytes; NVML per-process on a GPU, host RSS on the CPU), throughput and
@@ -9,9 +9,9 @@ so logs and pipes stay clean.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any, TextIO
 
+from bench import progressbar
 from bench.dtypes import GiB as GIB
 from bench.run.record import measured_peak
 
@@ -37,60 +37,36 @@ def line(record: dict[str, Any], done: int, total: int) -> str:
     return "  ".join(parts)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 class Progress:
-    """Counts finished cells against ``total`` (which may grow, e.g. bisection)."""
+    """Counts finished cells against ``total`` (which may grow, e.g. bisection): a line per
+    cell on ``out``, and a ``tqdm`` bar with the elapsed time and ETA on ``err`` when it is a
+    terminal (``bench.progressbar``)."""
 
     def __init__(self, total: int, out: TextIO | None = None, err: TextIO | None = None):
-        self.total = total
         self.done = 0
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.started = time.monotonic()
-        self.tty = bool(getattr(self.err, "isatty", lambda: False)())
+        self.bar = progressbar.bar(total, "run", self.err)
+        self.tty = not self.bar.disable
 
-    def eta_seconds(self) -> float | None:
-        if self.done == 0:
-            return None
-        per_cell = (time.monotonic() - self.started) / self.done
-        return per_cell * max(0, self.total - self.done)
+    @property
+    def total(self) -> int:
+        return int(self.bar.total or 0)
 
-    def bar(self, width: int = 30) -> str:
-        filled = int(width * self.done / self.total) if self.total else width
-        eta = self.eta_seconds()
-        return (
-            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-            f"  elapsed {_clock(time.monotonic() - self.started)}"
-            f"  ETA {_clock(eta) if eta is not None else '?'}"
-        )
-
-    def _clear(self) -> None:
-        if self.tty:
-            self.err.write("\r\033[K")
-
-    def show(self) -> None:
-        if self.tty:
-            self._clear()
-            self.err.write(self.bar())
-            self.err.flush()
+    def _print(self, text: str) -> None:
+        self.bar.clear()
+        print(text, file=self.out, flush=True)
+        self.bar.refresh()
 
     def cell_done(self, record: dict[str, Any]) -> None:
         self.done += 1
-        self.total = max(self.total, self.done)
-        self._clear()
-        print(line(record, self.done, self.total), file=self.out, flush=True)
-        self.show()
+        if self.done > self.total:
+            self.bar.total = self.done
+        self._print(line(record, self.done, self.total))
+        self.bar.update(1)
 
     def note(self, text: str) -> None:
-        self._clear()
-        print(text, file=self.out, flush=True)
-        self.show()
+        self._print(text)
 
     def finish(self) -> None:
-        if self.tty:
-            self._clear()
-            self.err.flush()
+        self.bar.close()
