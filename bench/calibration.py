@@ -123,8 +123,10 @@ def register(sub) -> None:
         "calibrate",
         help="measure this card's matmul, bandwidth, kernel and PCIe figures into a profile for --calibration",
     )
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("-o", "--output", default="calibration.json")
+    p.add_argument(
+        "--device", default="cuda", choices=("cuda", "cpu"), help="where to measure (cpu: tests the logic only)"
+    )
+    p.add_argument("-o", "--output", default="calibration.json", metavar="FILE", help="the profile to write")
     p.add_argument("--quick", action="store_true", help="small sizes (seconds, less accurate)")
     p.set_defaults(func=cmd_calibrate)
 

@@ -148,7 +148,8 @@ def field_help(name: str, default: str | None = None, more: str = "") -> str:
     (``default`` overrides the field's)."""
     doc, _ = split_default(name)
     default = default if default is not None else default_text(name)
-    text = f"{doc} Allowed: {allowed_text(name)}{more}. [default: {default}]"
+    suffix = "[required]" if default == "required" else f"[default: {default}]"
+    text = f"{doc} Allowed: {allowed_text(name)}{more}. {suffix}"
     return text.replace("%", "%%")
 
 
@@ -214,6 +215,8 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if not action.option_strings or text == argparse.SUPPRESS:
             return text
+        if action.choices and not all(str(c) in text for c in action.choices):
+            text += f". Allowed: {', '.join(map(str, action.choices))}."
         m = _BRACKET.search(text)
         if m is not None:
             if m.group(1).startswith(("default", "required")):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from bench import cell as cellmod, gpus, matrix, models
+from bench import cell as cellmod, clihelp, gpus, matrix, models
 from bench.errors import UserError, allowed
 
 FAMILIES = {
@@ -207,14 +207,28 @@ def register(sub) -> None:
         "autotune",
         help="search batch x accumulation x checkpointing x method x GPU for the "
         "fastest and cheapest settings that fit (predicted, no GPU needed)",
+        description=__doc__,
     )
-    p.add_argument("--model", required=True)
-    p.add_argument("--family", default="lora", help=f"method family: {', '.join(FAMILIES)}")
-    p.add_argument("--precision", default="bf16")
-    p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--global-batch", type=int, default=16, help="samples per optimizer step, all GPUs together")
-    p.add_argument("--gpu", help="comma-separated catalog GPUs (default: all)")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", required=True, help=clihelp.field_help("model", "required"))
+    p.add_argument(
+        "--family",
+        default="lora",
+        help="method family to search. Allowed: "
+        + "; ".join(f"{name} ({', '.join(sorted({m for m, _ in ms}))})" for name, ms in FAMILIES.items()),
+    )
+    p.add_argument("--precision", default="bf16", help=clihelp.field_help("precision", "bf16"))
+    p.add_argument("--seq", type=int, default=1024, help=clihelp.field_help("seq", "1024"))
+    p.add_argument(
+        "--global-batch",
+        type=int,
+        default=16,
+        help="samples per optimizer step, all GPUs together (micro-batch x accumulation x GPUs)",
+    )
+    p.add_argument(
+        "--gpu",
+        help=f"comma-separated cards to search. Allowed: {clihelp.allowed_text('gpu')} [default: every card]",
+    )
+    p.add_argument("--top", type=int, default=5, help="settings printed per list (fastest, cheapest)")
+    p.add_argument("--json", action="store_true", help="print the lists as JSON")
     add_run_flags(p)
     p.set_defaults(func=cmd_autotune)

@@ -90,11 +90,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report", help="tables and plots of results (Markdown, HTML, CSV)", description=__doc__.split("\n\n")[1]
     )
     p.add_argument("results", nargs="+", metavar="RESULTS", help="result folders or record files")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write here instead of standard output [default: standard output]"
+    )
     p.add_argument(
         "--format", choices=columnar.ALL_FORMATS, help="md, html, csv, parquet or jsonl [from -o's suffix, else md]"
     )
-    p.add_argument("--title", help="heading of the report")
+    p.add_argument("--title", help='heading of the report [default: none in Markdown; "bench report" in HTML]')
     p.add_argument(
         "--no-repredict",
         dest="repredict",
