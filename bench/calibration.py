@@ -122,6 +122,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "calibrate",
         help="measure this card's matmul, bandwidth, kernel and PCIe figures into a profile for --calibration",
+        description="Measure, in a child process, this card's matmul FLOP/s per dtype, HBM and host-link "
+        "bandwidth and per-kernel cost, and write them as a profile that predict, plan and autotune "
+        "read with --calibration FILE in place of the catalog's fractions of datasheet peaks.",
     )
     p.add_argument(
         "--device", default="cuda", choices=("cuda", "cpu"), help="where to measure (cpu: tests the logic only)"

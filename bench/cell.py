@@ -166,7 +166,8 @@ class Cell:
     lora_targets: tuple[str, ...] | None = None
     """Module names LoRA wraps [PEFT's default for the architecture]."""
     ds_config: str | None = None
-    """Path to a DeepSpeed JSON whose bucket, overlap and offload settings apply."""
+    """Path to a DeepSpeed JSON whose bucket, overlap and offload settings apply [bench's generated
+    config for the strategy]."""
     zero_init: bool | None = None
     """ZeRO-3 only: build the model under ``deepspeed.zero.Init`` (partitioned as it is
     built, as the HF Trainer and accelerate do), or ``false``: build it whole on the CPU

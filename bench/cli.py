@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        clihelp.unrecognized(parser, args.command, extra)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

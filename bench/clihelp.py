@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import re
@@ -250,3 +251,17 @@ def finish(parser: argparse.ArgumentParser) -> None:
                 sub.formatter_class = Formatter
                 sub.description = plain(sub.description) or None
                 finish(sub)
+
+
+def unrecognized(parser: argparse.ArgumentParser, verb: str, extra: list[str]) -> NoReturn:
+    """One ``error:`` line from the verb's parser for arguments it does not take, with the
+    closest of its options for a misspelt one (``--bacth``: did you mean --batch?)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    options = [o for a in sub._actions for o in a.option_strings]
+    hints = []
+    for word in extra:
+        close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.6) if word.startswith("-") else []
+        if close:
+            hints.append(f"{word}: did you mean {close[0]}?")
+    text = f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")
+    sub.error(text)

@@ -216,8 +216,9 @@ def test_predict_cli_json_and_gpu_all():
         text=True,
         check=True,
     )
-    lines = out.stdout.splitlines()[1:]
-    assert len(lines) >= 12 and "fits" in lines[0]
+    lines = out.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("gpu "))
+    assert len(lines[at + 2 :]) >= 12 and " fits " in lines[at + 2]
 
 
 def test_predict_cli_bad_input_is_one_line():

@@ -89,16 +89,22 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     c = cellmod.normalize(raw, "")
+    guessed = assumed(c, given)
     problems = matrix.validate_cell(c)
-    if problems:
-        raise UserError(*problems)
+    if problems:  # say so where the value at fault is one the user did not give
+        raise UserError(
+            *(
+                f"{p} (assumed: {clihelp.flag(p.split(':')[0])} not given)" if p.split(":")[0] in guessed else p
+                for p in problems
+            )
+        )
     if a.from_file and "seq" not in given:  # job: loaded above
         notes.append(f"{job.kind} file gives no sequence length: predicted at seq {c.seq} (--seq)")
     if a.from_file and c.strategy != "none" and a.gpus is None:
         notes.append(
             f"the file does not say how many GPUs share the {c.strategy} run: predicted for gpus {c.gpus} (--gpus)"
         )
-    return c, tuple(notes), assumed(c, given)
+    return c, tuple(notes), guessed
 
 
 def _host_verdict(p, host_memory: int | None) -> str:
