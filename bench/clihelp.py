@@ -256,7 +256,9 @@ def finish(parser: argparse.ArgumentParser) -> None:
 def unrecognized(parser: argparse.ArgumentParser, verb: str, extra: list[str]) -> NoReturn:
     """One ``error:`` line from the verb's parser for arguments it does not take, with the
     closest of its options for a misspelt one (``--bacth``: did you mean --batch?)."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    sub: argparse.ArgumentParser = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices[verb]
     options = [o for a in sub._actions for o in a.option_strings]
     hints = []
     for word in extra:

@@ -8,7 +8,7 @@
 - ``record``     the store record of a cell, prediction error included
 - ``maxbatch``   ``--find-max-batch`` bisection
 - ``prediction`` the predictor's answers, in a background process
-- ``progress``   per-cell lines and the ETA bar
+- ``progress``   per-cell lines and the tqdm bar with ETA
 - ``machine``    GPUs, driver, versions, git commit (``machine.json``)
 
 Each cell runs in a fresh child, ``python -m bench.worker.child JOB.json
