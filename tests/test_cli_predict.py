@@ -218,3 +218,14 @@ def test_run_progress_draws_a_bar_on_a_terminal_and_nothing_elsewhere():
         bar = err.getvalue()
         assert ("run:" in bar and "0/2" in bar and "cell/s" in bar) is drawn
         assert (bar == "") is not drawn
+
+
+def test_autotune_prints_its_two_lists_as_tables(capsys):
+    args = ["autotune", "--model", "tiny-gpt2", "--seq", "32", "--global-batch", "4", "--gpu", "rtx4090", "--top", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for title in ("fastest:", "cheapest:"):
+        lines = out.split(f"\n{title}\n")[1].splitlines()
+        assert lines[0].split()[:3] == ["gpu", "gpus", "method"] and set(lines[1]) == {"-", " "}
+        rows = [line.split() for line in lines[2:4]]
+        assert rows and all(r[0] == "rtx4090" and int(r[3]) * int(r[4]) * int(r[1]) == 4 for r in rows)

@@ -45,6 +45,7 @@ def rows(base, tokens: int | None, table: dict, calibration: dict | None, want_m
         row: dict = {"gpu": name, "capacity_bytes": g.memory_bytes, "fits": False}
         if base.precision in ("bf16", "pure-bf16") and not g.bf16:
             row["error"] = f"{base.precision} is not supported on {name}"
+            row["unsupported"] = base.precision
             out.append(row)
             continue
         c = cellmod.replace(base, gpu=name)
@@ -79,7 +80,8 @@ def table(ranked: list[dict], want_max_batch: bool, tokens: int | None, host_mem
     for r in ranked:
         p = r.get("predicted") or {}
         if "error" in r:
-            row = [r["gpu"], f"{r['capacity_bytes'] / GiB:.1f}", "-", r["error"], "-", "-"]
+            verdict = f"no {r['unsupported']}" if "unsupported" in r else r["error"]
+            row = [r["gpu"], f"{r['capacity_bytes'] / GiB:.1f}", "-", verdict, "-", "-"]
         else:
             row = [
                 r["gpu"],

@@ -141,21 +141,38 @@ def best(found: list[Candidate], key, top: int) -> list[Candidate]:
     return out
 
 
-def _line(c: Candidate, tokens: int | None) -> str:
+def _row(c: Candidate, tokens: int | None) -> list[str]:
     from bench.report.labels import duration
 
     cell = c.cell
-    time = duration(tokens / c.tokens_per_second) if tokens else "-"
-    usd = (
-        f"{c.usd_per_million_tokens * tokens / 1e6:9.2f}"
-        if tokens and c.usd_per_million_tokens is not None
-        else (f"{c.usd_per_million_tokens:9.3f}/M" if c.usd_per_million_tokens is not None else f"{'-':>9}")
-    )
-    return (
-        f"  {cell.gpu:<10} x{cell.gpus} {_method(cell):<14} mb {cell.batch:<3} ga {cell.grad_accum:<3}"
-        f" {'ckpt' if cell.grad_ckpt else '    '} {c.peak_bytes / GiB:7.2f} GiB {c.step_time_seconds:8.3f} s"
-        f" {c.tokens_per_second:9.0f} tok/s {time:>10} {usd}"
-    )
+    if c.usd_per_million_tokens is None:
+        usd = "-"
+    elif tokens:
+        usd = f"{c.usd_per_million_tokens * tokens / 1e6:.2f}"
+    else:
+        usd = f"{c.usd_per_million_tokens:.3f}"
+    return [
+        cell.gpu,
+        str(cell.gpus),
+        _method(cell),
+        str(cell.batch),
+        str(cell.grad_accum),
+        "on" if cell.grad_ckpt else "off",
+        f"{c.peak_bytes / GiB:.2f}",
+        f"{c.step_time_seconds:.3f}",
+        f"{c.tokens_per_second:.0f}",
+        duration(tokens / c.tokens_per_second) if tokens else "-",
+        usd,
+    ]
+
+
+def _table(group: list[Candidate], tokens: int | None) -> str:
+    from tabulate import tabulate
+
+    usd = "USD" if tokens else "USD/M tokens"
+    headers = ["gpu", "gpus", "method", "micro-batch", "accum", "ckpt", "peak GiB", "step s", "tokens/s", "time", usd]
+    align = ("left", "right", "left", "right", "right", "left") + ("right",) * 5
+    return tabulate([_row(c, tokens) for c in group], headers=headers, disable_numparse=True, colalign=align)
 
 
 def cmd_autotune(a) -> int:
@@ -194,9 +211,8 @@ def cmd_autotune(a) -> int:
         f"{len(found)} settings fit; time and USD for {what}"
     )
     for title, group in (("fastest", fastest), ("cheapest", cheapest)):
-        print(f"{title}:")
-        for c in group:
-            print(_line(c, tokens))
+        print(f"\n{title}:")
+        print(_table(group, tokens))
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from bench import clihelp
+
 EXECUTORS = ("local", "ray")
 
 
@@ -86,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="override a matrix key or cell field; a [list] becomes a sweep axis",
+        help=clihelp.overrides_help(),
     )
     p.add_argument(
         "--device",
