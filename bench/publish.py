@@ -211,6 +211,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hub", required=True, metavar="ORG/NAME", help="the dataset repository (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--revision", metavar="BRANCH", help="commit to this branch (made from main if missing) [main]")
-    p.add_argument("--title", help="the dataset's name and the report's heading")
-    p.add_argument("--message", help="the commit message")
+    p.add_argument("--title", help="the dataset's name and the report's heading [default: bench results: NAME]")
+    p.add_argument("--message", help="the commit message [default: bench publish: N records]")
     p.set_defaults(func=cmd_publish)

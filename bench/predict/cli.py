@@ -423,7 +423,8 @@ examples:
     p.add_argument(
         "--timeline",
         metavar="FILE",
-        help="also write the predicted allocator timeline as a CUDA memory snapshot (pickle; pytorch.org/memory_viz)",
+        help="also write the predicted allocator timeline as a CUDA memory snapshot (pickle; pytorch.org/memory_viz) "
+        "[default: none]",
     )
     p.add_argument(
         "--rank",
