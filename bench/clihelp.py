@@ -238,6 +238,12 @@ class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose mistakes are one ``error:`` line and exit 2, as ``UserError``'s are."""
 
     def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:  # a misspelt verb or choice: the closest ones first
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=2, cutoff=0.6)
+            if close:
+                message = message.replace(" (choose", f" (did you mean {' or '.join(close)}?; choose")
         print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
         raise SystemExit(2)
 

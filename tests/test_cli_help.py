@@ -152,3 +152,11 @@ def test_a_bad_value_names_the_key_and_what_is_allowed(capsys):
     assert main(["predict", "--model", "gpt2", "--gpu", "h200", "--precision", "fp8"]) == 2
     err = capsys.readouterr().err
     assert err == f"error: precision: 'fp8' is not allowed; allowed: {', '.join(cellmod.PRECISIONS)}\n"
+
+
+def test_a_misspelt_verb_gets_a_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["predcit", "--gpu", "h200"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: bench: argument COMMAND: invalid choice: 'predcit' (did you mean predict?")
