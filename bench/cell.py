@@ -354,15 +354,17 @@ def _size(raw: dict, key: str, problems: list[str], where: str) -> None:
         problems += [f"{where}{m}" for m in e.problems]
 
 
+def methods_allowed() -> str:
+    """The method shorthands of ``METHODS`` in words: the error of a bad one and the help say this."""
+    plain = [m for m in METHODS if "+" not in m]
+    combined = [m for m in plain if m not in TUNINGS]
+    return f"{', '.join(plain)}, and lora+M or qlora+M for M in {', '.join(combined)} (e.g. lora+zero3-offload)"
+
+
 def _bad_method(method: Any) -> str:
     close = difflib.get_close_matches(str(method), list(METHODS), n=2, cutoff=0.7)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    plain = [m for m in METHODS if "+" not in m]
-    combined = [m for m in plain if m not in TUNINGS]
-    return (
-        f"method: {method!r} is not allowed{hint}; allowed: {', '.join(plain)}, "
-        f"and lora+M or qlora+M for M in {', '.join(combined)} (e.g. lora+zero3-offload)"
-    )
+    return f"method: {method!r} is not allowed{hint}; allowed: {methods_allowed()}"
 
 
 def unknown_key(key: Any) -> str:

@@ -110,13 +110,6 @@ def gpu_names() -> str:
     return ", ".join(gpus.names())
 
 
-def method_allowed() -> str:
-    """The method shorthands of ``cell.METHODS``, as ``cell._bad_method`` lists them."""
-    plain_names = [m for m in cellmod.METHODS if "+" not in m]
-    combined = [m for m in plain_names if m not in cellmod.TUNINGS]
-    return f"{', '.join(plain_names)}, and lora+M or qlora+M for M in {', '.join(combined)}"
-
-
 def allowed_text(name: str) -> str:
     """What a field accepts, from the same tuples and limits ``cell.normalize`` checks."""
     if name == "optimizer":
@@ -155,10 +148,7 @@ def field_help(name: str, default: str | None = None, more: str = "") -> str:
 
 
 def method_help() -> str:
-    return (
-        f"Shorthand for tuning, strategy and offload together. Allowed: {method_allowed()} "
-        "(e.g. lora+zero3-offload). [default: full]"
-    )
+    return f"Shorthand for tuning, strategy and offload together. Allowed: {cellmod.methods_allowed()}. [default: full]"
 
 
 def flag(name: str) -> str:
