@@ -229,3 +229,21 @@ def test_autotune_prints_its_two_lists_as_tables(capsys):
         assert lines[0].split()[:3] == ["gpu", "gpus", "method"] and set(lines[1]) == {"-", " "}
         rows = [line.split() for line in lines[2:4]]
         assert rows and all(r[0] == "rtx4090" and int(r[3]) * int(r[4]) * int(r[1]) == 4 for r in rows)
+
+
+def test_gpu_all_counts_the_cards_on_a_terminal_only(monkeypatch, capsys):
+    from bench import progressbar
+
+    drawn = []
+    real = progressbar.bar
+
+    def bar(total, desc, file=None):
+        b = real(total, desc, Terminal())
+        drawn.append(b)
+        return b
+
+    monkeypatch.setattr(progressbar, "bar", bar)
+    assert main(["predict", "--model", "tiny-gpt2", "--seq", "32", "--precision", "bf16", "--gpu", "all"]) == 0
+    assert capsys.readouterr().err == ""  # the bar went to the fake terminal, not to stderr
+    assert len(drawn) == 1 and drawn[0].n == len(gpus.names())  # every card, those without bf16 too
+    assert "cards:" in drawn[0].fp.getvalue()

@@ -10,6 +10,8 @@ precision, follow, smallest first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tabulate import tabulate
 
 from bench import cell as cellmod, gpus
@@ -34,8 +36,16 @@ def _order(rank: str):
     return key
 
 
-def rows(base, tokens: int | None, table: dict, calibration: dict | None, want_max_batch: bool) -> list[dict]:
-    """One row per catalog card: ``gpu``, ``fits``, ``predicted`` (memory and speed) or ``error``."""
+def rows(
+    base,
+    tokens: int | None,
+    table: dict,
+    calibration: dict | None,
+    want_max_batch: bool,
+    on_card: Callable[[str], object] | None = None,
+) -> list[dict]:
+    """One row per catalog card: ``gpu``, ``fits``, ``predicted`` (memory and speed) or ``error``;
+    ``on_card`` is called with each card's name once its row is done (the progress bar)."""
     from bench.predict import max_batch, predict
     from bench.predict.cli import speed_fields
 
@@ -46,15 +56,16 @@ def rows(base, tokens: int | None, table: dict, calibration: dict | None, want_m
         if base.precision in ("bf16", "pure-bf16") and not g.bf16:
             row["error"] = f"{base.precision} is not supported on {name}"
             row["unsupported"] = base.precision
-            out.append(row)
-            continue
-        c = cellmod.replace(base, gpu=name)
-        p = predict(c)
-        row["fits"] = p.fits
-        row["predicted"] = {**p.to_dict(), **(speed_fields(c, calibration, tokens, table) if p.fits else {})}
-        if want_max_batch:
-            row["max_batch"] = max_batch(c)
+        else:
+            c = cellmod.replace(base, gpu=name)
+            p = predict(c)
+            row["fits"] = p.fits
+            row["predicted"] = {**p.to_dict(), **(speed_fields(c, calibration, tokens, table) if p.fits else {})}
+            if want_max_batch:
+                row["max_batch"] = max_batch(c)
         out.append(row)
+        if on_card is not None:
+            on_card(name)
     return out
 
 
@@ -108,8 +119,12 @@ def rank_cards(
 ) -> list[dict]:
     """The catalog's cards for ``base``, in the order ``--rank`` asks (default: cost with
     ``tokens``, else memory: the smallest card that fits first)."""
+    from bench import progressbar
+
     rank = a.rank or ("cost" if tokens is not None else "memory")
-    return sorted(rows(base, tokens, table_, calibration, a.max_batch), key=_order(rank))
+    with progressbar.bar(len(gpus.names()), "cards") as bar:
+        found = rows(base, tokens, table_, calibration, a.max_batch, lambda _: bar.update(1))
+    return sorted(found, key=_order(rank))
 
 
 def title(base, rank: str, tokens: int | None) -> str:
