@@ -149,7 +149,9 @@ def test_predict_and_plan_by_hub_id_from_the_command_line(hub, tmp_path):
         ["predict", "--model", "test-org/tiny-qwen3", "--method", "lora", "--precision", "bf16", "--gpu", "h100-80gb"],
         env,
     )
-    assert r.stdout.startswith("tiny-qwen3-train-lora-bf16-b1-s512 on h100-80gb")  # the repository's name
+    assumed, headline = r.stdout.splitlines()[:2]
+    assert assumed.startswith("assumed: seq 512, batch 1")
+    assert headline.startswith("tiny-qwen3-train-lora-bf16-b1-s512 on h100-80gb")  # the repository's name
     matrix = tmp_path / "m.yaml"
     matrix.write_text("gpu: h100-80gb\nsweep: {model: [test-org/tiny-qwen3], method: [lora], precision: [bf16]}\n")
     r = _bench(["validate", str(matrix)], env)
