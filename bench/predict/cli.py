@@ -23,7 +23,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from bench import cell as cellmod, clihelp, destination, progressbar
+from bench import cell as cellmod, clihelp, destination, progressbar, recipe as recipes
 from bench.dtypes import GiB
 from bench.errors import UserError
 
@@ -43,7 +43,7 @@ def assumed(c, given: set[str]) -> dict:
         keys.append("new_tokens")
     if c.strategy != "none":
         keys.append("gpus")
-    if c.tuning in ("lora", "qlora"):
+    if recipes.trains_adapters(c):
         keys.append("lora_r")
     method_given = given & {"method", "tuning", "strategy", "offload"}
     out = {}
