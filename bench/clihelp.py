@@ -132,6 +132,8 @@ def allowed_text(name: str) -> str:
         return f"{flag(name)} (true in a matrix) or --no-{flag(name)[2:]} (false)"
     if kind is float:
         return "a number"
+    if name == "lora_targets":
+        return "comma-separated module names (q_proj,v_proj), or all-linear (every linear layer but the head)"
     if kind is tuple:
         return "comma-separated names"
     return "a path" if name.endswith("config") else "text"

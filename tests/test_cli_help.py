@@ -160,3 +160,21 @@ def test_a_misspelt_verb_gets_a_did_you_mean(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert err.startswith("error: bench: argument COMMAND: invalid choice: 'predcit' (did you mean predict?")
+
+
+def test_every_tuple_of_names_in_cell_py_is_in_choices():
+    """A new enumerated field (its tuple in bench/cell.py) is validated and listed in the help only
+    through ``CHOICES``: a tuple of names left out of it (or not a subset of an entry) is a field
+    whose help would not list its values."""
+    listed = [set(v) for v in cellmod.CHOICES.values()]
+    loose = [
+        name
+        for name, value in vars(cellmod).items()
+        if name.isupper()
+        and isinstance(value, tuple)
+        and value
+        and all(isinstance(v, str) for v in value)
+        and name != "FIELD_NAMES"
+        and not any(set(value) <= s for s in listed)
+    ]
+    assert loose == []
