@@ -130,6 +130,10 @@ def allowed_text(name: str) -> str:
         if _field(name).default is False:
             return f"{flag(name)} turns it on (true in a matrix)"
         return f"{flag(name)} (true in a matrix) or --no-{flag(name)[2:]} (false)"
+    if name == "gpu_memory":
+        return "a size such as 10GiB, or a byte count"
+    if kind is int:
+        return "an integer"
     if kind is float:
         return "a number"
     if name == "lora_targets":
