@@ -78,9 +78,11 @@ def _kind(name: str) -> type:
 
 
 def show(value: Any) -> str:
-    """A default as the help prints it: booleans as on/off."""
+    """A default as the help prints it: booleans as on/off, an empty value as none."""
     if isinstance(value, bool):
         return "on" if value else "off"
+    if value in ("", [], ()):
+        return "none"
     return str(value)
 
 

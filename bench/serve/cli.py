@@ -81,11 +81,21 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="a local web calculator: the predictor warm behind a page and a JSON API")
+    p = sub.add_parser(
+        "serve",
+        help="a local web calculator: the predictor warm behind a page and a JSON API",
+        description="Serve a local web calculator: a page and a JSON API over the predictor, kept warm "
+        "(torch, transformers and traces stay loaded), so an answer does not pay a fresh process's imports.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1: this machine only]")
     p.add_argument("--port", type=int, default=8000, help="port [8000]")
     p.add_argument(
         "--results", action="append", default=[], metavar="DIR", help="results folder whose report the page shows"
     )
-    p.add_argument("--root-path", default="", metavar="/PREFIX", help="the path a reverse proxy serves it under")
+    p.add_argument(
+        "--root-path",
+        default="",
+        metavar="/PREFIX",
+        help="the path a reverse proxy serves it under [default: none, served at /]",
+    )
     p.set_defaults(func=cmd_serve)
