@@ -308,8 +308,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     base, notes, assumed_values = _cell_from_args(a, "h200")
     ranked = ranking.rank_cards(base, a, tokens, table, calibration)
     if a.json:
-        for r in ranked:
-            r["assumed"] = assumed_values
+        for r in ranked:  # the rows of ranking.rows, as bench serve answers them too
             if host is not None and r.get("predicted"):
                 r["predicted"]["host_fits"] = r["predicted"]["host_node_bytes"] <= host
         print(json.dumps(ranked, indent=1))
