@@ -227,17 +227,8 @@ def test_the_run_without_a_limit_tells_what_a_limit_changes(seed):
 
 
 def _max_batch_as_before(cell, limit: int = 1024) -> int:
-    fits = lambda b: _as_before(cellmod.replace(cell, batch=b)).fits  # noqa: E731
-    if not fits(1):
-        return 0
-    lo, hi = 1, 2
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    """The same search over predictions made afresh per batch (no shared replays)."""
+    return estimate.search_max_batch(lambda b: _as_before(cellmod.replace(cell, batch=b)).fits, limit)
 
 
 def test_a_replay_stopped_at_its_first_oom_says_what_the_whole_replay_says():

@@ -263,7 +263,11 @@ def max_batch(cell, limit: int = 1024) -> int:
 def _max_batch(base, limit: int) -> int:
     from bench.cell import replace
 
-    fits_at = lambda b: fits(replace(base, batch=b))  # noqa: E731
+    return search_max_batch(lambda b: fits(replace(base, batch=b)), limit)
+
+
+def search_max_batch(fits_at, limit: int) -> int:
+    """The largest batch in 1..``limit`` that ``fits_at``, doubling then bisecting (0: none fits)."""
     if not fits_at(1):
         return 0
     lo, hi = 1, 2
