@@ -44,6 +44,10 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _number_object(v: Mapping[Any, Any]) -> bool:
+    return all(isinstance(k, str) and (x is None or _is_number(x)) for k, x in v.items())
+
+
 def _numeric_key(key: str) -> bool:
     return key in _NUMBER_KEYS or key.endswith(_NUMBER_SUFFIXES)
 
@@ -54,12 +58,16 @@ def _section(name: str, section: Mapping[str, Any]) -> list[str]:
         where = f"{name}.{key}"
         if not isinstance(key, str):
             out.append(f"{name}: key {short(key)} is not allowed; allowed: text keys")
+        elif isinstance(v, list) and key.endswith("_bytes_per_rank") and any(isinstance(x, dict) for x in v):
+            # one breakdown in bytes per rank (``resident_bytes_per_rank``)
+            if not all(isinstance(x, dict) and _number_object(x) for x in v):
+                out.append(f"{where}: {short(v)} is not allowed; allowed: a list of objects of numbers")
         elif isinstance(v, list) and (key.endswith("_per_rank") or key.endswith("_seconds")):
             if not all(x is None or _is_number(x) for x in v):
                 out.append(f"{where}: {short(v)} is not allowed; allowed: a list of numbers")
         elif isinstance(v, dict) and key.endswith("_bytes") and name != "environment":
             # a breakdown in bytes (``resident_bytes``: weights, gradients, optimizer states)
-            if not all(isinstance(k, str) and (x is None or _is_number(x)) for k, x in v.items()):
+            if not _number_object(v):
                 out.append(f"{where}: {short(v)} is not allowed; allowed: an object of numbers")
         elif _numeric_key(key) and v is not None and not _is_number(v):
             out.append(f"{where}: {short(v)} is not allowed; allowed: a number or null")

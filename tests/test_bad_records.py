@@ -127,3 +127,12 @@ def test_a_symlink_loop_is_read_once(tmp_path):
     code, out, err = cli(["compare", str(folder), str(folder)])
     assert code == 0, err
     shutil.rmtree(folder)
+
+
+def test_per_rank_breakdowns_are_read_and_bad_ones_named():
+    """A multi-rank record keeps one resident breakdown per rank (the Trainer's ZeRO-3 cells write them)."""
+    rank = {"weights": 1212352, "gradients": 404096, "optimizer_states": 1212296}
+    good = {**GOOD, "measured": {**GOOD["measured"], "resident_bytes_per_rank": [rank, rank]}}
+    assert recordshape.problems(good) == []
+    bad = {**GOOD, "measured": {**GOOD["measured"], "resident_bytes_per_rank": [rank, {"weights": "x"}]}}
+    assert [p for p in recordshape.problems(bad) if "allowed: a list of objects of numbers" in p]
