@@ -27,6 +27,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def settle(p) -> None:
     """Wait until the page shows an answer for the form as it is now (the verdict is no longer waiting)."""
     p.wait_for_timeout(400)  # the form's debounce
+    # the page's own update for the form as it is now, awaited to its end: answers to the cells seen
+    # while the fields were filled one by one are then ignored by the page, however slow the machine
+    p.evaluate("update()")
     p.wait_for_function("!document.getElementById('verdict').classList.contains('wait')", timeout=300_000)
 
 
