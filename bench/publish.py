@@ -33,30 +33,16 @@ from typing import Any
 
 import yaml
 
-from bench import hub, recordshape, store
+from bench import hub
 from bench.errors import UserError
 from bench.limits import short
+from bench.report.cli import sound_records
 
 TABLE = "data/results.parquet"
 LINES = "data/results.jsonl"
 RECORDS = "records"
 REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 """A branch name the hub takes (no spaces, no ``..``; checked again by the hub)."""
-
-
-def _records(paths: list[str]) -> list[tuple[Path, dict[str, Any]]]:
-    """``(file, record)`` of every sound record under ``paths`` (an unsound one: a warning line)."""
-    out = []
-    for path in store.record_files(paths):
-        rec = store.load_record(path)
-        bad = recordshape.problems(rec)
-        if bad:
-            print(f"warning: {path}: left out: {bad[0]}", file=sys.stderr)
-        else:
-            out.append((path, rec))
-    if not out:
-        raise UserError(f"publish: no result records under {', '.join(paths)}; run `bench run MATRIX` first")
-    return out
 
 
 def _part(value: Any) -> str:
@@ -189,7 +175,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.revision is not None and (not REVISION.fullmatch(args.revision) or ".." in args.revision):
         raise UserError(f"--revision: {short(args.revision)} is not allowed; allowed: a branch name such as v1")
     _check_access()  # before the records are read and the table is built
-    found = _records(args.results)
+    found = sound_records(args.results, "publish")
     content = files(found, args.hub, args.title)
     message = args.message or f"bench publish: {len(found)} records"
     url = push(content, args.hub, private=args.private, revision=args.revision, message=message)

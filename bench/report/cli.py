@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from bench import destination, recordshape, store
 from bench.errors import UserError
@@ -30,9 +31,10 @@ MAX_WARNINGS = 20
 """Skipped records named one by one; past this many, one line counts the rest."""
 
 
-def _records(paths: list[str], what: str) -> list[dict]:
-    """The sound records under ``paths``; each unsound one is left out with one warning line."""
-    records, skipped = [], []
+def sound_records(paths: list[str], what: str) -> list[tuple[Path, dict]]:
+    """``(file, record)`` of every sound record under ``paths``; each unsound one is left out with one
+    warning line; none at all is a ``UserError`` naming ``what`` asked for them."""
+    found, skipped = [], []
     for path in store.record_files(paths):
         rec = store.load_record(path)
         bad = recordshape.problems(rec)
@@ -41,14 +43,19 @@ def _records(paths: list[str], what: str) -> list[dict]:
                 f"warning: {path}: left out: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
             )
         else:
-            records.append(rec)
+            found.append((path, rec))
     for line in skipped[:MAX_WARNINGS]:
         print(line, file=sys.stderr)
     if len(skipped) > MAX_WARNINGS:
         print(f"warning: {len(skipped) - MAX_WARNINGS} more records left out", file=sys.stderr)
-    if not records:
+    if not found:
         raise UserError(f"{what}: no result records under {', '.join(paths)}; run `bench run MATRIX` first")
-    return records
+    return found
+
+
+def records(paths: list[str], what: str) -> list[dict]:
+    """The sound records under ``paths`` (``sound_records`` without the files)."""
+    return [rec for _, rec in sound_records(paths, what)]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -57,15 +64,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         destination.check_file(args.output)
     elif fmt == "parquet":
         raise UserError("--format parquet: a binary file, not for the terminal; allowed: with -o FILE.parquet")
-    records = freshness.refresh(_records(args.results, "report"), repredict=args.repredict)
+    found = freshness.refresh(records(args.results, "report"), repredict=args.repredict)
     if fmt in columnar.FORMATS:
-        data = columnar.to_bytes(records, fmt)
+        data = columnar.to_bytes(found, fmt)
         if args.output is None:
             sys.stdout.write(data.decode())
             return 0
         print(f"wrote {destination.write_bytes(args.output, data)} ({fmt})", file=sys.stderr)
         return 0
-    text = render(records, fmt, title=args.title)
+    text = render(found, fmt, title=args.title)
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -79,7 +86,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.min_steps < 1:
         raise UserError(f"--min-steps: {args.min_steps} is not allowed; allowed: an integer >= 1")
     thresholds = dataclasses.replace(thresholds, min_steps=args.min_steps)
-    changes = comparemod.compare(_records([args.a], "A"), _records([args.b], "B"), thresholds)
+    changes = comparemod.compare(records([args.a], "A"), records([args.b], "B"), thresholds)
     sys.stdout.write(comparemod.render(changes, thresholds, show_all=args.all))
     return 1 if comparemod.regressed(changes) else 0
 

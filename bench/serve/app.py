@@ -237,7 +237,7 @@ def create_app(results: list[str] | None = None, calculator: Calculator | None =
         except (ValueError, IndexError):
             return HTMLResponse("<p>No such results folder.</p>", status_code=404)
         from bench import store
-        from bench.report.cli import _records
+        from bench.report.cli import records
         from bench.report.render import render
 
         def make() -> str:
@@ -245,7 +245,7 @@ def create_app(results: list[str] | None = None, calculator: Calculator | None =
             stamp = tuple((str(f), os.stat(f).st_mtime_ns) for f in files)  # a record rewritten: a new report
             cached = reports.get(index)
             if cached is None or cached[0] != stamp:
-                reports[index] = (stamp, render(_records([folder], "results"), "html", title=f"bench report: {folder}"))
+                reports[index] = (stamp, render(records([folder], "results"), "html", title=f"bench report: {folder}"))
             return reports[index][1]
 
         try:
