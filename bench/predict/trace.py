@@ -21,7 +21,10 @@ the trace follows the GPU's code path, not the CPU's:
   ``FusedAttention`` allocates exactly what the CUDA kernels allocate
   (``aten/src/ATen/native/transformers/cuda``): out + logsumexp forward;
   dq, dk, dv and a fp32 dq accumulator backward. Without a fused kernel for
-  the case (fp32 with grouped-query heads) the math path is traced as is.
+  the case the math path is traced (``_math_attention``): fp32 with
+  grouped-query heads, or a q/k/v/mask whose last dimension is not of stride
+  1 (CUDA's fused kernels refuse those, the CPU's do not; T5's relative
+  position bias is such a mask where transformers passes it as computed).
 - dropout: on a CUDA tensor ``torch.dropout`` runs the fused ``native_dropout``
   kernel, which saves a one-byte ``bool`` mask for backward
   (``aten/src/ATen/native/Dropout.cpp``, ``is_fused_kernel_acceptable``); on
@@ -32,6 +35,7 @@ the trace follows the GPU's code path, not the CPU's:
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -246,6 +250,37 @@ def _cuda_dropout(input, p=0.5, training=True, inplace=False):
     return input.copy_(out) if inplace else out
 
 
+def _math_attention(q, k, v, mask, dropout_p, is_causal, scale):
+    """SDPA's math backend (``_scaled_dot_product_attention_math``) op for op, as CUDA runs it.
+
+    The composite is device-independent (fp16/bf16 inputs upcast to fp32, scores, ``_safe_softmax``,
+    dropout, the weights also returned in the input dtype), except its dropout: on a CUDA tensor
+    ``at::dropout`` is the fused kernel that saves a bool mask, on meta a noise tensor of the
+    scores' dtype. Calling the aten op on meta would therefore count 4 bytes per score for the
+    dropout mask where the GPU keeps 1; this is that composite with CUDA's dropout.
+    """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    factor = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    if is_causal:
+        causal = torch.ones((q.shape[-2], k.shape[-2]), dtype=torch.bool, device=q.device).tril()
+        mask = torch.where(causal, 0.0, float("-inf")).to(q.dtype)
+    elif mask is not None and mask.dtype == torch.bool:
+        mask = torch.where(mask, 0.0, float("-inf")).to(q.dtype)
+    scores = (q * factor) @ (k.transpose(-2, -1) * factor)
+    if mask is not None:
+        scores = scores + mask
+    weights = torch.ops.aten._safe_softmax(scores, -1)
+    del scores
+    if dropout_p > 0:
+        weights = _cuda_dropout(weights, dropout_p)
+    returned = weights.to(dtype)  # the op's second output, dropped by SDPA after the product
+    out = weights @ v
+    del weights, returned
+    return out.to(dtype)
+
+
 class AttentionEmulation(TorchFunctionMode):
     """Routes SDPA to ``FusedAttention`` where CUDA has a fused kernel, and
     dropout to CUDA's fused dropout kernel."""
@@ -262,14 +297,20 @@ class AttentionEmulation(TorchFunctionMode):
         mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
         groups = q.shape[1] // k.shape[1]
         gqa = bool(kwargs.get("enable_gqa")) and groups > 1
-        fused = not (gqa and (q.dtype == torch.float32 or mask is not None))
+        # CUDA's fused kernels need stride 1 in the last dimension of q, k, v and of the mask
+        # (``check_last_dim_stride_equals_1_dense`` in sdp_utils_cpp.h: "GPU backends require
+        # attn_mask's last dimension to have stride 1 while the CPU does not"); otherwise math.
+        strided = any(t.stride(-1) != 1 and t.shape[-1] != 1 for t in (q, k, v)) or (
+            mask is not None and mask.stride(-1) != 1 and mask.shape[-1] != 1
+        )
+        fused = not strided and not (gqa and (q.dtype == torch.float32 or mask is not None))
         if not fused:
             if gqa:
                 k = k.repeat_interleave(groups, dim=1)
                 v = v.repeat_interleave(groups, dim=1)
-            return torch.ops.aten._scaled_dot_product_attention_math(
-                q, k, v, mask, kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False), scale=kwargs.get("scale")
-            )[0]
+            return _math_attention(
+                q, k, v, mask, kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False), kwargs.get("scale")
+            )
         if mask is not None and mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)  # mem-efficient converts bool masks
         return FusedAttention.apply(q, k, v, mask, groups if gqa else 1)
