@@ -1,13 +1,15 @@
 """Which SDPA kernel CUDA runs for T5's attention call, and what it keeps for backward.
 
 T5 hands ``scaled_dot_product_attention`` its relative position bias as a float
-additive mask that requires grad, with dropout 0.1, under bf16 autocast. The
-predictor assumes a fused kernel (output and logsumexp kept); the H200 run of
-flan-t5-large kept about what eager attention keeps (the ``B x H x S x S``
-probabilities of every layer). On a GPU this script prints, for that call at
-flan-t5-large's shape, which backends torch accepts (``debug=True`` prints why
-not) and how many bytes the forward leaves allocated for backward, against the
-``B x H x S x S`` size, so the predictor's rule can follow what CUDA does::
+additive mask that requires grad, with dropout 0.1. ``compute_bias`` returns it
+as a permuted view (last-dimension stride ``n_heads``); CUDA's fused kernels
+need stride 1 there (``check_last_dim_stride_equals_1_dense``) and fall back to
+the math path, which keeps the ``B x H x S x S`` scores, unless the caller makes
+the mask contiguous (transformers >= 5.25 does). The predictor follows that rule.
+On a GPU this script checks it: for the strided and the contiguous mask at
+flan-t5-large's shape it prints which backends torch accepts (``debug=True``
+prints why not) and how many bytes the forward leaves allocated for backward,
+against the ``B x H x S x S`` size::
 
     python scripts/sdpa_backend.py [--batch 8] [--seq 512] [--heads 16] [--head-dim 64]
 
@@ -36,21 +38,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     b, h, s, d = a.batch, a.heads, a.seq, a.head_dim
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    bias = torch.randn(1, h, s, s, device="cuda", requires_grad=True)  # fp32, as T5 computes it
-    for mask, what in ((bias.to(torch.bfloat16), "bf16 mask (autocast's cast)"), (bias, "fp32 mask")):
+    # (S, S, H) permuted to (1, H, S, S), as T5's compute_bias returns it; and its contiguous copy
+    strided = torch.randn(s, s, h, device="cuda", dtype=torch.bfloat16).permute(2, 0, 1).unsqueeze(0)
+    strided.requires_grad_(True)
+    for mask, what in ((strided, "strided mask (as computed)"), (strided.contiguous(), "contiguous mask")):
         params = torch.backends.cuda.SDPAParams(q, k, v, mask, a.dropout, False, False)
         for name in ("flash", "efficient", "cudnn"):
             ok = getattr(torch.backends.cuda, f"can_use_{name}_attention")(params, True)
             print(f"{what}: can_use_{name}_attention = {ok}")
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=a.dropout, scale=1.0)
-    torch.cuda.synchronize()
-    kept = torch.cuda.memory_allocated() - before - out.untyped_storage().nbytes()
-    square = b * h * s * s
-    print(f"kept for backward: {kept:,} bytes = {kept / square:.2f} bytes per B x H x S x S element")
-    out.float().sum().backward()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=a.dropout, scale=1.0)
+        torch.cuda.synchronize()
+        kept = torch.cuda.memory_allocated() - before - out.untyped_storage().nbytes()
+        square = b * h * s * s
+        print(f"{what}: kept for backward {kept:,} bytes = {kept / square:.2f} bytes per B x H x S x S element")
+        out.float().sum().backward()
+        del out
     return 0
 
 
