@@ -2,8 +2,8 @@
 
 ``load(path)`` recognizes the file by its keys and hands it to its reader in
 ``bench.readers``: a DeepSpeed JSON, HF ``TrainingArguments`` (JSON or YAML of
-its fields, TRL's ``SFTConfig`` spellings included), an axolotl YAML or a
-LLaMA-Factory YAML. The result is a ``Job``: the cell fields the file states
+its fields, TRL's ``SFTConfig`` spellings included), an axolotl YAML, a
+LLaMA-Factory YAML or an accelerate config (``accelerate config``'s YAML). The result is a ``Job``: the cell fields the file states
 and one note per key that changes memory or time but that bench does not
 model (packing, Liger kernels, ``torch_compile``, NEFTune, ...), so nothing the
 file asks for is silently dropped. Keys known not to move memory (learning
@@ -33,7 +33,7 @@ class Job:
     """What a job file says, in cell terms."""
 
     kind: str
-    """``deepspeed``, ``trainer``, ``axolotl`` or ``llamafactory``."""
+    """``deepspeed``, ``trainer``, ``axolotl``, ``llamafactory`` or ``accelerate``."""
     path: str
     fields: dict[str, Any] = field(hash=False)
     """Raw cell fields (``bench.cell.normalize`` input); ``method`` may stand for tuning/strategy/offload."""
@@ -120,6 +120,10 @@ def kind_of(doc: dict[str, Any]) -> str | None:
     """Which tool wrote ``doc``, from the keys only that tool uses."""
     if "zero_optimization" in doc or "train_micro_batch_size_per_gpu" in doc or "train_batch_size" in doc:
         return "deepspeed"
+    if "distributed_type" in doc and (
+        {"compute_environment", "num_processes", "mixed_precision", "use_cpu"} & set(doc)
+    ):
+        return "accelerate"
     if "base_model" in doc and ({"micro_batch_size", "sequence_len", "adapter", "datasets"} & set(doc)):
         return "axolotl"
     if "model_name_or_path" in doc and ({"stage", "finetuning_type", "cutoff_len", "template"} & set(doc)):
@@ -131,7 +135,7 @@ def kind_of(doc: dict[str, Any]) -> str | None:
 
 def load(path: str | Path) -> Job:
     """Read a job file of any supported tool."""
-    from bench.readers import axolotl, deepspeed, llamafactory, trainer
+    from bench.readers import accelerate, axolotl, deepspeed, llamafactory, trainer
 
     path = Path(path).expanduser()
     doc = read_document(path)
@@ -141,11 +145,13 @@ def load(path: str | Path) -> Job:
         "trainer": trainer.read,
         "axolotl": axolotl.read,
         "llamafactory": llamafactory.read,
+        "accelerate": accelerate.read,
     }
     if kind is None:
         raise UserError(
             f"from: {str(path)!r} is none of the files bench reads; allowed: a DeepSpeed JSON "
             f"(zero_optimization), HF TrainingArguments (per_device_train_batch_size ...), an axolotl "
-            f"YAML (base_model, micro_batch_size) or a LLaMA-Factory YAML (model_name_or_path, stage)"
+            f"YAML (base_model, micro_batch_size), a LLaMA-Factory YAML (model_name_or_path, stage) or an "
+            f"accelerate config (distributed_type, num_processes)"
         )
     return readers[kind](path, doc)

@@ -100,7 +100,7 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
         )
     if a.from_file and "seq" not in given:  # job: loaded above
         notes.append(f"{job.kind} file gives no sequence length: predicted at seq {c.seq} (--seq)")
-    if a.from_file and c.strategy != "none" and a.gpus is None:
+    if a.from_file and c.strategy != "none" and "gpus" not in given:
         notes.append(
             f"the file does not say how many GPUs share the {c.strategy} run: predicted for gpus {c.gpus} (--gpus)"
         )
@@ -403,7 +403,7 @@ examples:
         "--from",
         dest="from_file",
         metavar="FILE",
-        help="a DeepSpeed JSON, HF TrainingArguments JSON/YAML, axolotl or LLaMA-Factory YAML; "
+        help="a DeepSpeed JSON, HF TrainingArguments JSON/YAML, axolotl or LLaMA-Factory YAML, accelerate config; "
         "flags win over it [default: none, flags only]",
     )
     p.add_argument(
