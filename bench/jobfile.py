@@ -120,9 +120,8 @@ def kind_of(doc: dict[str, Any]) -> str | None:
     """Which tool wrote ``doc``, from the keys only that tool uses."""
     if "zero_optimization" in doc or "train_micro_batch_size_per_gpu" in doc or "train_batch_size" in doc:
         return "deepspeed"
-    if "distributed_type" in doc and (
-        {"compute_environment", "num_processes", "mixed_precision", "use_cpu"} & set(doc)
-    ):
+    accelerate = {"compute_environment", "num_processes", "num_machines", "mixed_precision", "use_cpu"}
+    if "distributed_type" in doc and (accelerate | {"deepspeed_config", "fsdp_config"}) & set(doc):
         return "accelerate"
     if "base_model" in doc and ({"micro_batch_size", "sequence_len", "adapter", "datasets"} & set(doc)):
         return "axolotl"
