@@ -259,7 +259,8 @@ def read_deepspeed(r: Reading) -> None:
         strategy = f"zero{stage}"
         offload = "all" if devices["param"] != "none" else "optimizer" if devices["optimizer"] != "none" else "none"
         r.fields.update(tuning="full", strategy=strategy, offload=offload)
-        r.take(section + "gradient_accumulation_steps", "grad_accum")
+        if r.get(section + "gradient_accumulation_steps") != "auto":  # "auto": the script's Accelerator says
+            r.take(section + "gradient_accumulation_steps", "grad_accum")
     if _flag(r, section + "zero3_init_flag", default=True) is False and strategy == "zero3":
         r.fields["zero_init"] = False  # accelerate's default for ZeRO-3 is deepspeed.zero.Init, the cell's too
 
@@ -447,14 +448,14 @@ def read(path: Path, doc: dict[str, Any]) -> Job:
         keys = [k for k in r.doc if k.startswith(section + ".")]
         if distributed == kind:
             (read_deepspeed if kind == "DEEPSPEED" else read_fsdp)(r)
-        elif any(r.doc[k] is not None for k in keys):
-            r.notes.append(f"{section}: set, but distributed_type is {distributed}: accelerate does not use it")
+        else:
+            if any(r.doc[k] is not None for k in keys):
+                r.notes.append(f"{section}: set, but distributed_type is {distributed}: accelerate does not use it")
             r.ignore(keys)
     read_dynamo(r)
     read_parallelism(r)
     r.ignore(k for k in r.doc if k.startswith(("megatron_lm_config.", "mpirun_config.")))  # MEGATRON_LM is refused
     r.unmodelled(UNMODELLED)
-    r.ignore(("deepspeed_config.deepspeed_config_file",))
     r.ignore(IGNORED)
     r.rest()
     return r.job()
