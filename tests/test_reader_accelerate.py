@@ -291,3 +291,29 @@ def test_fsdp_and_ddp_files_as_accelerate_launches_them(repo, monkeypatch, name)
         assert ("fsdp_config.fsdp_version" in _heads(job)) == (env["FSDP_VERSION"] == "1")
     dynamo = env["ACCELERATE_DYNAMO_BACKEND"] != "NO"
     assert ("dynamo_config" in _heads(job)) == dynamo
+
+
+def test_fsdp1_runs_fsdp_sharding_strategy_as_accelerate_does(tmp_path, monkeypatch):
+    """``accelerate config`` writes FSDP1's strategy as fsdp_reshard_after_forward; ``accelerate launch``
+    also passes fsdp_sharding_strategy (FULL_SHARD by default), which the FSDP1 plugin prefers."""
+    path = tmp_path / "fsdp1.yaml"
+    path.write_text(
+        "distributed_type: FSDP\nnum_processes: 2\nfsdp_config: {fsdp_version: 1, fsdp_reshard_after_forward: "
+        "SHARD_GRAD_OP, fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP, fsdp_use_orig_params: false}\n"
+    )
+    job = jobfile.load(path)
+    assert (job.fields["strategy"], job.fields["offload"]) == ("fsdp", "none")
+    notes = "\n".join(job.notes)
+    assert "fsdp_reshard_after_forward: 'SHARD_GRAD_OP' is not what accelerate runs for FSDP1" in notes
+    assert "its FSDP1-only options are not modelled (fsdp_use_orig_params False)" in notes
+
+    args, _, _ = _launch_args(path)
+    from accelerate.utils import FullyShardedDataParallelPlugin, launch
+
+    for key, value in launch.prepare_multi_gpu_env(args).items():
+        if key.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin(sync_module_states=False, cpu_ram_efficient_loading=False)
+    assert (
+        plugin.sharding_strategy.name == "FULL_SHARD"
+    )  # what FSDP1 is given (sharding_strategy or reshard_after_forward)
