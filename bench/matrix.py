@@ -4,6 +4,7 @@ A matrix is YAML (loaded with ``bench.yamlsafe``: safe, no duplicate keys, bound
 
     name: v100                 # results go to results/<gpu>/<name>/
     gpu: v100-16gb
+    host_memory: 256GiB        # optional: the host RAM of one node, for bench plan
     defaults: {seq: 1024, steps: 5}
     sweep: {model: [...], method: [...], batch: [1, 2]}   # cartesian product, first key outermost
     exclude: [{model: ..., method: full}]                  # drop sweep cells matching every key
@@ -16,6 +17,15 @@ catalog name, hub id or alias, a ``method`` by the (tuning, strategy, offload)
 it stands for. Exclusion happens before validation, so a rule can drop the
 combinations a sweep cannot run (``{model: gpt2, seq: 2048}``). Includes are
 never excluded.
+
+``host_memory`` (a size such as ``64GiB``, parsed as a cell's ``gpu_memory``) states the
+host RAM of one node for every cell, as ``bench predict --host-memory`` does for one:
+``bench plan`` then gives each cell a host-RAM verdict, and a ``split: layers`` cell
+offloads to the host the blocks that fit on no card. Like ``gpu`` it is the machine's, so
+it is a top-level key only (not in ``defaults``, ``sweep`` or an include), and no cell
+field: cell ids and results do not depend on it. ``bench plan --host-memory SIZE`` or the
+override ``host_memory=SIZE`` replaces it; ``bench run`` measures the real host and
+leaves it aside.
 
 ``load`` checks the whole file and raises one ``UserError`` listing every
 problem before anything runs: one line per distinct problem (key, bad value,
@@ -38,7 +48,7 @@ from bench.cell import Cell
 from bench.errors import UserError, allowed
 from bench.limits import MAX_CELLS, clip_line, short
 
-TOP_KEYS = ("name", "gpu", "description", "defaults", "sweep", "exclude", "include")
+TOP_KEYS = ("name", "gpu", "host_memory", "description", "defaults", "sweep", "exclude", "include")
 CELL_KEYS = ("method", *cellmod.FIELD_NAMES)
 SPLIT_MAX_GPUS = 16
 """Cards one process spreads a model over (``split: layers``): one node's."""
@@ -70,6 +80,8 @@ class Matrix:
     """Sweep cells in expansion order (first sweep key outermost), then includes."""
     notes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict, compare=False)
     """cell id -> what an include's ``from:`` job file asks for that is not modelled."""
+    host_memory: int | None = None
+    """The stated host RAM of one node in bytes (``host_memory``), or ``None``: not stated."""
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
@@ -92,14 +104,14 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
 def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
     """A copy of ``doc`` with each override set.
 
-    ``name``/``gpu``/``description`` replace the top-level key; a dotted key
+    ``name``/``gpu``/``host_memory``/``description`` replace the top-level key; a dotted key
     (``defaults.seq``) sets that path only; a cell field applies everywhere: a
     list becomes the sweep axis (in place if the sweep had one), a scalar the
     default, and includes take the value too (one include per list item).
     """
     doc = copy.deepcopy(doc)
     for key, value in overrides:
-        if key in ("name", "gpu", "description"):
+        if key in ("name", "gpu", "host_memory", "description"):
             doc[key] = value
         elif "." in key:
             node = doc
@@ -115,7 +127,7 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
             _override_field(doc, key, value)
         else:
             raise UserError(
-                f"override {key}: unknown key; allowed: name, gpu, description, a dotted path (defaults.seq) or a cell field ({', '.join(CELL_KEYS)})"
+                f"override {key}: unknown key; allowed: name, gpu, host_memory, description, a dotted path (defaults.seq) or a cell field ({', '.join(CELL_KEYS)})"
             )
     return doc
 
@@ -495,6 +507,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
             problems.add(
                 f"include[{i}].gpu: a matrix targets one GPU; allowed: the top-level gpu (or the override gpu=NAME)"
             )
+    host_memory = _host_memory(doc, problems)
     rules = _rules(doc, problems)
 
     cells: dict[str, Cell] = {}
@@ -544,4 +557,34 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         raise UserError(*lines)
     if not cells:
         raise UserError(f"matrix: {str(path)!r} expands to no cells (empty sweep, or everything excluded)")
-    return Matrix(name=str(name), gpu=gpu, path=str(path), cells=tuple(cells.values()), notes=notes)  # type: ignore[arg-type]
+    return Matrix(
+        name=str(name),
+        gpu=gpu,  # type: ignore[arg-type]
+        path=str(path),
+        cells=tuple(cells.values()),
+        notes=notes,
+        host_memory=host_memory,
+    )
+
+
+def _host_memory(doc: dict[str, Any], problems: _Problems) -> int | None:
+    """The top-level ``host_memory`` in bytes (parsed as ``gpu_memory`` is); one stated
+    anywhere else is reported and dropped, so that no cell reads it as a field."""
+    sections = [(s, doc.get(s)) for s in ("defaults", "sweep")]
+    include = doc.get("include")
+    sections += [(f"include[{i}]", inc) for i, inc in enumerate(include if isinstance(include, list) else [])]
+    for where, section in sections:
+        if isinstance(section, dict) and "host_memory" in section:
+            section.pop("host_memory")
+            problems.add(
+                f"{where}.host_memory: a matrix states one host for all its cells; allowed: the top-level "
+                "host_memory (or bench plan --host-memory SIZE)"
+            )
+    if doc.get("host_memory") is None:
+        return None
+    raw = {"host_memory": doc["host_memory"]}
+    found: list[str] = []
+    cellmod._size(raw, "host_memory", found, "")
+    for m in found:
+        problems.add(m)
+    return None if found else int(raw["host_memory"])

@@ -176,8 +176,9 @@ def _run_args(a: argparse.Namespace) -> tuple[int | None, dict, dict | None]:
     return tokens, cost.prices(a.price, a.prices), load_calibration(a.calibration)
 
 
-def placement_note(p) -> str:
-    """One line for a split cell: the bottleneck and the blocks of every card."""
+def placement_note(p, offload: dict | None = None) -> str:
+    """One line for a split cell: the bottleneck and the blocks of every card (and what the
+    host holds: ``split.host_offload``)."""
     from bench.recipe import block_index
 
     spans = []
@@ -187,10 +188,19 @@ def placement_note(p) -> str:
         spans.append(f"card {c['index']} blocks {span} {c['peak_bytes'] / GiB:.2f} GiB")
     host = sum(1 for d in p.placement.values() if d == "cpu")
     nowhere = sum(1 for d in p.placement.values() if d == "disk")
-    tail = (f"; {host} modules on the host" if host else "") + (
+    tail = (f"; {host} modules on the host{_offload_text(offload)}" if host else "") + (
         f"; {nowhere} modules fit on no card" if nowhere else ""
     )
     return f"split over {p.devices} cards, card {p.bottleneck} the bottleneck: " + ", ".join(spans) + tail
+
+
+def _offload_text(offload: dict | None) -> str:
+    if not offload:
+        return ""
+    share = f", {100 * offload['share']:.0f}% of the weights" if offload.get("share") is not None else ""
+    seconds = offload.get("seconds")
+    slower = f", copied over PCIe at every forward: +{seconds:.2f} s per generate()" if seconds is not None else ""
+    return f" ({offload['bytes'] / GiB:.2f} GiB{share}{slower})"
 
 
 def _cards_text(p) -> list[str]:
@@ -336,7 +346,8 @@ def plan_entries(
     from bench.predict import planner
 
     notes = getattr(m, "notes", {})
-    return planner.entries(m.cells, notes, want_max_batch, tokens, price_table, calibration, jobs, on_entry)
+    host = getattr(m, "host_memory", None)  # a matrix's stated host (or bench plan --host-memory)
+    return planner.entries(m.cells, notes, want_max_batch, tokens, price_table, calibration, jobs, on_entry, host)
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -348,7 +359,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
     if a.output:
         destination.check_file(a.output)  # before any work: never fail after the table was shown
         fmt = plan_format_of(a.output)  # the suffix decides: .md, .html, .csv or .json
-    overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else [])
+    host = _host_memory(a)
+    overrides = list(a.overrides) + ([f"gpu={a.gpu}"] if a.gpu else []) + ([f"host_memory={host}"] if host else [])
     m = matrix.load(a.matrix, overrides)
     tokens, price_table, calibration = _run_args(a)
     with progressbar.bar(len(m.cells), f"plan {m.name}") as bar:
@@ -357,7 +369,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
         )
     entries = version.stamp(entries)
     records = [plan_record(c, e.get("predicted")) for c, e in zip(m.cells, entries)]
-    title = f"Plan: {m.name} on {m.gpu}"
+    title = f"Plan: {m.name} on {m.gpu}" + (
+        f" ({round(m.host_memory / GiB, 1):g} GiB host RAM)" if m.host_memory else ""
+    )
     if a.json:
         print(json.dumps(entries, indent=1))
     else:
@@ -455,6 +469,12 @@ examples:
         help="also write the plan to this file: .md, .html, .csv or .json (by suffix) [default: stdout only]",
     )
     p.add_argument("--jobs", type=int, metavar="N", help="processes predicting at once [one per core]")
+    p.add_argument(
+        "--host-memory",
+        metavar="SIZE",
+        help="host RAM of one node (e.g. 64GiB), over the matrix's host_memory: a host-RAM verdict per cell, "
+        "and split cells offload to it what fits on no card [default: the matrix's host_memory, else none]",
+    )
     add_run_flags(p)
     p.set_defaults(func=cmd_plan)
 

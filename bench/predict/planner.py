@@ -4,6 +4,12 @@
 ``{"label", "cell_id", "cell", ["notes"], "predicted" | "error"}``. A cell that
 cannot be predicted carries its one-line ``error`` and the others go on.
 
+A stated host (``host_memory``, the matrix's or ``bench plan --host-memory``) is used
+as ``bench predict --host-memory`` uses it: a ``split: layers`` cell offloads to it the
+blocks that fit on no card (``predicted.host_offload``: the modules, bytes, share of the
+weights and the seconds of copies over PCIe they cost), and every cell's
+``predicted`` gets ``host_memory_bytes`` and ``host_fits`` (host RAM per node within it).
+
 Cells are grouped by the micro-step they replay (``trace_group``: the same
 model, tuning, dtypes, checkpointing and adapters at any batch, length, method
 or card), and each group is predicted by one process, so a trace missing from
@@ -32,27 +38,36 @@ def entry(
     tokens: int | None = None,
     price_table: dict | None = None,
     calibration: dict | None = None,
+    host_memory: int | None = None,
 ) -> dict:
     """``{"predicted": {...}}`` (memory, speed, max batch; ``"placement"``: the note of a
     ``split: layers`` cell's placement) or ``{"error": "one line"}`` for one cell."""
-    out = _guarded(lambda: _predicted_fields(cell, tokens, price_table, calibration))
+    out = _guarded(lambda: _predicted_fields(cell, tokens, price_table, calibration, host_memory))
     if want_max_batch:
         out = _with_max_batch(cell, out)
     return out
 
 
-def _predicted_fields(cell, tokens, price_table, calibration) -> dict:
+def _predicted_fields(cell, tokens, price_table, calibration, host_memory=None) -> dict:
     from bench.predict import predict
     from bench.predict.cli import speed_fields
 
-    p = predict(cell)
+    p = predict(cell, host_memory)
     predicted = p.to_dict()
-    predicted.update(speed_fields(cell, calibration, tokens, price_table))
+    predicted.update(speed_fields(cell, calibration, tokens, price_table, host_memory))
+    if host_memory is not None:
+        predicted["host_memory_bytes"] = host_memory
+        predicted["host_fits"] = p.host_node_bytes <= host_memory
     out: dict = {"predicted": predicted}
     if p.cards:  # split: layers: where accelerate puts each block
+        from bench.predict import split
         from bench.predict.cli import placement_note
 
-        out["placement"] = placement_note(p)
+        moved = predicted["step_time_parts"].get("transfers") if predicted.get("step_time_seconds") else None
+        offload = split.host_offload(cell, host_memory, moved)
+        if offload is not None:
+            predicted["host_offload"] = offload
+        out["placement"] = placement_note(p, offload)
     return out
 
 
@@ -119,9 +134,11 @@ def entries(
     calibration: dict | None = None,
     jobs: int | None = None,
     on_entry: Callable[[dict], object] | None = None,
+    host_memory: int | None = None,
 ) -> list[dict]:
     """One entry per cell, in order; ``jobs`` processes (default: one per core, 1: here);
-    ``on_entry`` is called with each entry as its group is done (the progress bar)."""
+    ``on_entry`` is called with each entry as its group is done (the progress bar);
+    ``host_memory``: the stated host RAM of one node (module docstring)."""
     if jobs is not None and (isinstance(jobs, bool) or jobs < 1):
         raise UserError(f"--jobs: {jobs!r} is not allowed; allowed: a positive number of processes")
     notes = notes or {}
@@ -131,7 +148,7 @@ def entries(
         if notes.get(c.cell_id):
             e["notes"] = list(notes[c.cell_id])
         out.append(e)
-    options = (want_max_batch, tokens, price_table, calibration)
+    options = (want_max_batch, tokens, price_table, calibration, host_memory)
     for i, result in _predicted(list(cells), options, jobs or cores()):
         placement = result.pop("placement", None)
         out[i].update(result)

@@ -82,6 +82,8 @@ class Placement:
     """Weights kept on the host and streamed to card 0 at every forward."""
     copy_bytes: dict[str, int] = field(default_factory=dict)
     """Bytes copied between devices by the hooks in the prefill and in one decode forward."""
+    weight_bytes: int = 0
+    """All the model's stored weights, wherever they are placed."""
 
     @property
     def on_disk(self) -> list[str]:
@@ -226,7 +228,8 @@ def _predict_cards(cell, gpu, placed: dict, budget: dict) -> Placement:
         elif fwd == 1:
             per_forward["decode"] += nbytes
     offloaded = sum(weights.get("cpu", []))  # on "disk" nothing runs: the cell does not fit
-    return Placement(placed, budget, tuple(cards), offloaded, per_forward)
+    total = sum(sum(w) for w in weights.values())
+    return Placement(placed, budget, tuple(cards), offloaded, per_forward, weight_bytes=total)
 
 
 def predict(cell, host_memory: int | None = None):
@@ -284,4 +287,25 @@ def transfer_seconds(cell, link: float, host_memory: int | None = None) -> dict[
     return {
         "prefill": (pl.copy_bytes.get("prefill", 0) + streamed) / link,
         "decode": (pl.copy_bytes.get("decode", 0) + streamed) / link,
+    }
+
+
+def host_offload(cell, host_memory: int | None, transfer_seconds: float | None) -> dict | None:
+    """What a split cell puts on the stated host, or ``None`` when nothing is offloaded:
+    ``modules``, ``bytes`` (the weights kept there), ``share`` (of all the weights), and
+    from the ``transfers`` part of a predicted ``generate()`` (``transfer_seconds``, when
+    its time is modelled) the ``seconds`` spent streaming those weights to card 0 at each
+    of its ``new_tokens`` forwards. Both kinds of copy cross the same link, so that part is
+    split between them by bytes (``transfer_seconds``' own sums)."""
+    pl = placement(cell, host_memory)
+    if not pl.on_host:
+        return None
+    streamed = pl.offloaded_bytes * cell.new_tokens
+    moved = streamed + pl.copy_bytes.get("prefill", 0) + pl.copy_bytes.get("decode", 0) * (cell.new_tokens - 1)
+    seconds = None if transfer_seconds is None or moved <= 0 else transfer_seconds * streamed / moved
+    return {
+        "modules": len(pl.on_host),
+        "bytes": pl.offloaded_bytes,
+        "share": pl.offloaded_bytes / pl.weight_bytes if pl.weight_bytes else None,
+        "seconds": seconds,
     }

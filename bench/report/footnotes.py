@@ -84,6 +84,7 @@ def footnotes(records: list[Mapping[str, Any]], mode: str) -> tuple[str, ...]:
             "Predicted: bench's memory prediction of the peak per GPU (its parts: `bench predict`).",
             "% of GPU: predicted peak over the GPU's memory. Fits: no allocation fails on that card (near its limit the allocator releases its cache first, as PyTorch's does).",
         ]
+        notes += _host(records)
         return tuple(notes)
     counts: dict[str, int] = {}
     for r in records:
@@ -111,6 +112,27 @@ def footnotes(records: list[Mapping[str, Any]], mode: str) -> tuple[str, ...]:
         if line:
             notes.append(line)
     return tuple(notes)
+
+
+def _host(records: list[Mapping[str, Any]]) -> list[str]:
+    """A plan's stated host: what Fits host compares, and what an offload costs."""
+    preds = [r.get("predicted") or {} for r in records]
+    stated = sorted({p["host_memory_bytes"] for p in preds if p.get("host_memory_bytes")})
+    out = []
+    if stated:
+        sizes = ", ".join(f"{round(n / 2**30, 1):g} GiB" for n in stated)
+        out.append(
+            f"Fits host: host RAM per node (its ranks' host memory; a split cell's offloaded weights) "
+            f"within the stated host RAM ({sizes}, the matrix's host_memory or --host-memory)."
+        )
+    if any(p.get("host_offload") for p in preds):
+        out.append(
+            "On host: a split cell's weights that fit on no card, offloaded to the host as accelerate does "
+            "(share of the model's weights); they run on card 0 with their weights copied over PCIe at every "
+            "forward. Offload slowdown: generate() time over the same without those copies (the seconds they add, "
+            "counted in Step (s))."
+        )
+    return out
 
 
 def _emulated(records: list[Mapping[str, Any]]) -> str | None:

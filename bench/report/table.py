@@ -10,7 +10,10 @@ Modes:
 - ``measured`` (``bench report``): what was measured beside what was
   predicted. OOM, timeout, error and skipped cells stay in as rows.
 - ``plan`` (``bench plan``): predicted columns only (Predicted GiB, % of GPU,
-  Fits); records need only ``cell`` and ``predicted``.
+  Fits); records need only ``cell`` and ``predicted``. With a stated host
+  (``predicted.host_fits``) a ``Fits host`` column follows the host RAM, and
+  where a ``split: layers`` cell offloads weights to it (``predicted.host_offload``)
+  ``On host (GiB)`` and ``Offload slowdown`` columns.
 
 Speed columns join where some record has them: ``Step (s)`` and ``Tokens/s``
 when predictions carry ``step_time_seconds`` (``bench.predict.speed``),
@@ -82,6 +85,8 @@ SPEED = {
 }
 RUN = (Column("time", "Time", True), Column("cost", "Cost (USD)", True))
 MAX_BATCH = Column("max_batch", "Max batch", True)
+HOST_FITS = Column("host_fits", "Fits host")
+HOST_OFFLOAD = (Column("on_host", "On host (GiB)", True), Column("slowdown", "Offload slowdown", True))
 CPU_ONLY_DROPPED = ("gpu", "share", "predicted", "error", "ptokens", "mfu")
 """Columns a report of CPU runs alone leaves out: no GPU, and a GPU prediction is not comparable with host RSS."""
 
@@ -94,6 +99,10 @@ def columns_for(records: list[Mapping[str, Any]], mode: str) -> tuple[Column, ..
     """
     preds = [r.get("predicted") or {} for r in records]
     cols = COLUMNS[mode]
+    if mode == "plan" and any(p.get("host_fits") is not None for p in preds):
+        cols = cols + (HOST_FITS,)
+    if mode == "plan" and any(p.get("host_offload") for p in preds):
+        cols = cols + HOST_OFFLOAD
     if any(p.get("step_time_seconds") is not None for p in preds):
         cols = cols[:-1] + SPEED[mode] + cols[-1:] if mode == "measured" else cols + SPEED[mode]
     if mode == "plan" and any(p.get("run") for p in preds):
@@ -117,6 +126,20 @@ def _speed_values(p: Mapping[str, Any]) -> dict[str, str]:
         "time": labels.duration(run.get("seconds")) if run else labels.MISSING,
         "cost": f"{usd:,.2f}" if usd is not None else labels.MISSING,
     }
+
+
+def _offload_values(p: Mapping[str, Any]) -> dict[str, str]:
+    """A split cell's weights on the host (and their share) and the slowdown their copies cost."""
+    offload = p.get("host_offload") or {}
+    if not offload:
+        return {"on_host": labels.MISSING, "slowdown": labels.MISSING}
+    share = offload.get("share")
+    on_host = labels.gib(offload.get("bytes")) + (f" ({100 * share:.0f}%)" if share is not None else "")
+    seconds, step = offload.get("seconds"), p.get("step_time_seconds")
+    slowdown = labels.MISSING
+    if seconds is not None and step and step > seconds:
+        slowdown = f"x{step / (step - seconds):.1f} (+{seconds:.2f} s)"
+    return {"on_host": on_host, "slowdown": slowdown}
 
 
 @dataclass(frozen=True)
@@ -206,6 +229,8 @@ def _values(record: Mapping[str, Any], mode: str, catalog: Catalog) -> dict[str,
         peak = p.get("peak_bytes")
         v["share"] = labels.percent(peak / capacity if peak is not None and capacity else None)
         v["host"] = labels.gib(p.get("host_node_bytes") or p.get("host_bytes"))
+        v["host_fits"] = labels.yes_no(p.get("host_fits"))
+        v.update(_offload_values(p))
         return v
     peak = hardware.measured_peak(record)
     host = hardware.speed_suffix(record)  # an emulated run's speed is the host card's

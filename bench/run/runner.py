@@ -187,6 +187,14 @@ class Runner:
                 file=self.out,
                 flush=True,
             )
+        if m.host_memory is not None:
+            print(
+                f"note: host_memory {round(m.host_memory / 2**30, 1):g} GiB is a planning figure (bench plan); "
+                "a run measures this host (machine.json: host_memory_bytes), places split cells on the cards "
+                "alone and predicts its records without it",
+                file=self.out,
+                flush=True,
+            )
         clean_stale_temps(folder)
         leftovers.clean_scratch()
         try:
