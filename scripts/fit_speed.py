@@ -8,8 +8,10 @@ rows and the ``bench run`` records, all on one H200). Every figure is global:
 one fraction of the datasheet peak per matmul dtype, for fused attention, HBM
 and PCIe (bounded by what such kernels reach at best); how much of the host's
 dispatch time the GPU's work hides; one fixed cost per kernel; the host's per-op dispatch costs, the
-per-tensor cost of DeepSpeed's hooks and of FSDP2's DTensor dispatch, and the
-throughput of DeepSpeed's CPU Adam. Nothing is fitted per model or per row.
+per-tensor cost of DeepSpeed's hooks with CPU offload and its Python bookkeeping per tensor
+without, ZeRO-3's host cost per module per pass, the per-tensor cost of FSDP2's DTensor dispatch,
+and the throughput of DeepSpeed's CPU Adam. Nothing is fitted per model or per row. A ZeRO-3
+record is matched on its steps after DeepSpeed completed its trace (``Row.steady``).
 ``link_fraction``, ``comm_overlap`` and the CPU torch-AdamW rate have no rows
 to fit on and keep their stated values; generation's host ratios
 (``no_grad_op_fraction``, ``generate_token_ops``) are measured by
@@ -47,6 +49,8 @@ FITTED = [  # (path in the block, lower bound, upper bound)
     (("host", "recompute_op_seconds"), 1e-6, 2e-4),
     (("host", "view_op_seconds"), 1e-7, 2e-5),
     (("host", "deepspeed_param_seconds"), 1e-6, 2e-3),
+    (("host", "zero_param_seconds"), 1e-6, 5e-4),
+    (("host", "zero3_module_seconds"), 1e-5, 5e-3),
     (("host", "dtensor_op_seconds"), 1e-6, 5e-4),
     (("host", "cpu_adam_params_per_second"), 1e7, 1e10),
 ]
@@ -69,7 +73,9 @@ def _set(block, path, value):
 def objective(block, rows) -> float:
     h200 = gpus.resolve("h200")
     f = figures(h200, block=block)
-    logs = sorted(abs(math.log(step_time.train_step(r.cell, counts, f).seconds / r.measured)) for r, counts in rows)
+    logs = sorted(
+        abs(math.log(step_time.train_step(r.cell, counts, f).seconds / (r.steady or r.measured))) for r, counts in rows
+    )
     return statistics.median(logs) + logs[round(0.9 * (len(logs) - 1))] + 0.5 * logs[-1]
 
 
