@@ -114,7 +114,8 @@ def fit_paths(block, rows):
                 _set(block, path, v)
                 f = figures(h200, block=block)
                 return sum(
-                    abs(math.log(step_time.train_step(r.cell, c, f).seconds / (r.steady or r.measured))) for r, c in moved
+                    abs(math.log(step_time.train_step(r.cell, c, f).seconds / (r.steady or r.measured)))
+                    for r, c in moved
                 )
 
             grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]

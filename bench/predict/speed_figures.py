@@ -6,7 +6,8 @@ The GPU catalog (``bench/data/gpus.json``) holds each card's datasheet peaks
 kernels reach (matmuls per dtype, fused attention, HBM streaming, PCIe and
 NVLink transfers), the fixed cost of a kernel, and host-side costs (dispatching
 an op from Python or from the autograd engine, DeepSpeed's bookkeeping per
-parameter (with and without CPU offload) and ZeRO-3's per module, DTensor dispatch under FSDP2, DeepSpeed's CPU Adam, ``generate()``'s
+parameter with and without CPU offload and ZeRO-3's per module, DTensor
+dispatch under FSDP2, DeepSpeed's CPU Adam, ``generate()``'s
 per-token bookkeeping). Those fractions and costs were fitted once, by
 ``scripts/fit_speed.py``, on the H200 rows of ``shared/measurements`` and
 ``results/h200-2026-11-28`` (the block's ``fitted_on`` says so); another card

@@ -35,6 +35,7 @@ Around the micro-steps (``grad_accum`` of them):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from bench import recipe as recipes
@@ -139,7 +140,7 @@ def zero_host_seconds(
     """
     op, view = f.no_grad_forward_op_seconds, f.view_op_seconds
     per_tensor = (3 if stage == 3 else 2) * op + 7 * view + f.zero_param_seconds
-    micro = tensors * per_tensor + max(1.0, buckets) * 3 * op
+    micro = tensors * per_tensor + max(1, math.ceil(buckets)) * 3 * op
     if stage == 3:
         micro += passes * modules * f.zero3_module_seconds
     step = tensors * ((ZERO_STEP_OPS_PER_TENSOR if scan else 2) * op + 2 * view)
