@@ -49,7 +49,8 @@ class OpCounts:
     kernels: dict[Op, float]
     views: dict[str, float]
     params: dict[str, float]
-    """``elements``, ``trainable`` (elements), ``tensors``, ``trainable_tensors``."""
+    """``elements``, ``trainable`` (elements), ``tensors``, ``trainable_tensors``, ``modules`` (every
+    ``nn.Module`` of the model, the root included: what DeepSpeed ZeRO-3 hooks)."""
 
     def combine(self, other: OpCounts, weight: float) -> OpCounts:
         """``self + weight * other``, op by op (negative counts dropped)."""
@@ -57,7 +58,7 @@ class OpCounts:
         for op, n in other.kernels.items():
             k[op] = k.get(op, 0.0) + weight * n
         v = {p: self.views.get(p, 0) + weight * other.views.get(p, 0) for p in {*self.views, *other.views}}
-        m = {p: self.params[p] + weight * other.params[p] for p in self.params}
+        m = {p: self.params[p] + weight * other.params.get(p, 0.0) for p in self.params}
         return OpCounts({op: n for op, n in k.items() if n > 1e-9}, {p: max(n, 0.0) for p, n in v.items()}, m)
 
     def flops(self) -> int:

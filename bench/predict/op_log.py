@@ -134,5 +134,6 @@ def trace_now(key: ShapeKey) -> OpCounts:
         "trainable": sum(p.numel() for p in trainable),
         "tensors": len(params),
         "trainable_tensors": len(trainable),
+        "modules": sum(1 for _ in model.modules()),
     }
     return OpCounts(dict(log.kernels), dict(log.views), {k: float(v) for k, v in counts.items()})

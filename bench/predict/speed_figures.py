@@ -5,8 +5,9 @@ The GPU catalog (``bench/data/gpus.json``) holds each card's datasheet peaks
 ``speed`` block shared by every card: the fraction of each peak that PyTorch
 kernels reach (matmuls per dtype, fused attention, HBM streaming, PCIe and
 NVLink transfers), the fixed cost of a kernel, and host-side costs (dispatching
-an op from Python or from the autograd engine, DeepSpeed's per-parameter
-hooks, DTensor dispatch under FSDP2, DeepSpeed's CPU Adam, ``generate()``'s
+an op from Python or from the autograd engine, DeepSpeed's bookkeeping per
+parameter with and without CPU offload and ZeRO-3's per module, DTensor
+dispatch under FSDP2, DeepSpeed's CPU Adam, ``generate()``'s
 per-token bookkeeping). Those fractions and costs were fitted once, by
 ``scripts/fit_speed.py``, on the H200 rows of ``shared/measurements`` and
 ``results/h200-2026-11-28`` (the block's ``fitted_on`` says so); another card
@@ -56,7 +57,14 @@ class Figures:
     view_op_seconds: float
     """Host time of an op that launches no kernel (views, ``empty``)."""
     deepspeed_param_seconds: float
-    """DeepSpeed ZeRO's host work per trainable tensor per micro-step (gradient hooks, bucketing, norms)."""
+    """DeepSpeed ZeRO with CPU offload: host work per trainable tensor per micro-step (gradient hooks,
+    per-tensor pinned copies, norms and overflow checks that synchronise with the GPU)."""
+    zero_param_seconds: float
+    """DeepSpeed ZeRO without offload: Python bookkeeping per trainable tensor per micro-step in the
+    gradient hook and bucket/partition code, beside the ops it dispatches (``step_time.zero_host_seconds``)."""
+    zero3_module_seconds: float
+    """DeepSpeed ZeRO-3: host time per module per pass (forward, recomputation, backward): its module
+    hooks, autograd functions and the parameter coordinator's fetch and release."""
     dtensor_op_seconds: float
     """FSDP2: host time per DTensor op (the optimizer's foreach ops run per shard)."""
     host_link_bytes_per_second: float
@@ -94,6 +102,8 @@ def figures(gpu: gpus.GPU, calibration: dict | None = None, block: dict | None =
         view_op_seconds=host["view_op_seconds"],
         recompute_op_seconds=host["recompute_op_seconds"],
         deepspeed_param_seconds=host["deepspeed_param_seconds"],
+        zero_param_seconds=host["zero_param_seconds"],
+        zero3_module_seconds=host["zero3_module_seconds"],
         dtensor_op_seconds=host["dtensor_op_seconds"],
         host_link_bytes_per_second=1e9 * gpu.pcie_gbps * s["pcie_fraction"],
         gpu_link_bytes_per_second=1e9 * link * s["link_fraction"],

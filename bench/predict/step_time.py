@@ -20,8 +20,14 @@ Around the micro-steps (``grad_accum`` of them):
 - ``communication``: ZeRO and FSDP collectives over NVLink (PCIe without it),
   ``(n-1)/n`` of the bytes per rank, hidden behind ``comm_overlap`` of the
   backward; with one GPU they are device copies (counted in HBM bytes).
-  DeepSpeed's per-parameter host work (hooks, bucketing, norms) and DTensor
-  dispatch of FSDP2's optimizer are host time here too.
+  DeepSpeed's host work and DTensor dispatch of FSDP2's optimizer are host
+  time here too. Without offload DeepSpeed's ops are counted from its code
+  (``zero_host_seconds``: the gradient hook's copies, bucket reductions, the
+  step's per-gradient norm and overflow scan) and priced as dispatched ops,
+  plus Python bookkeeping per tensor and, for ZeRO-3, per module fetch and
+  release; with CPU offload the per-tensor cost is its own figure
+  (``deepspeed_param_seconds``: pinned copies, norms and overflow checks that
+  synchronise per tensor).
 - ``offload``: gradients to the host and parameters back over PCIe, and the
   optimizer on the CPU (DeepSpeed's CPU Adam, or torch's AdamW for FSDP2);
   these do not overlap with the GPU's work in DeepSpeed's ZeRO-2/3 step.
@@ -29,6 +35,7 @@ Around the micro-steps (``grad_accum`` of them):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from bench import recipe as recipes
@@ -108,6 +115,38 @@ def optimizer_seconds(
     raise ValueError(f"no step-time model for optimizer {name!r}")
 
 
+ZERO_STEP_OPS_PER_TENSOR = 2 + 7
+"""DeepSpeed's step, per gradient of the partition: the fp64 norm (``double()``, ``vector_norm``)
+and the overflow scan (``float``, ``isnan``, ``isinf``, ``logical_or``, ``float``, ``max``, ``+=``)."""
+
+
+def zero_host_seconds(
+    stage: int, tensors: float, modules: float, ga: int, passes: int, buckets: float, scan: bool, f: Figures
+) -> float:
+    """Host seconds DeepSpeed ZeRO adds to one optimizer step without offload.
+
+    What the engine runs per trainable tensor (``stage_1_and_2.py``, ``stage3.py``), each op
+    dispatched from Python under ``no_grad``: per micro-step the gradient hook copies the gradient
+    into the reduction bucket and, once the bucket is reduced, into the rank's partition (ZeRO-3
+    also upcasts it to the fp32 partition), with some seven views; micro-steps after the first add
+    each gradient to the one kept; per bucket one average, one collective and one copy back. At the
+    step, the fp64 norm of each gradient and, with ``scan`` (fp16, and bf16 by DeepSpeed's default
+    ``check_grad_overflow``), its overflow scan (``ZERO_STEP_OPS_PER_TENSOR`` ops in all), and two
+    views rebinding the updated weights. Beside those ops,
+    ``zero_param_seconds`` of Python bookkeeping per tensor per micro-step (hook state, bucket and
+    partition offsets); ZeRO-3 adds ``zero3_module_seconds`` per module per pass (forward, each
+    checkpoint recomputation, backward): its four module hooks, two autograd functions and the
+    parameter coordinator's fetch and release.
+    """
+    op, view = f.no_grad_forward_op_seconds, f.view_op_seconds
+    per_tensor = (3 if stage == 3 else 2) * op + 7 * view + f.zero_param_seconds
+    micro = tensors * per_tensor + max(1, math.ceil(buckets)) * 3 * op
+    if stage == 3:
+        micro += passes * modules * f.zero3_module_seconds
+    step = tensors * ((ZERO_STEP_OPS_PER_TENSOR if scan else 2) * op + 2 * view)
+    return ga * micro + (ga - 1) * tensors * op + step
+
+
 def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
     """One optimizer step of a training cell: ``grad_accum`` micro-steps and what follows them."""
     gpu_f, host_f = phase_seconds(counts, "forward", f)
@@ -131,19 +170,25 @@ def train_step(cell, counts: OpCounts, f: Figures) -> StepTime:
     if r.deepspeed:
         stage = r.zero.stage if r.zero else 2
         gathers = 2 + (1 if cell.grad_ckpt else 0)  # ZeRO-3 fetches each module per use
-        per_micro = tensors * f.deepspeed_param_seconds * (3 if stage == 3 else 1)
         copies = elements * half * 2  # gradients into the buckets, out to the partition
         if stage == 3:
             copies += elements * half * gathers  # all-gathers of the partitions (device copies on one rank)
             comm += ga * (elements * half * gathers + elements * half) * ring
         else:
             comm += (elements * half * (ga if stage == 2 else 1) + elements * half) * ring
-        parts["communication"] += ga * (per_micro + copies / hbm)
+        parts["communication"] += ga * copies / hbm
         # step: upcast the gradient partition, fp64 norms, master -> half copy
         parts["optimizer"] += shard * (half + 4 + half + 8 + 4 + half) / hbm
         if offload == "none":
+            bucket = r.zero.reduce_bucket_size if r.zero else 5e8
+            parts["communication"] += zero_host_seconds(
+                stage, tensors, counts.params.get("modules", 0.0), ga, gathers, elements / bucket, half < 4, f
+            )
+            # the step's checks: overflow scan of the half gradients, fp64 norm read, unscale
+            parts["optimizer"] += shard * ((half + 26 if half < 4 else 0) + 8 + 8) / hbm
             parts["optimizer"] += optimizer_seconds(r.optimizer, shard, 1, 4, 4, 4, f)
         else:
+            parts["communication"] += ga * tensors * f.deepspeed_param_seconds * (3 if stage == 3 else 1)
             parts["offload"] += ga * shard * half / pcie  # gradients to the pinned host buffer
             parts["offload"] += shard / f.cpu_adam_params_per_second + shard * half / pcie
             if offload == "all" and stage == 3:
