@@ -1,14 +1,21 @@
 """Architectures: which models bench can build, trace and run, and the choices they force.
 
-bench builds a language model from a config (``bench.models.build``): a
-causal LM, or a sequence-to-sequence LM for encoder-decoders. Everything else
-is refused up front, at validation, with one line naming the ``model_type``
-and what is supported, instead of failing inside transformers:
+bench builds a model from a config (``bench.models.build``) with the cell's
+``head``: ``lm``, a causal LM, or a sequence-to-sequence LM for
+encoder-decoders; ``seq-cls`` / ``token-cls``, transformers'
+``AutoModelForSequenceClassification`` / ``AutoModelForTokenClassification``
+(the model's own loss on class ids). Everything else is refused up front, at
+validation, with one line naming the ``model_type`` and what is allowed,
+instead of failing inside transformers:
 
-- Encoder-only models (BERT, RoBERTa, DeBERTa, ...) have no causal-LM form
-  that fine-tuning uses (``BertLMHeadModel`` needs ``is_decoder`` and is not
-  how these models are trained); bench has no task-head field, so they are
-  refused.
+- Encoder-only models (BERT, RoBERTa, DeBERTa, ...) are fine-tuned with a
+  classification head; their causal-LM form (``BertLMHeadModel`` needs
+  ``is_decoder``) is not how they are trained, so ``head: lm`` is refused.
+- Decoder-only models take a classification head too (``LlamaForSequenceClassification``
+  scores the last token that is not padding; with no ``pad_token_id`` in the
+  config, ``models.build`` sets the ``eos_token_id``, as fine-tuning scripts do).
+  Encoder-decoders do not: their classification models find ``eos`` tokens in
+  every input, which random ids do not hold.
 - Mixture-of-Experts models (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, ...) build
   and train, with two decisions taken here for both the predictor and the
   runner (one place, so the two cannot drift):
@@ -66,7 +73,13 @@ ENCODER_ONLY = frozenset(
 """``model_type`` values of encoder-only models (transformers' masked-LM families)."""
 
 _EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-SUPPORTED = "decoder-only causal LMs (Llama, Qwen, Mistral, Gemma, Phi, MoE ...) and encoder-decoders (T5, BART)"
+CLASSIFICATION_HEADS = ("seq-cls", "token-cls")
+"""The ``head`` values of a classification model (the rest is ``lm``)."""
+
+
+def is_encoder_only(spec: ModelSpec) -> bool:
+    """Whether the model is an encoder-only (masked-LM family) model."""
+    return spec.model_type in ENCODER_ONLY
 
 
 def _configs(config: dict) -> list[dict]:
@@ -97,14 +110,19 @@ def experts_implementation(spec: ModelSpec, weight_dtype: str | None) -> str | N
     return None if name in ("bfloat16", "bf16") else "eager"
 
 
-def problems(spec: ModelSpec, tuning: str = "full", where: str = "") -> list[str]:
-    """Why ``spec`` (with ``tuning``) cannot be built and stepped; empty when it can."""
+def problems(spec: ModelSpec, tuning: str = "full", where: str = "", head: str = "lm") -> list[str]:
+    """Why ``spec`` (with ``tuning`` and ``head``) cannot be built and stepped; empty when it can."""
     found = []
     model_type = spec.model_type
-    if model_type in ENCODER_ONLY:
+    if model_type in ENCODER_ONLY and head == "lm":
         found.append(
-            f"{where}model: {spec.name}: model_type {model_type!r} is an encoder-only model, which bench "
-            f"does not build (no task heads); supported: {SUPPORTED}"
+            f"{where}head: 'lm' is not supported for the encoder-only model_type {model_type!r} "
+            f"({spec.name}: fine-tuned with a task head); allowed: {', '.join(CLASSIFICATION_HEADS)}"
+        )
+    elif head != "lm" and spec.is_encoder_decoder:
+        found.append(
+            f"{where}head: {head!r} is not supported for the encoder-decoder model_type {model_type!r} "
+            f"(its classification models need eos tokens in every input); allowed: lm"
         )
     elif tuning == "qlora" and is_moe(spec):
         found.append(

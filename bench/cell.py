@@ -39,6 +39,7 @@ SPLIT_BALANCES = ("balanced", "sequential")
 CUSTOM_GPU = "custom"
 """The ``gpu`` name of a card given by its memory alone (``gpu_memory``)."""
 LOOPS = ("plain", "trainer")
+HEADS = ("lm", "seq-cls", "token-cls")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
@@ -50,6 +51,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "split": SPLITS,
     "split_balance": SPLIT_BALANCES,
     "loop": LOOPS,
+    "head": HEADS,
     "optimizer": OPTIMIZERS,
     "attn": ATTNS,
 }
@@ -68,6 +70,7 @@ INT_MINIMUM = {
     "warmup": 0,
     "freeze": 0,
     "target_seq": 1,
+    "num_labels": 1,
 }
 """The integer fields and their smallest allowed value (the largest is ``limits.CELL_MAX``)."""
 
@@ -179,6 +182,14 @@ class Cell:
     accelerate, gradient accumulation and checkpointing, DeepSpeed via ``deepspeed=``). The
     Trainer keeps only the loss between forward and backward; ``fsdp`` is not offered with it
     yet [plain]."""
+    head: str = "lm"
+    """The model's output head and loss: ``lm`` (the language-model head: causal LM, or
+    sequence-to-sequence for encoder-decoders) | ``seq-cls`` (``AutoModelForSequenceClassification``:
+    one class id per sample) | ``token-cls`` (``AutoModelForTokenClassification``: one per
+    token); encoder-only models (BERT, RoBERTa, DeBERTa) need a classification head [lm]."""
+    num_labels: int = 2
+    """Classes of a ``seq-cls``/``token-cls`` head (``seq-cls`` with 1: regression, an MSE
+    loss on one float per sample) [2]."""
     quant: str = "none"
     """Weight quantization of a ``task: infer`` model by bitsandbytes: ``none`` | ``int8``
     (LLM.int8: int8 weights with fp32 row scales) | ``nf4`` | ``fp4`` (4-bit, an absmax per
@@ -246,6 +257,8 @@ class Cell:
             parts.append("nozeroinit")
         if self.loop != "plain":
             parts.append(self.loop)
+        if self.head != "lm":
+            parts.append(self.head + (f"{self.num_labels}" if self.num_labels != 2 else ""))
         if self.task == "infer":
             parts = [model, "infer", self.precision, f"b{self.batch}", f"s{self.seq}", f"n{self.new_tokens}"]
             if self.quant != "none":
@@ -280,6 +293,8 @@ _LATE_FIELDS = {
     "split_balance",
     "gpu_memory",
     "loop",
+    "head",
+    "num_labels",
 }
 _NOT_HASHED = {"label"}
 
@@ -515,6 +530,10 @@ def _consistency(c: Cell, where: str) -> list[str]:
             f"{where}loop: 'trainer' with strategy 'fsdp' is not supported (accelerate's FSDP2 path is not modelled); "
             "allowed: plain, or a strategy none, ddp, zero1, zero2, zero3"
         )
+    if c.head != "lm" and c.task != "train":
+        p.append(f"{where}head: {c.head!r} needs task 'train' (generation needs the lm head); allowed: lm")
+    if c.num_labels != 2 and c.head == "lm":
+        p.append(f"{where}num_labels: {c.num_labels} needs head seq-cls or token-cls; allowed: leave num_labels out")
     if c.ds_config is not None and c.strategy not in ("zero1", "zero2", "zero3"):
         p.append(
             f"{where}ds_config: given but strategy is {c.strategy!r}; a DeepSpeed config needs zero1, zero2 or zero3"

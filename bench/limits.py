@@ -43,6 +43,7 @@ CELL_MAX = {
     "lora_alpha": 2**20,
     "steps": 10**6,
     "warmup": 10**6,
+    "num_labels": 2**20,
 }
 """Largest value of each integer cell field."""
 

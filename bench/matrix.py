@@ -302,7 +302,7 @@ def validate_cell(c: Cell, where: str = "") -> list[str]:
     p: list[str] = []
     spec = models.resolve(c.model)
     gpu = gpus.resolve(c.gpu)
-    p += architectures.problems(spec, c.tuning, where)
+    p += architectures.problems(spec, c.tuning, where, c.head)
     if c.precision in ("bf16", "pure-bf16") and not gpu.bf16:
         p.append(f"{where}precision: {c.precision!r} is not supported on {gpu.name} (no bf16); allowed: fp32, fp16")
     if c.attn == "flash_attention_2" and not gpu.supports_flash_attention:

@@ -32,7 +32,20 @@ _POSITION_TABLES = {
     "opt": ("max_position_embeddings", 2048),
     "gptj": ("n_positions", 2048),
     "codegen": ("n_positions", 2048),
+    "bert": ("max_position_embeddings", 512),
+    "roberta": ("max_position_embeddings", 512),
+    "xlm-roberta": ("max_position_embeddings", 512),
+    "camembert": ("max_position_embeddings", 512),
+    "electra": ("max_position_embeddings", 512),
+    "distilbert": ("max_position_embeddings", 512),
+    "albert": ("max_position_embeddings", 512),
+    "megatron-bert": ("max_position_embeddings", 512),
+    "ernie": ("max_position_embeddings", 512),
+    "deberta": ("max_position_embeddings", 512),
+    "deberta-v2": ("max_position_embeddings", 512),
 }
+# RoBERTa's positions start after its padding index (``create_position_ids_from_input_ids``).
+_PADDED_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 ALL_LINEAR = "all-linear"
 """PEFT's shortcut for every linear layer but the output head."""
 
@@ -81,11 +94,18 @@ def _sub_configs(config: dict) -> list[dict]:
 
 
 def _table_limit(config: dict) -> int | None:
-    key_default = _POSITION_TABLES.get(config.get("model_type"))  # type: ignore[arg-type]
+    model_type = config.get("model_type")
+    key_default = _POSITION_TABLES.get(model_type)  # type: ignore[arg-type]
     if key_default is None:
         return None
+    if model_type in ("deberta", "deberta-v2") and config.get("position_biased_input", True) is False:
+        return None  # relative positions only (DeBERTa-v3): no absolute table
     key, default = key_default
-    return int(config.get(key) or default)
+    limit = int(config.get(key) or default)
+    if model_type in _PADDED_POSITIONS:
+        pad = config.get("pad_token_id", 1)
+        limit -= (pad if isinstance(pad, int) and not isinstance(pad, bool) else 1) + 1
+    return limit
 
 
 def _spec(doc: dict, name: str | None = None) -> ModelSpec:
@@ -181,31 +201,73 @@ def hf_config(spec: ModelSpec, **overrides):
     return AutoConfig.for_model(spec.model_type, **kwargs)
 
 
-def model_class(spec: ModelSpec):
-    """The ``transformers`` class ``build`` instantiates for ``spec``."""
+_AUTO_CLASSES = {
+    False: "AutoModelForCausalLM",
+    True: "AutoModelForSeq2SeqLM",
+    "seq-cls": "AutoModelForSequenceClassification",
+    "token-cls": "AutoModelForTokenClassification",
+}
+"""The Auto class ``build`` asks, by ``head`` (``lm``: by ``is_encoder_decoder``)."""
+_HEAD_TABLES = {
+    "seq-cls": ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "sequence classification"),
+    "token-cls": ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "token classification"),
+}
+
+
+def model_class(spec: ModelSpec, head: str = "lm"):
+    """The ``transformers`` class ``build`` instantiates for ``spec`` with ``head`` (``cell.HEADS``)."""
     import transformers
     from transformers.models.auto import modeling_auto as auto
 
-    table = (
-        auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
-        if spec.is_encoder_decoder
-        else auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    )
+    if head == "lm" and architectures.is_encoder_only(spec):
+        raise UserError(*architectures.problems(spec, head=head))
+    if head in _HEAD_TABLES:
+        table_name, kind = _HEAD_TABLES[head]
+        table = getattr(auto, table_name)
+    elif spec.is_encoder_decoder:
+        table, kind = auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, "sequence-to-sequence"
+    else:
+        table, kind = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "causal language"
     name = table.get(spec.model_type)
     if name is None:
-        kind = "sequence-to-sequence" if spec.is_encoder_decoder else "causal language"
         raise UserError(f"model: {spec.name}: model_type {spec.model_type!r} has no {kind} model in transformers")
     return getattr(transformers, name)
 
 
-def build(spec: ModelSpec, *, device="meta", dtype=None, attn: str | None = None, **config_overrides):
-    """A randomly initialized model for ``spec`` on ``device`` (never downloads weights)."""
+def head_overrides(spec: ModelSpec, head: str, num_labels: int) -> dict:
+    """Config values a classification head needs: ``num_labels``, and a ``pad_token_id`` for a
+    decoder-only model that has none (it scores the last token that is not padding; fine-tuning
+    scripts set the tokenizer's pad token, commonly the ``eos`` token)."""
+    if head == "lm":
+        return {}
+    out: dict = {"num_labels": num_labels}
+    if not architectures.is_encoder_only(spec) and spec.config.get("pad_token_id") is None:
+        eos = spec.config.get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) and eos else eos
+        out["pad_token_id"] = eos if isinstance(eos, int) and not isinstance(eos, bool) else 0
+    return out
+
+
+def build(
+    spec: ModelSpec,
+    *,
+    device="meta",
+    dtype=None,
+    attn: str | None = None,
+    head: str = "lm",
+    num_labels: int = 2,
+    **config_overrides,
+):
+    """A randomly initialized model for ``spec`` with ``head`` on ``device`` (never downloads weights)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    import transformers
 
     if attn is not None:
         config_overrides.setdefault("attn_implementation", attn)
-    auto = AutoModelForSeq2SeqLM if spec.is_encoder_decoder else AutoModelForCausalLM
+    config_overrides = {**head_overrides(spec, head, num_labels), **config_overrides}
+    if head == "lm" and architectures.is_encoder_only(spec):
+        raise UserError(*architectures.problems(spec, head=head))
+    auto = getattr(transformers, _AUTO_CLASSES[head] if head != "lm" else _AUTO_CLASSES[spec.is_encoder_decoder])
     kwargs = {}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -268,7 +330,7 @@ def param_numel(p) -> int:
 def default_attn(spec: ModelSpec) -> str:
     """``sdpa`` where transformers implements it for this architecture, else ``eager``."""
     try:
-        cls = model_class(spec)
+        cls = model_class(spec, "seq-cls" if architectures.is_encoder_only(spec) else "lm")
     except UserError:
         return "eager"
     return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"

@@ -40,6 +40,12 @@ What the recipe decides, and why (the reference protocol, ``tests/data``):
   each) and the separate ``labels`` tensor of each prefetched micro-batch
   (``batch x seq x 8`` bytes).
 - **adapters** (``Adapters``) and the 4-bit base of QLoRA.
+- **the head** (``head``, ``num_labels``) the model is built with, and the
+  labels of a micro-batch it implies (``labels``): the input ids themselves
+  (causal LM), target token ids (encoder-decoder), a class id per sample
+  (``seq-cls``; one float under regression, ``num_labels: 1``) or per token
+  (``token-cls``); PEFT's ``task_type`` follows it (``SEQ_CLS``/``TOKEN_CLS``
+  keep the classifier trainable, ``modules_to_save``).
 - **optimizer flavour**: ``adamw`` is fused AdamW on the GPU in plain/DDP
   loops, torch's default foreach AdamW as DeepSpeed's client optimizer and on
   FSDP2 shards.
@@ -81,7 +87,8 @@ class Adapters:
     targets: tuple[str, ...] | None
     """The cell's ``lora_targets``; ``None``: ``models.lora_target_modules`` (PEFT's default)."""
     task_type: str
-    """``CAUSAL_LM`` or ``SEQ_2_SEQ_LM`` (encoder-decoder models)."""
+    """``CAUSAL_LM``, ``SEQ_2_SEQ_LM`` (encoder-decoder models), ``SEQ_CLS`` or ``TOKEN_CLS``
+    (the classification heads: ``task_type``)."""
     dtype: str
     """The adapters' own dtype: fp32 (PEFT's default), bf16 under ``pure-bf16``."""
 
@@ -174,6 +181,10 @@ class Recipe:
     """Cards one process uses (``gpus`` under ``split: layers``, else 1)."""
     quantization: Quantization | None = None
     """Quantized generation; ``None``: weights in ``build_dtype``."""
+    head: str = "lm"
+    """The head the model is built with (``models.build``): ``lm`` | ``seq-cls`` | ``token-cls``."""
+    num_labels: int = 2
+    """Classes of a classification head."""
 
     @property
     def deepspeed(self) -> bool:
@@ -193,6 +204,33 @@ class Recipe:
         if self.sharded:
             return self.compute_dtype, None
         return self.build_dtype, self.autocast
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The ``labels`` tensor of a micro-batch (runner and predictor alike)."""
+
+    shape: tuple[int, ...] | None
+    """``None``: the input ids themselves (a causal LM shifts them inside its loss)."""
+    dtype: str
+    """``int64`` (token or class ids) or ``fp32`` (regression targets)."""
+    classes: int | None
+    """Class ids are drawn below this; ``None``: token ids, below the vocabulary size."""
+
+
+def labels(head: str, num_labels: int, batch: int, seq: int, target_seq: int, encoder_decoder: bool) -> Labels:
+    """What a micro-batch's ``labels`` are for ``head`` (see the module docstring)."""
+    if head == "seq-cls":
+        return Labels((batch,), "fp32" if num_labels == 1 else "int64", num_labels)
+    if head == "token-cls":
+        return Labels((batch, seq), "int64", num_labels)
+    return Labels((batch, target_seq), "int64", None) if encoder_decoder else Labels(None, "int64", None)
+
+
+def task_type(head: str, encoder_decoder: bool) -> str:
+    """PEFT's ``task_type`` of the adapters on a model with ``head``."""
+    types = {"seq-cls": "SEQ_CLS", "token-cls": "TOKEN_CLS"}
+    return types.get(head) or ("SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM")
 
 
 def engine_of(strategy: str) -> str:
@@ -255,7 +293,7 @@ def of(cell) -> Recipe:
             alpha=cell.lora_alpha,
             dropout=cell.lora_dropout,
             targets=cell.lora_targets,
-            task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM",
+            task_type=task_type(getattr(cell, "head", "lm"), spec.is_encoder_decoder),
             dtype="bf16" if cell.precision == "pure-bf16" else "fp32",
         )
     zero = None
@@ -285,6 +323,8 @@ def of(cell) -> Recipe:
         split_balance=getattr(cell, "split_balance", "balanced"),
         devices=cell.gpus if split != "none" else 1,
         quantization=quantization,
+        head=getattr(cell, "head", "lm"),
+        num_labels=getattr(cell, "num_labels", 2),
         engine=engine,
         ranks=1 if split != "none" else cell.gpus,
         zero=zero,

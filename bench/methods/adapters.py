@@ -84,9 +84,10 @@ def build_qlora_base(
 
         keep = HfDeepSpeedConfig(dsconfig.deepspeed_config(cell, dsconfig.hidden_size_of(spec.config)))
     with tempfile.TemporaryDirectory(prefix="bench-qlora-") as folder:
-        models.build(spec, device="cpu", dtype=dtype, attn=cell.attn).save_pretrained(folder)
+        head = {"head": recipe.head, "num_labels": recipe.num_labels}
+        models.build(spec, device="cpu", dtype=dtype, attn=cell.attn, **head).save_pretrained(folder)
         kwargs = {"attn_implementation": cell.attn} if cell.attn else {}
-        model = models.model_class(spec).from_pretrained(
+        model = models.model_class(spec, recipe.head).from_pretrained(
             folder,
             quantization_config=quant,
             dtype=dtype,

@@ -37,12 +37,13 @@ from bench.methods import optimizers, parallel, ranks, storage, training
 
 
 class SyntheticTokens(torch.utils.data.Dataset):
-    """``length`` samples of random token ids, a fixed generator (the same batches every run)."""
+    """``length`` samples of random token ids, a fixed generator (the same batches every run);
+    the labels as the recipe shapes them (``training.random_labels``)."""
 
     def __init__(self, cell: Cell, vocab: int, encoder_decoder: bool, length: int):
         g = torch.Generator().manual_seed(0)
         self.ids = torch.randint(0, vocab, (length, cell.seq), generator=g)
-        self.labels = torch.randint(0, vocab, (length, cell.decoder_seq), generator=g) if encoder_decoder else self.ids
+        self.labels = training.random_labels(recipes.of(cell), self.ids, cell.decoder_seq, vocab, encoder_decoder, g)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -4,7 +4,8 @@
 weights, applies the cell (LoRA/QLoRA, ZeRO/FSDP/DDP, precision, gradient
 checkpointing, optimizer) and runs ``warmup + steps`` real optimizer steps of
 ``grad_accum`` micro-batches of random token ids (``labels = input_ids``; an
-encoder-decoder model gets ``seq`` source and ``target_seq`` label tokens).
+encoder-decoder model gets ``seq`` source and ``target_seq`` label tokens; a
+classification head random class ids, ``recipe.labels``).
 
 Every decision the predictor models too (the dtype and place the model is
 built in, autocast and loss scaling, adapters, the optimizer's flavour, what
@@ -69,9 +70,7 @@ class Setup:
     def batch(self) -> dict[str, torch.Tensor]:
         c = self.cell
         ids = torch.randint(0, self.vocab_size, (c.batch, c.seq), generator=self.generator)
-        labels = ids
-        if self.encoder_decoder:
-            labels = torch.randint(0, self.vocab_size, (c.batch, c.decoder_seq), generator=self.generator)
+        labels = random_labels(self.recipe, ids, c.decoder_seq, self.vocab_size, self.encoder_decoder, self.generator)
         return {"input_ids": ids.to(self.input_device), "labels": labels.to(self.input_device)}
 
     def micro_step(self) -> torch.Tensor:
@@ -109,6 +108,18 @@ class Setup:
         self.optimizer.zero_grad(set_to_none=True)  # type: ignore[union-attr]
 
 
+def random_labels(
+    r: Recipe, ids: torch.Tensor, decoder_seq: int, vocab: int, encoder_decoder: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Random ``labels`` for the samples of ``ids``, shaped as the recipe says (``recipe.labels``)."""
+    want = recipes.labels(r.head, r.num_labels, ids.shape[0], ids.shape[1], decoder_seq, encoder_decoder)
+    if want.shape is None:
+        return ids
+    if want.dtype == "fp32":
+        return torch.randn(want.shape, generator=generator)
+    return torch.randint(0, want.classes or vocab, want.shape, generator=generator)
+
+
 def _host_mark() -> int:
     procmem.reset_peak_rss()
     return procmem.rss_bytes()
@@ -131,7 +142,7 @@ def build_model(
     r = recipe_for(cell)
     dtype = torch_dtype(r.build_dtype)
     here = f"cuda:{ranks.local_rank()}" if device == "cuda" else "cpu"
-    models.model_class(spec)  # its modeling module imported before the build is measured
+    models.model_class(spec, r.head)  # its modeling module imported before the build is measured
     if r.quantized_base:
         model = adapters.build_qlora_base(spec, cell, r, device, ranks.local_rank(), dtype)
         build_rss = None
@@ -140,12 +151,12 @@ def build_model(
         ctx = parallel.zero_init(cell, dsconfig.hidden_size_of(spec.config), device) if zero_init is None else zero_init
         with ctx:
             before = _host_mark()
-            model = models.build(spec, device=here, dtype=dtype, attn=cell.attn)
+            model = models.build(spec, device=here, dtype=dtype, attn=cell.attn, **head_of(r))
             build_rss = _host_increase(before)
     else:
         where = here if r.build_on_device else ("meta" if r.build_on_meta else "cpu")
         before = _host_mark()
-        model = models.build(spec, device=where, dtype=dtype, attn=cell.attn)
+        model = models.build(spec, device=where, dtype=dtype, attn=cell.attn, **head_of(r))
         build_rss = None if r.build_on_meta else _host_increase(before)
     freezing.apply(model, r.freeze)
     if checkpointing and not r.quantized_base and r.grad_ckpt:
@@ -154,6 +165,11 @@ def build_model(
     if r.adapters is not None:
         model = adapters.apply_lora(model, r.adapters, spec)
     return model, build_rss
+
+
+def head_of(r: Recipe) -> dict[str, Any]:
+    """``models.build``'s head arguments from the recipe."""
+    return {"head": r.head, "num_labels": r.num_labels}
 
 
 def vocab_size(model: Any, spec: models.ModelSpec) -> int:

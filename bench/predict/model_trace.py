@@ -69,7 +69,15 @@ def _build(key: ShapeKey):
     if key.layers is not None:
         overrides.update(_layer_overrides(spec, key.layers))
     with torch.device("meta"):
-        model = models.build(spec, device="meta", dtype=torch_dtype(key.weight_dtype), attn=key.attn, **overrides)
+        model = models.build(
+            spec,
+            device="meta",
+            dtype=torch_dtype(key.weight_dtype),
+            attn=key.attn,
+            head=key.head,
+            num_labels=key.num_labels,
+            **overrides,
+        )
         if key.tuning in recipes.ADAPTER_TUNINGS:
             from peft import get_peft_model
 
@@ -97,7 +105,7 @@ def _adapters(key: ShapeKey, spec) -> recipes.Adapters:
         alpha=key.lora_alpha,
         dropout=key.lora_dropout,
         targets=key.lora_targets,
-        task_type="SEQ_2_SEQ_LM" if spec.is_encoder_decoder else "CAUSAL_LM",
+        task_type=recipes.task_type(key.head, spec.is_encoder_decoder),
         dtype="fp32",
     )
 
@@ -121,10 +129,11 @@ def _layer_overrides(spec, n: int) -> dict:
 
 def _inputs(key: ShapeKey, spec, vocab: int) -> dict:
     ids = torch.empty((key.batch, key.seq), dtype=torch.long, device="meta")
-    if spec.is_encoder_decoder:
-        labels = torch.empty((key.batch, key.target_seq), dtype=torch.long, device="meta")
-        return {"input_ids": ids, "labels": labels}
-    return {"input_ids": ids, "labels": ids}
+    want = recipes.labels(key.head, key.num_labels, key.batch, key.seq, key.target_seq, spec.is_encoder_decoder)
+    if want.shape is None:
+        return {"input_ids": ids, "labels": ids}
+    dtype = torch.long if want.dtype == "int64" else torch_dtype(want.dtype)
+    return {"input_ids": ids, "labels": torch.empty(want.shape, dtype=dtype, device="meta")}
 
 
 def trace_now(key: ShapeKey) -> TrainTrace:

@@ -74,8 +74,7 @@ def micro_step(key: shapes.ShapeKey) -> OpCounts:
     batch, the lengths and fixed model dimensions), so cells that differ only
     in batch or sequence length share one trace."""
     spec = models.resolve(key.model)
-    target = shapes.SENTINEL_TARGET if spec.is_encoder_decoder else shapes.SENTINEL_SEQ
-    base = dataclasses.replace(key, batch=shapes.SENTINEL_BATCH, seq=shapes.SENTINEL_SEQ, target_seq=target)
+    base = shapes.sentinel(key)
     if key != base:
         if not spec.is_encoder_decoder:
             key = dataclasses.replace(key, target_seq=key.seq)

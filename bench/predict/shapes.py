@@ -49,6 +49,9 @@ class ShapeKey:
     """Blocks (and embeddings) frozen; traced at full depth, as frozen and trainable blocks differ."""
     outputs_to_fp32: bool = False
     """accelerate's ``ConvertOutputsToFp32`` wraps the forward (``Recipe.outputs_to_fp32``)."""
+    head: str = "lm"
+    """The model's head (``Recipe.head``), which also shapes the labels (``recipe.labels``)."""
+    num_labels: int = 2
     layers: int | None = None
 
 
@@ -87,6 +90,8 @@ def shape_key(cell, layers: int | None = None) -> ShapeKey:
         use_cache=r.use_cache,
         freeze=r.freeze,
         outputs_to_fp32=r.outputs_to_fp32,
+        head=r.head,
+        num_labels=r.num_labels,
         layers=layers,
     )
 
@@ -103,8 +108,13 @@ SENTINEL_BATCH, SENTINEL_SEQ, SENTINEL_TARGET = 1021, 1019, 1013
 
 
 def sentinel(key: ShapeKey) -> ShapeKey:
-    """``key`` at the sentinel batch and lengths: the trace every batch and length derive from."""
+    """``key`` at the sentinel batch and lengths: the trace every batch and length derive from.
+    A model whose fixed position table is shorter than the sentinel length (BERT's 512) is
+    traced at its real lengths, the sentinel batch only."""
     spec = models.resolve(key.model)
+    limit = spec.max_positions
+    if limit is not None and limit < SENTINEL_SEQ:
+        return dataclasses.replace(key, batch=SENTINEL_BATCH)
     target = SENTINEL_TARGET if spec.is_encoder_decoder else SENTINEL_SEQ
     return dataclasses.replace(key, batch=SENTINEL_BATCH, seq=SENTINEL_SEQ, target_seq=target)
 
