@@ -116,8 +116,8 @@ def problems(spec: ModelSpec, tuning: str = "full", where: str = "", head: str =
     model_type = spec.model_type
     if model_type in ENCODER_ONLY and head == "lm":
         found.append(
-            f"{where}head: 'lm' is not supported for the encoder-only model_type {model_type!r} "
-            f"({spec.name}: fine-tuned with a task head); allowed: {', '.join(CLASSIFICATION_HEADS)}"
+            f"{where}head: 'lm' is not supported for the encoder-only model_type {model_type!r} of {spec.name} "
+            f"(encoders are fine-tuned with a task head); allowed: {', '.join(CLASSIFICATION_HEADS)}"
         )
     elif head != "lm" and spec.is_encoder_decoder:
         found.append(

@@ -17,7 +17,8 @@ without importing torch or transformers:
   encoder-decoder models, a sequence-to-sequence LM). The table is read from
   the installed ``transformers/models/auto/modeling_auto.py`` source (parsed,
   not imported: importing it imports torch); ``bench.models.model_class``
-  imports the same table, and a test holds the two equal.
+  imports the same table, and a test holds the two equal. Encoder-only types
+  (``architectures.ENCODER_ONLY``) are built with a classification head instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from bench.architectures import ENCODER_ONLY
 from bench.limits import MODEL_MAX, short, too_large
 
 # config key -> (kind in MODEL_MAX, minimum)
@@ -158,7 +160,7 @@ def problems(config: Any, where: str = "", depth: int = 0) -> list[str]:
                 out += problems(sub, f"{where}{part}.", depth + 1)
         return out
     types = model_types()
-    if types is not None and depth == 0:
+    if types is not None and depth == 0 and model_type not in ENCODER_ONLY:  # encoder-only: built with a head
         causal, seq2seq = types
         table, kind = (seq2seq, "sequence-to-sequence") if is_encoder_decoder(config) else (causal, "causal language")
         if model_type not in table:

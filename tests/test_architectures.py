@@ -133,7 +133,8 @@ def test_encoder_only_models_are_refused_with_one_line(configs, name):
     with pytest.raises(UserError) as e:
         _cell(configs[name], method="lora", precision="bf16")
     assert len(e.value.problems) == 1
-    assert f"model_type '{name}' is an encoder-only model" in e.value.problems[0]
+    assert f"head: 'lm' is not supported for the encoder-only model_type '{name}'" in e.value.problems[0]
+    assert e.value.problems[0].endswith("allowed: seq-cls, token-cls")
 
 
 def test_encoder_only_on_the_command_line_is_one_error_line(configs, capsys):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from bench import models
+from bench import architectures, models
 from bench.errors import UserError
 
 REQUIRED = [
@@ -57,6 +57,12 @@ REQUIRED = [
     "tiny-gpt2",
     "tiny-llama",
     "tiny-t5",
+    "tiny-bert",
+    "bert-base",
+    "roberta-base",
+    "roberta-large",
+    "deberta-v3-base",
+    "deberta-v3-large",
 ]
 
 # Models whose published size is a round nominal figure further than 3% from
@@ -75,13 +81,14 @@ EXACT = {
     "tiny-gpt2": 172_288,  # wte 64000 + wpe 8192 + 2 x 49984 + ln_f 128 (head tied)
     "tiny-llama": 202_048,  # embed 64000 + 2 x 36992 + norm 64 + lm_head 64000
     "tiny-t5": 228_864,  # shared 64000 + encoder 65984 + decoder 98880 (head tied)
+    "tiny-bert": 151_874,  # embeddings 80640 + 2 x 33472 + pooler 4160 + classifier 130
 }
 
 
 @pytest.mark.parametrize("name", models.names())
 def test_builds_on_meta_with_the_published_size(name):
     spec = models.resolve(name)
-    model = models.build(spec)
+    model = models.build(spec, head="seq-cls" if architectures.is_encoder_only(spec) else "lm")
     assert next(model.parameters()).device.type == "meta"
     count = models.count_params(model)
     if name in EXACT:

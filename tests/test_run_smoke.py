@@ -47,12 +47,13 @@ def test_smoke_matrix_runs_every_cell_ok_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted((results / "a100-80gb" / "smoke-cpu").glob("*.json"))
     records = [json.loads(f.read_text()) for f in files]
-    assert len(records) == 13
+    assert len(records) == 15
     assert {r["status"] for r in records} == {"ok"}, [(r["slug"], r["error"]) for r in records if r["status"] != "ok"]
     methods = {r["cell"]["strategy"] if r["cell"]["strategy"] != "none" else r["cell"]["tuning"] for r in records}
     assert methods >= {"full", "lora", "zero2", "zero3", "fsdp"}
     assert any(r["cell"]["offload"] == "optimizer" for r in records)
-    assert {r["cell"]["model"] for r in records} == {"tiny-gpt2", "tiny-llama", "tiny-t5"}
+    assert {r["cell"]["model"] for r in records} == {"tiny-gpt2", "tiny-llama", "tiny-t5", "tiny-bert"}
+    assert {r["cell"].get("head") for r in records if r["cell"]["model"] == "tiny-bert"} == {"seq-cls", "token-cls"}
     assert sum(r["cell"].get("loop") == "trainer" for r in records) == 3
     for r in records:
         m = r["measured"]
@@ -67,4 +68,4 @@ def test_smoke_matrix_runs_every_cell_ok_on_the_cpu(tmp_path):
         else:
             assert m["prefill_seconds"] > 0 and m["output_tokens"] == 32 + 8
     assert (results / "a100-80gb" / "machine.json").is_file()
-    assert "done: 13 ok" in proc.stdout
+    assert "done: 15 ok" in proc.stdout

@@ -84,8 +84,9 @@ def build_qlora_base(
 
         keep = HfDeepSpeedConfig(dsconfig.deepspeed_config(cell, dsconfig.hidden_size_of(spec.config)))
     with tempfile.TemporaryDirectory(prefix="bench-qlora-") as folder:
-        head = {"head": recipe.head, "num_labels": recipe.num_labels}
-        models.build(spec, device="cpu", dtype=dtype, attn=cell.attn, **head).save_pretrained(folder)
+        models.build(
+            spec, device="cpu", dtype=dtype, attn=cell.attn, head=recipe.head, num_labels=recipe.num_labels
+        ).save_pretrained(folder)
         kwargs = {"attn_implementation": cell.attn} if cell.attn else {}
         model = models.model_class(spec, recipe.head).from_pretrained(
             folder,

@@ -45,6 +45,8 @@ def assumed(c, given: set[str]) -> dict:
         keys.append("gpus")
     if recipes.trains_adapters(c):
         keys.append("lora_r")
+    if c.head != "lm":
+        keys.append("num_labels")
     method_given = given & {"method", "tuning", "strategy", "offload"}
     out = {}
     for k in keys:

@@ -53,6 +53,14 @@ def _recompute_context(key: ShapeKey):
     return lambda: (contextlib.nullcontext(), recompute())
 
 
+def all_labelled():
+    """``nonzero`` on meta tensors counts every element: DeBERTa's classification loss keeps the
+    samples whose label is >= 0 (``(labels >= 0).nonzero()``), which random class ids all are."""
+    import torch.fx.experimental._config as fx_config
+
+    return fx_config.patch(meta_nonzero_assume_all_nonzero=True)
+
+
 def build(key: ShapeKey):
     """The model of a shape key on the meta device, in train mode."""
     with warnings.catch_warnings():
@@ -153,7 +161,7 @@ def trace_now(key: ShapeKey) -> TrainTrace:
         out_emb.register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")) if out_emb is not None else None
     )
     marks, mark_hooks = blocks.attach_marks(model, log) if key.layers is not None else (None, [])
-    modes = [tr.AttentionEmulation()]
+    modes = [tr.AttentionEmulation(), all_labelled()]
     if key.autocast:
         ac = tr.AutocastEmulation(torch_dtype(key.autocast))
         modes.append(ac)  # type: ignore[arg-type]

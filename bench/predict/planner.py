@@ -101,7 +101,9 @@ def trace_group(cell) -> tuple:
     from bench import recipe
 
     r = recipe.of(cell)
-    shape = (cell.batch, cell.seq, cell.new_tokens) if not cell.trains else ()
+    shape: tuple[int, ...] = (cell.batch, cell.seq, cell.new_tokens) if not cell.trains else ()
+    if cell.trains and _short_positions(cell.model):  # traced at its real length (``shapes.sentinel``)
+        shape = (cell.seq,)
     return (
         cell.model,
         cell.task,
@@ -113,8 +115,16 @@ def trace_group(cell) -> tuple:
         r.use_cache,
         r.freeze,
         getattr(r, "outputs_to_fp32", False),
+        (r.head, r.num_labels),
         shape,
     )
+
+
+def _short_positions(model: str) -> bool:
+    from bench import models
+    from bench.predict import shapes
+
+    return shapes.short_positions(models.resolve(model))
 
 
 def cores() -> int:

@@ -107,13 +107,18 @@ def layer_count(spec) -> int:
 SENTINEL_BATCH, SENTINEL_SEQ, SENTINEL_TARGET = 1021, 1019, 1013
 
 
+def short_positions(spec) -> bool:
+    """Whether the model's fixed position table is shorter than the sentinel length."""
+    limit = spec.max_positions
+    return limit is not None and limit < SENTINEL_SEQ
+
+
 def sentinel(key: ShapeKey) -> ShapeKey:
     """``key`` at the sentinel batch and lengths: the trace every batch and length derive from.
     A model whose fixed position table is shorter than the sentinel length (BERT's 512) is
     traced at its real lengths, the sentinel batch only."""
     spec = models.resolve(key.model)
-    limit = spec.max_positions
-    if limit is not None and limit < SENTINEL_SEQ:
+    if short_positions(spec):
         return dataclasses.replace(key, batch=SENTINEL_BATCH)
     target = SENTINEL_TARGET if spec.is_encoder_decoder else SENTINEL_SEQ
     return dataclasses.replace(key, batch=SENTINEL_BATCH, seq=SENTINEL_SEQ, target_seq=target)

@@ -58,6 +58,9 @@ def params(n: int | None) -> str:
     return str(n)
 
 
+_HEADS = {"seq-cls": "sequence-classification", "token-cls": "token-classification"}
+
+
 def method(cell: Mapping[str, Any]) -> str:
     """Tuning, ZeRO stage or FSDP, offload and rank count: ``Full, ZeRO-2, optimizer offload``.
 
@@ -87,6 +90,9 @@ def method(cell: Mapping[str, Any]) -> str:
         parts.append(f"{cell['gpus']} GPUs")
     if cell.get("freeze"):
         parts.append(f"first {cell['freeze']} blocks frozen")
+    head = cell.get("head", "lm")
+    if head != "lm":
+        parts.append(f"{_HEADS.get(head, head)} head, {cell.get('num_labels', 2)} labels")
     extras = []
     if cell.get("optimizer", "adamw") != "adamw":
         extras.append(f"optimizer {cell['optimizer']}")
