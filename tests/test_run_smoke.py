@@ -47,7 +47,7 @@ def test_smoke_matrix_runs_every_cell_ok_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted((results / "a100-80gb" / "smoke-cpu").glob("*.json"))
     records = [json.loads(f.read_text()) for f in files]
-    assert len(records) == 15
+    assert len(records) == 16
     assert {r["status"] for r in records} == {"ok"}, [(r["slug"], r["error"]) for r in records if r["status"] != "ok"]
     methods = {r["cell"]["strategy"] if r["cell"]["strategy"] != "none" else r["cell"]["tuning"] for r in records}
     assert methods >= {"full", "lora", "zero2", "zero3", "fsdp"}
@@ -68,4 +68,4 @@ def test_smoke_matrix_runs_every_cell_ok_on_the_cpu(tmp_path):
         else:
             assert m["prefill_seconds"] > 0 and m["output_tokens"] == 32 + 8
     assert (results / "a100-80gb" / "machine.json").is_file()
-    assert "done: 15 ok" in proc.stdout
+    assert "done: 16 ok" in proc.stdout

@@ -17,6 +17,8 @@ Every strategy runs in a real process group, also with one rank (see
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -60,11 +62,31 @@ def _skip_shm_build() -> None:
 
 def zero_init(cell: Cell, hidden_size: int | None, device: str) -> Any:
     """``deepspeed.zero.Init`` with the cell's DeepSpeed config: modules built inside
-    it are partitioned across the ranks as each is built (the HF Trainer's ZeRO-3 path)."""
+    it are partitioned across the ranks as each is built (the HF Trainer's ZeRO-3 path).
+
+    transformers' own weight init (``init_weights``, run by each model's ``post_init``) is
+    skipped inside it: the layers are partitioned into empty shards by then, so it would
+    initialise nothing, and zeroing an embedding's ``padding_idx`` row (BERT, or a decoder
+    given a ``pad_token_id``) indexes an empty shard. The weights keep the default init
+    each torch layer ran before it was partitioned."""
     import deepspeed
 
     deepspeed_ready(device)
-    return deepspeed.zero.Init(config_dict_or_path=dsconfig.deepspeed_config(cell, hidden_size))
+    return _partitioned(deepspeed.zero.Init(config_dict_or_path=dsconfig.deepspeed_config(cell, hidden_size)))
+
+
+@contextlib.contextmanager
+def _partitioned(init: Any) -> Iterator[None]:
+    """``init`` (``zero.Init``) entered with transformers' ``init_weights`` a no-op (see ``zero_init``)."""
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.init_weights
+    PreTrainedModel.init_weights = lambda self: None  # type: ignore[method-assign]
+    try:
+        with init:
+            yield
+    finally:
+        PreTrainedModel.init_weights = original  # type: ignore[method-assign]
 
 
 def deepspeed_ready(device: str) -> None:
