@@ -181,3 +181,11 @@ def test_build_refuses_an_encoder_without_a_head_and_gives_decoders_a_pad_token(
     assert llama.config.pad_token_id == 1  # tiny-llama's eos_token_id
     assert models.resolve("roberta-base").max_positions == 512  # 514 less the padding offset
     assert models.resolve("deberta-v3-base").max_positions is None  # relative positions only
+
+
+def test_a_class_count_equal_to_a_sentinel_size_is_traced_as_it_is():
+    raw = {"model": "bert-base", "gpu": "h200", "head": "token-cls", "batch": 2, "seq": 128}
+    odd = normalize({**raw, "num_labels": shapes.SENTINEL_BATCH})
+    assert shapes.sentinel(shapes.shape_key(odd)) == shapes.shape_key(odd)
+    logits = 2 * 128 * shapes.SENTINEL_BATCH * 4  # fp32 logits of every token
+    assert predict(odd).peak_bytes > predict(normalize(raw)).peak_bytes + logits

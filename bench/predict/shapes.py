@@ -52,6 +52,7 @@ class ShapeKey:
     head: str = "lm"
     """The model's head (``Recipe.head``), which also shapes the labels (``recipe.labels``)."""
     num_labels: int = 2
+    """Classes of a classification head (the logits' last dimension)."""
     layers: int | None = None
 
 
@@ -118,6 +119,8 @@ def sentinel(key: ShapeKey) -> ShapeKey:
     A model whose fixed position table is shorter than the sentinel length (BERT's 512) is
     traced at its real lengths, the sentinel batch only."""
     spec = models.resolve(key.model)
+    if any(key.num_labels % p == 0 for p in (SENTINEL_BATCH, SENTINEL_SEQ, SENTINEL_TARGET)):
+        return key  # a class count the sentinel sizes would be read into: traced as it is
     if short_positions(spec):
         return dataclasses.replace(key, batch=SENTINEL_BATCH)
     target = SENTINEL_TARGET if spec.is_encoder_decoder else SENTINEL_SEQ
