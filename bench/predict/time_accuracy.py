@@ -24,7 +24,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import reference
+from bench import recipe, reference
 from bench.cell import Cell, normalize, replace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,13 @@ def training_rows() -> list[Row]:
         cell = replace(normalize({k: v for k, v in r["cell"].items() if v is not None}), gpu="h200")
         steps = m["step_times_seconds"]
         steady = None
-        if cell.strategy == "zero3" and len(m.get("warmup_step_times_seconds") or []) < 2 and len(steps) > 1:
+        zero = recipe.of(cell).zero
+        if (
+            zero is not None
+            and zero.stage == 3
+            and len(m.get("warmup_step_times_seconds") or []) < 2
+            and len(steps) > 1
+        ):
             steady = statistics.median(steps[1:])
         rows.append(Row(f"{f.parent.name}/{f.stem}", cell, statistics.median(steps), steady=steady))
     return rows
