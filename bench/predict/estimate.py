@@ -20,7 +20,7 @@ import functools
 from dataclasses import dataclass, field
 
 from bench import gpus, overhead, recipe as recipes
-from bench.predict import allocator, plain, shapes
+from bench.predict import allocator, plain, sdpa, shapes
 from bench.predict.program import CONTEXT, PARTS, RESERVE, Outcome
 from bench.recipe import Recipe
 
@@ -100,18 +100,22 @@ def recipe_for(cell) -> Recipe:
 
 def program_cell(cell):
     """The cell as its replayed program sees it: the program depends on the card only
-    through torch's cuBLAS workspace (``plain.cublas_workspace``) and on its limit, which
-    is applied apart (``Outcome.under``). So every card of one workspace size shares one
-    replay: the cell's GPU is replaced by the first such card, its label and its stated
-    memory (``gpu_memory``, a limit too) dropped."""
+    through torch's cuBLAS workspace (``plain.cublas_workspace``), the attention kernels
+    it runs (``sdpa.kernels``) and its limit, which is applied apart (``Outcome.under``).
+    So every card of one workspace size and kernel class shares one replay: the cell's
+    GPU is replaced by the first such card, its label and its stated memory
+    (``gpu_memory``, a limit too) dropped."""
     changes = {"gpu_memory": None} if getattr(cell, "gpu_memory", None) is not None else {}
     return dataclasses.replace(cell, gpu=_workspace_card(cell.gpu), label="", **changes)
 
 
 @functools.lru_cache(maxsize=64)
 def _workspace_card(name: str) -> str:
-    size = plain.cublas_workspace(gpus.resolve(name))
-    return min(n for n in gpus.names() if plain.cublas_workspace(gpus.resolve(n)) == size)
+    def kind(gpu) -> tuple[int, str]:
+        return plain.cublas_workspace(gpu), sdpa.kernels(gpu.compute_capability)
+
+    wanted = kind(gpus.resolve(name))
+    return min(n for n in gpus.names() if kind(gpus.resolve(n)) == wanted)
 
 
 def _program(cell, layers: int | None, limit: int | None) -> tuple[Outcome, int, int]:

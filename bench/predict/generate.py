@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 
-from bench import models, overhead, recipe as recipes
+from bench import gpus, models, overhead, recipe as recipes
 from bench.predict import events as tr, plain, shapes, trace_cache
 from bench.predict.program import ACTS, CONTEXT, KV, LOGITS, TRANSIENT, WEIGHTS, Outcome, Program
 
@@ -48,7 +48,8 @@ def trace(cell, layers: int | None = None, instruments: tuple = ()) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _cached(cell, attn: str, layers: int | None) -> dict:
-    key = ("generate", cell.model, recipes.of(cell).build_dtype, attn, cell.batch, cell.seq, layers)
+    kernels = shapes.sdpa_kernels(gpus.of_cell(cell), attn)
+    key = ("generate", cell.model, recipes.of(cell).build_dtype, attn, kernels, cell.batch, cell.seq, layers)
     path = trace_cache._path(key)
     if path is not None and path.exists():
         try:

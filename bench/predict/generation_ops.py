@@ -17,18 +17,25 @@ import json
 from types import SimpleNamespace
 
 from bench import models
-from bench.predict import shapes, trace_cache
+from bench.predict import sdpa, shapes, trace_cache
 from bench.predict.op_cost import OpCounts, rescaled
 
 
 def generation(
-    model: str, precision: str, attn: str | None, batch: int, seq: int, new_tokens: int
+    model: str,
+    precision: str,
+    attn: str | None,
+    batch: int,
+    seq: int,
+    new_tokens: int,
+    kernels: str = sdpa.DEFAULT,
 ) -> tuple[OpCounts, OpCounts] | None:
-    """(prefill, one decode step) kernels at full depth, or None for an encoder-decoder model.
+    """(prefill, one decode step) kernels at full depth, or None for an encoder-decoder model,
+    with the attention kernels of class ``kernels`` (``shapes.sdpa_kernels``).
 
     Traced at the sentinel batch and length (``shapes``) and rescaled:
     the prefill to ``seq``, the decode step to a cache of ``seq + new_tokens // 2``."""
-    traced = _sentinel(model, precision, attn)
+    traced = _sentinel(model, precision, attn, kernels)
     if traced is None:
         return None
     pre, dec = traced
@@ -40,7 +47,7 @@ def generation(
 
 
 @functools.lru_cache(maxsize=64)
-def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, OpCounts] | None:
+def _sentinel(model: str, precision: str, attn: str | None, kernels: str) -> tuple[OpCounts, OpCounts] | None:
     spec = models.resolve(model)
     if spec.is_encoder_decoder:
         return None
@@ -50,8 +57,8 @@ def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, O
     for layers in (1, 2):
         # the decode step after an ``s - 1`` prompt attends to ``s`` positions: sizes that rescale
         traces[layers] = (
-            _trace(spec, precision, attn, layers, b, s)[0],
-            _trace(spec, precision, attn, layers, b, s - 1)[1],
+            _trace(spec, precision, attn, kernels, layers, b, s)[0],
+            _trace(spec, precision, attn, kernels, layers, b, s - 1)[1],
         )
     out = []
     for i in range(2):
@@ -60,17 +67,19 @@ def _sentinel(model: str, precision: str, attn: str | None) -> tuple[OpCounts, O
     return out[0], out[1]
 
 
-def _trace(spec, precision: str, attn: str | None, layers: int, b: int, s: int) -> tuple[OpCounts, OpCounts]:
+def _trace(
+    spec, precision: str, attn: str | None, kernels: str, layers: int, b: int, s: int
+) -> tuple[OpCounts, OpCounts]:
     """``_trace_now``, through the on-disk trace cache."""
     attn = attn or shapes.default_attn(spec)
-    path = trace_cache._path(("generation_ops", spec.name, precision, attn, layers, b, s))
+    path = trace_cache._path(("generation_ops", spec.name, precision, attn, kernels, layers, b, s))
     if path is not None and path.exists():
         try:
             d = json.loads(path.read_text())
             return _counts(d[0]), _counts(d[1])
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass  # unreadable entry: trace again and overwrite it
-    pre, dec = _trace_now(spec, precision, attn, layers, b, s)
+    pre, dec = _trace_now(spec, precision, attn, kernels, layers, b, s)
     if path is not None:
         trace_cache.store(path, [_plain(pre), _plain(dec)])
     return pre, dec
@@ -84,7 +93,7 @@ def _counts(d: dict) -> OpCounts:
     return OpCounts({(*op[:4], tuple(op[4])): n for op, n in d["kernels"]}, d["views"], d["params"])
 
 
-def _trace_now(spec, precision: str, attn: str, layers: int, b: int, s: int) -> tuple[OpCounts, OpCounts]:
+def _trace_now(spec, precision: str, attn: str, kernels: str, layers: int, b: int, s: int) -> tuple[OpCounts, OpCounts]:
     import inspect
 
     import torch
@@ -113,14 +122,14 @@ def _trace_now(spec, precision: str, attn: str, layers: int, b: int, s: int) -> 
         for step in range(2):
             log = OpLog()
             mask = torch.empty((b, s + step), dtype=torch.long, device="meta")
-            with log, tr.AttentionEmulation(), AttentionCount(log, False):
+            with log, tr.AttentionEmulation(kernels), AttentionCount(log, False):
                 model(
                     input_ids=ids if step == 0 else ids[:, :1],
                     attention_mask=mask,
                     **{name: cache, "use_cache": True, **extra},
                 )
-            kernels = {op: float(n) for op, n in log.kernels.items() if op[0] == "forward"}
-            counts.append(OpCounts(kernels, {"forward": log.views.get("forward", 0.0)}, _params(model)))
+            forward = {op: float(n) for op, n in log.kernels.items() if op[0] == "forward"}
+            counts.append(OpCounts(forward, {"forward": log.views.get("forward", 0.0)}, _params(model)))
     return counts[0], counts[1]
 
 

@@ -12,9 +12,9 @@ import inspect
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench import models, recipe as recipes
+from bench import gpus, models, recipe as recipes
 from bench.dtypes import torch_dtype
-from bench.predict import model_trace, trace as tr
+from bench.predict import model_trace, shapes, trace as tr
 
 
 class _Truth(TorchDispatchMode):
@@ -48,7 +48,8 @@ def _keys(tensors) -> list[int]:
 
 def trace_now(cell, attn: str, layers: int | None = None, instruments: tuple = ()) -> dict:
     """Prefill and two decode forwards of the cell's model on meta, with their events
-    (``attn``: the cell's attention, its default resolved).
+    (``attn``: the cell's attention, its default resolved), with the attention kernels of
+    the cell's card (``shapes.sdpa_kernels``).
 
     ``instruments``: objects with ``attach(model, log) -> [hook handles]``, called on the
     built model before it runs (their hooks allocate what the real run allocates beside
@@ -57,6 +58,7 @@ def trace_now(cell, attn: str, layers: int | None = None, instruments: tuple = (
     from transformers import DynamicCache, EncoderDecoderCache
 
     spec = models.resolve(cell.model)
+    kernels = shapes.sdpa_kernels(gpus.of_cell(cell), attn)
     overrides = model_trace._layer_overrides(spec, layers) if layers else {}
     model = models.build(
         spec,
@@ -82,7 +84,7 @@ def trace_now(cell, attn: str, layers: int | None = None, instruments: tuple = (
     for instrument in instruments:
         hooks += instrument.attach(model, log)
     marks, slots = [], []
-    with torch.inference_mode(), log, tr.AttentionEmulation(), _Truth():
+    with torch.inference_mode(), log, tr.AttentionEmulation(kernels), _Truth():
         ids = torch.empty((b, s), dtype=torch.long, device="meta")
         masks = [torch.empty((b, s + i), dtype=torch.long, device="meta") for i in range(3)]
         cache = DynamicCache(config=cfg)

@@ -45,7 +45,7 @@ def _recompute_context(key: ShapeKey):
     @contextlib.contextmanager
     def recompute():
         with contextlib.ExitStack() as stack:
-            stack.enter_context(tr.AttentionEmulation())
+            stack.enter_context(tr.AttentionEmulation(key.sdpa_kernels))
             if key.autocast:
                 stack.enter_context(tr.AutocastEmulation(torch_dtype(key.autocast)))
             yield
@@ -161,7 +161,7 @@ def trace_now(key: ShapeKey) -> TrainTrace:
         out_emb.register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")) if out_emb is not None else None
     )
     marks, mark_hooks = blocks.attach_marks(model, log) if key.layers is not None else (None, [])
-    modes = [tr.AttentionEmulation(), all_labelled()]
+    modes = [tr.AttentionEmulation(key.sdpa_kernels), all_labelled()]
     if key.autocast:
         ac = tr.AutocastEmulation(torch_dtype(key.autocast))
         modes.append(ac)  # type: ignore[arg-type]

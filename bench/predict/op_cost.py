@@ -15,7 +15,7 @@ aten op that launches a kernel:
 Views, ``empty`` and metadata ops launch no kernel and are counted apart
 (``views``): they cost dispatcher time on the host only.
 
-Fused SDPA runs as ``trace.FusedAttention`` (``empty`` tensors on meta), so
+Fused SDPA runs as ``attention``'s stand-ins (``empty`` tensors on meta), so
 ``AttentionCount`` (a ``TorchFunctionMode`` inside the emulation) adds the
 kernels' FLOPs from the shapes: ``4 b h s_q s_k d`` forward (halved when
 causal), 2.5x that backward (five matmuls to the forward's two, Dao 2023),

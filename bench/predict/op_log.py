@@ -120,7 +120,7 @@ def trace_now(key: ShapeKey) -> OpCounts:
     with log:
         inputs = model_trace._inputs(key, spec, 0)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(tr.AttentionEmulation())
+            stack.enter_context(tr.AttentionEmulation(key.sdpa_kernels))
             stack.enter_context(model_trace.all_labelled())
             if key.autocast:
                 stack.enter_context(tr.AutocastEmulation(torch_dtype(key.autocast)))

@@ -16,14 +16,15 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import models, recipe as recipes
-from bench.predict import blocks, trace_cache
+from bench import gpus, models, recipe as recipes
+from bench.predict import blocks, sdpa, trace_cache
 from bench.predict.events import Trace, TrainTrace
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShapeKey:
-    """Everything about a cell that changes the traced step (not strategy/optimizer/GPU).
+    """Everything about a cell that changes the traced step (not strategy/optimizer; of the GPU,
+    only the class of attention kernels it runs, ``sdpa_kernels``).
 
     What the loop keeps between micro-steps (``Recipe.holds_output``, the Trainer's loop and
     the sharded ones keep only the loss) is not part of it: the replay drops the output from
@@ -54,6 +55,15 @@ class ShapeKey:
     num_labels: int = 2
     """Classes of a classification head (the logits' last dimension)."""
     layers: int | None = None
+    sdpa_kernels: str = sdpa.DEFAULT
+    """The card's class of SDPA kernels (``sdpa.kernels``); ``sdpa.DEFAULT`` where attention is not SDPA."""
+
+
+def sdpa_kernels(gpu, attn: str) -> str:
+    """The SDPA kernel class a card (``gpus.GPU``) runs attention ``attn`` with: its compute
+    capability's class for SDPA (and flash_attention_2, traced as SDPA), else ``sdpa.DEFAULT``
+    (no SDPA call, so one trace serves every card)."""
+    return sdpa.kernels(gpu.compute_capability) if attn in ("sdpa", "flash_attention_2") else sdpa.DEFAULT
 
 
 def default_attn(spec) -> str:
@@ -63,13 +73,15 @@ def default_attn(spec) -> str:
     return trace_cache.fact(fact, lambda: models.default_attn(spec))
 
 
-def shape_key(cell, layers: int | None = None) -> ShapeKey:
+def shape_key(cell, layers: int | None = None, gpu=None) -> ShapeKey:
     """The traced step of a cell: the model and shape, with the recipe's dtypes
     (``Recipe.trace_dtypes``: the half-dtype weights DeepSpeed and FSDP compute
-    on, or the build dtype with autocast in plain loops) and adapters."""
+    on, or the build dtype with autocast in plain loops), adapters and the
+    attention kernels of its card (``gpu``, default the cell's)."""
     r = recipes.of(cell)
     spec = models.resolve(cell.model)
     attn = cell.attn or default_attn(spec)
+    kernels = sdpa_kernels(gpu or gpus.of_cell(cell), attn)
     if attn == "flash_attention_2":
         attn = "sdpa"  # same kernels' memory: out + logsumexp saved, no S x S matrix
     wdt, ac = r.trace_dtypes
@@ -94,6 +106,7 @@ def shape_key(cell, layers: int | None = None) -> ShapeKey:
         head=r.head,
         num_labels=r.num_labels,
         layers=layers,
+        sdpa_kernels=kernels,
     )
 
 

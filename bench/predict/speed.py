@@ -36,10 +36,10 @@ class Speed:
         return out
 
 
-def shape_key(cell) -> shapes.ShapeKey:
-    """The micro-step the cell's GPU runs (the recipe's dtypes: ZeRO and FSDP compute on
-    half weights without autocast)."""
-    return shapes.shape_key(cell)
+def shape_key(cell, card=None) -> shapes.ShapeKey:
+    """The micro-step ``card`` (default the cell's GPU) runs (the recipe's dtypes: ZeRO and
+    FSDP compute on half weights without autocast; the card's attention kernels)."""
+    return shapes.shape_key(cell, gpu=card)
 
 
 def speed(cell, gpu: str | None = None, calibration: dict | None = None, host_memory: int | None = None) -> Speed:
@@ -55,7 +55,7 @@ def speed(cell, gpu: str | None = None, calibration: dict | None = None, host_me
         return _generation(cell, card, f, host_memory)
     from bench.worker import flops
 
-    counts = op_cost.micro_step(shape_key(cell))
+    counts = op_cost.micro_step(shape_key(cell, card))
     st = step_time.train_step(cell, counts, f)
     spec = models.resolve(cell.model)
     samples = cell.batch * cell.grad_accum * max(1, cell.gpus)
@@ -78,7 +78,11 @@ def _generation(cell, card, f, host_memory: int | None = None) -> Speed:
     """``split: layers``: one card busy at a time, so the same kernels as on one card, plus
     the copies between cards and the offloaded weights over PCIe at every forward
     (``split.transfer_seconds``), which nothing overlaps."""
-    ops = generation_ops.generation(cell.model, cell.precision, cell.attn, cell.batch, cell.seq, cell.new_tokens)
+    attn = cell.attn or shapes.default_attn(models.resolve(cell.model))
+    kernels = shapes.sdpa_kernels(card, attn)
+    ops = generation_ops.generation(
+        cell.model, cell.precision, cell.attn, cell.batch, cell.seq, cell.new_tokens, kernels
+    )
     if ops is None:
         return Speed(figures=f.source)
     prefill, decode = ops

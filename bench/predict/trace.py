@@ -17,25 +17,24 @@ the trace follows the GPU's code path, not the CPU's:
   log_softmax, layer_norm, exp/pow/rsqrt, losses and sums run in fp32.
 - ``scaled_dot_product_attention``: on the GPU it dispatches to the flash or
   memory-efficient kernel, which keep only the output and a fp32 logsumexp
-  per row (never the ``S x S`` matrix); the CPU path materializes it.
-  ``FusedAttention`` allocates exactly what the CUDA kernels allocate
-  (``aten/src/ATen/native/transformers/cuda``): out + logsumexp forward;
-  dq, dk, dv and a fp32 dq accumulator backward. Without a fused kernel for
-  the case the math path is traced (``_math_attention``): fp32 with
-  grouped-query heads, or a q/k/v/mask whose last dimension is not of stride
-  1 (CUDA's fused kernels refuse those, the CPU's do not; T5's relative
-  position bias is such a mask where transformers passes it as computed).
+  per row (never the ``S x S`` matrix), or to the math composite; which one
+  depends on the card (``sdpa.backend``: compute capability, dtype, head
+  dimension, mask, grouped-query heads, strides). ``AttentionEmulation``
+  (``attention``) runs, for the target card's kernel class, a stand-in that
+  allocates what that CUDA kernel allocates, forward and backward, or the
+  math composite as CUDA runs it (``attention._math_attention``).
 - dropout: on a CUDA tensor ``torch.dropout`` runs the fused ``native_dropout``
   kernel, which saves a one-byte ``bool`` mask for backward
   (``aten/src/ATen/native/Dropout.cpp``, ``is_fused_kernel_acceptable``); on
   any other device it draws a noise tensor of the input's dtype and saves that
   (4 bytes per element for fp32). ``AttentionEmulation`` routes dropout to
   ``native_dropout`` as CUDA does.
+
+``AttentionEmulation`` lives in ``attention`` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -44,6 +43,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from bench.predict.attention import AttentionEmulation
 from bench.predict.events import ALLOC, FREE, Param, Trace, TrainTrace
 
 __all__ = ["ALLOC", "FREE", "AttentionEmulation", "AutocastEmulation", "MemoryLog", "Param", "Trace", "TrainTrace"]
@@ -202,115 +202,3 @@ class AutocastEmulation(TorchFunctionMode):
         elif func is F.scaled_dot_product_attention:
             args = [self._cast(a, self.low) if i < 3 else a for i, a in enumerate(args)]
         return func(*args, **kwargs)
-
-
-# --- fused attention, as the CUDA kernels allocate --------------------------
-
-
-class FusedAttention(torch.autograd.Function):
-    """Memory behaviour of CUDA flash / memory-efficient SDPA on meta tensors."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, groups):
-        b, h, s, d = q.shape
-        out = torch.empty((b, s, h, v.shape[-1]), dtype=q.dtype, device=q.device).transpose(1, 2)
-        lse = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, out, lse, bias)
-        ctx.groups = groups
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, bias = ctx.saved_tensors
-        b, h, s, d = q.shape
-        # flash bwd: softmax_d (B,H,S) fp32 and dq_accum (B,S,H,D) fp32 workspaces
-        delta = torch.empty((b, h, s), dtype=torch.float32, device=q.device)
-        dq_accum = torch.empty((b, s, h, d), dtype=torch.float32, device=q.device)
-        dq = torch.empty((b, s, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
-        if ctx.groups > 1:  # kernel expands dk/dv to all query heads, then sums
-            dk_full = torch.empty((b, s, h, d), dtype=k.dtype, device=k.device)
-            dv_full = torch.empty((b, s, h, v.shape[-1]), dtype=v.dtype, device=v.device)
-            del dk_full, dv_full
-        dk = torch.empty((b, k.shape[2], k.shape[1], d), dtype=k.dtype, device=k.device).transpose(1, 2)
-        dv = torch.empty((b, v.shape[2], v.shape[1], v.shape[-1]), dtype=v.dtype, device=v.device).transpose(1, 2)
-        dbias = None
-        if bias is not None and ctx.needs_input_grad[3]:
-            dbias = torch.empty_like(bias)
-        del delta, dq_accum
-        return dq, dk, dv, dbias, None
-
-
-def _cuda_dropout(input, p=0.5, training=True, inplace=False):
-    """``torch.dropout`` as on a CUDA tensor: the fused kernel (output + bool mask)."""
-    if not training or p == 0 or input.numel() == 0:
-        return input
-    if p == 1:
-        return input.mul_(0) if inplace else input * 0
-    out = torch.native_dropout(input, p, True)[0]
-    return input.copy_(out) if inplace else out
-
-
-def _math_attention(q, k, v, mask, dropout_p, is_causal, scale):
-    """SDPA's math backend (``_scaled_dot_product_attention_math``) op for op, as CUDA runs it.
-
-    The composite is device-independent (fp16/bf16 inputs upcast to fp32, scores, ``_safe_softmax``,
-    dropout, the weights also returned in the input dtype), except its dropout: on a CUDA tensor
-    ``at::dropout`` is the fused kernel that saves a bool mask, on meta a noise tensor of the
-    scores' dtype. Calling the aten op on meta would therefore count 4 bytes per score for the
-    dropout mask where the GPU keeps 1; this is that composite with CUDA's dropout.
-    """
-    dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        q, k, v = q.float(), k.float(), v.float()
-    factor = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
-    if is_causal:
-        causal = torch.ones((q.shape[-2], k.shape[-2]), dtype=torch.bool, device=q.device).tril()
-        mask = torch.where(causal, 0.0, float("-inf")).to(q.dtype)
-    elif mask is not None and mask.dtype == torch.bool:
-        mask = torch.where(mask, 0.0, float("-inf")).to(q.dtype)
-    scores = (q * factor) @ (k.transpose(-2, -1) * factor)
-    if mask is not None:
-        scores = scores + mask
-    weights = torch.ops.aten._safe_softmax(scores, -1)
-    del scores
-    if dropout_p > 0:
-        weights = _cuda_dropout(weights, dropout_p)
-    returned = weights.to(dtype)  # the op's second output, dropped by SDPA after the product
-    out = weights @ v
-    del weights, returned
-    return out.to(dtype)
-
-
-class AttentionEmulation(TorchFunctionMode):
-    """Routes SDPA to ``FusedAttention`` where CUDA has a fused kernel, and
-    dropout to CUDA's fused dropout kernel."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is F.dropout:
-            return _cuda_dropout(*args, **kwargs)
-        if func is torch.dropout:  # torch.dropout(input, p, train)
-            return _cuda_dropout(*args, **kwargs)
-        if func is not F.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        q, k, v = args[:3]
-        mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
-        groups = q.shape[1] // k.shape[1]
-        gqa = bool(kwargs.get("enable_gqa")) and groups > 1
-        # CUDA's fused kernels need stride 1 in the last dimension of q, k, v and of the mask
-        # (``check_last_dim_stride_equals_1_dense`` in sdp_utils_cpp.h: "GPU backends require
-        # attn_mask's last dimension to have stride 1 while the CPU does not"); otherwise math.
-        strided = any(t.stride(-1) != 1 and t.shape[-1] != 1 for t in (q, k, v)) or (
-            mask is not None and mask.stride(-1) != 1 and mask.shape[-1] != 1
-        )
-        fused = not strided and not (gqa and (q.dtype == torch.float32 or mask is not None))
-        if not fused:
-            if gqa:
-                k = k.repeat_interleave(groups, dim=1)
-                v = v.repeat_interleave(groups, dim=1)
-            return _math_attention(
-                q, k, v, mask, kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False), kwargs.get("scale")
-            )
-        if mask is not None and mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)  # mem-efficient converts bool masks
-        return FusedAttention.apply(q, k, v, mask, groups if gqa else 1)
