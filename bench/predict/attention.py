@@ -52,6 +52,23 @@ def _up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+_INSIDE = [0]
+
+
+def inside() -> bool:
+    """Whether a kernel stand-in is running: its empties and views are the kernel's own host
+    work, not ops of the step (``op_log`` counts the kernel as one op, ``AttentionCount``)."""
+    return _INSIDE[0] > 0
+
+
+class _Kernel:
+    def __enter__(self):
+        _INSIDE[0] += 1
+
+    def __exit__(self, *exc):
+        _INSIDE[0] -= 1
+
+
 def _empty(shape, dtype, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=like.device)
 
@@ -66,6 +83,16 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, dropout):
+        with _Kernel():
+            return FlashAttention._forward(ctx, q, k, v, dropout)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with _Kernel():
+            return FlashAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, dropout):
         b, h, s, _ = q.shape
         out = _empty((b, s, h, v.shape[-1]), q.dtype, q).transpose(1, 2)  # empty_like(q) in (b, s, h, d)
         lse = _empty((b, h, s), torch.float32, q)
@@ -74,7 +101,7 @@ class FlashAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def _backward(ctx, grad_out):
         q, k, v, out, lse, seed, offset = ctx.saved_tensors
         b, h, s, d = q.shape
         hk, sk = k.shape[1], k.shape[2]
@@ -124,6 +151,16 @@ class EfficientAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, dropout, kernels, grad):
+        with _Kernel():
+            return EfficientAttention._forward(ctx, q, k, v, bias, dropout, kernels, grad)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with _Kernel():
+            return EfficientAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, bias, dropout, kernels, grad):
         b, h, m, _ = q.shape
         kv = v.shape[-1]
         half = q.dtype in (torch.float16, torch.bfloat16)
@@ -138,7 +175,7 @@ class EfficientAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def _backward(ctx, grad_out):
         q, k, v, bias, out, lse = ctx.saved_tensors
         b, h, m, kd = q.shape
         n, kv = k.shape[2], v.shape[-1]

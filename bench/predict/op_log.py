@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
 from bench.dtypes import torch_dtype
-from bench.predict import model_trace, trace as tr
+from bench.predict import attention, model_trace, trace as tr
 from bench.predict.op_cost import OpCounts
 from bench.predict.shapes import ShapeKey
 
@@ -71,6 +71,8 @@ class OpLog(TorchDispatchMode):
         mutable = func._schema.is_mutable
         fresh = any(id(t.untyped_storage()) not in before for t in outs)
         if func.overloadpacket in _NO_KERNEL or not (mutable or fresh) or not outs and not mutable:
+            if attention.inside():  # a fused kernel's own allocations and views
+                return out
             self.views["recompute" if self.phase == "backward" and torch.is_grad_enabled() else self.phase] += 1
             return out
         packet = func.overloadpacket
