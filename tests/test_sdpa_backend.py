@@ -52,10 +52,12 @@ def call(dtype="fp16", q=Q, k=None, v=None, **kw):
         ("7.0", call("fp32", q=(2, 8, 512, 60)), "efficient"),  # no tensor cores for fp32: 1
         ("8.0", call("fp16", mask=True, offsets=(0, 4, 0)), "math"),  # sm80+: storage offsets aligned to 8
         ("7.0", call("fp16", mask=True, offsets=(0, 4, 0)), "efficient"),  # not checked below sm80
-        # grouped-query heads: flash takes them, the memory-efficient kernel does not
+        # grouped-query heads: flash and (on CUDA, since pytorch#191085) the memory-efficient kernel
         ("8.0", call("bf16", k=(4, 4, 1024, 64), gqa=True), "flash"),
-        ("7.0", call("fp16", k=(4, 4, 1024, 64), gqa=True), "math"),
-        ("8.0", call("fp32", k=(4, 4, 1024, 64), gqa=True), "math"),
+        ("7.0", call("fp16", k=(4, 4, 1024, 64), gqa=True), "efficient"),
+        ("8.0", call("fp32", k=(4, 4, 1024, 64), gqa=True), "efficient"),
+        ("8.0", call("fp16", k=(4, 5, 1024, 64), gqa=True), "math"),  # 12 query heads, 5 key heads
+        ("8.0", call("fp16", k=(4, 4, 1024, 64)), "math"),  # unequal heads without enable_gqa
         ("8.0", call("bf16", q=(4, 12, 512, 64), k=(4, 12, 1024, 64), causal=True), "efficient"),
         ("4.0", call("fp16"), "math"),  # below sm50: no fused kernel
         ("12.2", call("fp16"), "math"),  # beyond sm121: none built
@@ -134,6 +136,15 @@ def test_flash_expands_grouped_heads_in_backward():
     assert bwd[5:] == [b * s * h * d * 2] * 2  # dk, dv for every query head before the group sums
 
 
+def test_memory_efficient_takes_grouped_heads_and_sums_dk_dv_per_group():
+    b, h, hk, s, d = 2, 12, 4, 1024, 64
+    fwd, bwd = _allocations("sm70", (b, h, s, d), (b, hk, s, d), enable_gqa=True, is_causal=True)
+    assert fwd[0] == b * h * s * d * 2 and max(fwd) < b * h * s * s  # fused: no S x S scores
+    # dq, dk, dv of every query head first; after the kernel's workspace, dk and dv of the key heads
+    assert bwd[:3] == [b * h * s * d * 2] * 3
+    assert bwd[-2:] == [b * hk * s * d * 2] * 2
+
+
 def test_memory_efficient_allocates_as_the_cutlass_kernels():
     b, h, s, d = 2, 12, 1024, 64  # S a multiple of 64: the source's row rounding changes nothing
     fwd, bwd = _allocations("sm70", (b, h, s, d), is_causal=True)
@@ -162,7 +173,7 @@ def test_memory_efficient_stages_grad_kv_for_wide_heads():
 
 def test_math_keeps_the_scores_where_no_fused_kernel_takes_the_call():
     b, h, hk, s, d = 1, 8, 2, 256, 64
-    fwd, _ = _allocations("sm70", (b, h, s, d), (b, hk, s, d), enable_gqa=True)  # V100 + GQA: math
+    fwd, _ = _allocations("sm70", (b, h, s, d), (b, hk, s, d), enable_gqa=True, dtype=torch.bfloat16)  # V100 bf16: math
     assert b * h * s * s * 4 in fwd  # fp32 scores / probabilities
     fwd, _ = _allocations("sm80", (b, h, s, d), (b, hk, s, d), enable_gqa=True)  # A100: flash
     assert max(fwd) == b * h * s * d * 2

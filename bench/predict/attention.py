@@ -180,6 +180,7 @@ class EfficientAttention(torch.autograd.Function):
         b, h, m, kd = q.shape
         n, kv = k.shape[2], v.shape[-1]
         g = grad_out.transpose(1, 2).contiguous()  # "handle potentially non-contiguous grad_out through a copy"
+        hk = k.shape[1]
         dq = _empty((b, m, h, kd), q.dtype, q)
         dk = _empty((b, n, h, kd), k.dtype, k)
         dv = _empty((b, n, h, kv), v.dtype, v)
@@ -195,6 +196,11 @@ class EfficientAttention(torch.autograd.Function):
             delta = (g.to(torch.float32) * out.transpose(1, 2).to(torch.float32)).sum(-1).transpose(-2, -1).contiguous()
         workspace = _workspace(b, h, m, n, kd, kv, bi, bj, arch, half, in_registers, q)
         del g, delta, workspace
+        if hk != h:  # GQA: dk, dv for every query head, summed per group by a follow-up kernel
+            dk_expanded, dv_expanded = dk, dv
+            dk = _empty((b, n, hk, kd), k.dtype, k)
+            dv = _empty((b, n, hk, kv), v.dtype, v)
+            del dk_expanded, dv_expanded
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), dbias, None, None, None
 
 

@@ -17,9 +17,10 @@ priority order whose checks all pass, else the math composite.
   12.1; fp16 or fp32 below 8.0, bf16 too from 8.0; q and k of one head dimension,
   q's and v's a multiple of ``minimum_gemm_alignment`` (8 for fp16/bf16 on tensor
   cores, 4 for fp32 from 8.0, else 1), and from 8.0 q/k/v storage offsets aligned
-  alike (``check_data_ptr_alignment_mem_efficient``); a mask is accepted; no
-  grouped-query heads (PyTorch 2.13 documents GQA for the flash and math kernels
-  only: ``torch.nn.functional.scaled_dot_product_attention``).
+  alike (``check_data_ptr_alignment_mem_efficient``); a mask is accepted; grouped-query
+  heads are accepted (``check_batch_size_and_num_heads_dense<supports_gqa=true>`` on
+  CUDA since pytorch/pytorch#191085, July 2026, before the 2.13 branch; the 2.13
+  docstring of ``scaled_dot_product_attention`` still names flash and math only).
 - both fused kernels need stride 1 in the last dimension of q, k, v and of the mask
   (``check_last_dim_stride_equals_1_dense``: flash ignores it for a head dimension of
   1, the memory-efficient kernel does not), non-empty sequences and matching batch
@@ -170,4 +171,4 @@ def _can_efficient(v: tuple[int, int], call: Call) -> bool:
         return False
     if v[0] >= 8 and any(o % a for o in call.offsets):
         return False
-    return _dense(call, gqa_ok=False, ignore_singleton_dim=False)
+    return _dense(call, gqa_ok=True, ignore_singleton_dim=False)
