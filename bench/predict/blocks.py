@@ -21,8 +21,11 @@ from bench.predict import events as tr
 from bench.recipe import block_of, is_block
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
+    from bench.predict.op_log import OpLog
     from bench.predict.trace import MemoryLog
 
 TRACED = 3
@@ -51,19 +54,22 @@ def _block_list(model) -> torch.nn.ModuleList | None:
     return best
 
 
-def attach_marks(model, log: MemoryLog):
-    """Hooks that fill a ``Marks`` during a traced micro-step."""
+def attach_marks(model, log: MemoryLog | OpLog, at: Callable[[], int] | None = None):
+    """Hooks that fill a ``Marks`` during a traced micro-step: positions in ``log``'s events, or
+    what ``at()`` says (``op_log.Recording``: positions in its op sequence)."""
     import torch
 
     marks, hooks = Marks(), []  # type: Marks, list
     layers = _block_list(model)
     if layers is None:
         return None, hooks
-    events = log.trace.events
+    if at is None:
+        events = log.trace.events  # type: ignore[union-attr]
+        at = lambda: len(events)  # noqa: E731
 
     def grad_mark(setter):
         def hook(grad):
-            setter(len(events))
+            setter(at())
 
         return hook
 
@@ -72,7 +78,7 @@ def attach_marks(model, log: MemoryLog):
         def pre(mod, args, kwargs, i=i):
             if log.phase == "backward" or marks.fwd[i] is not None:
                 return
-            marks.fwd[i] = len(events)
+            marks.fwd[i] = at()
             h = args[0] if args else kwargs.get("hidden_states")
             if isinstance(h, torch.Tensor) and h.requires_grad:
                 h.register_hook(grad_mark(lambda n, i=i: marks.bwd_end.__setitem__(i, n)))
@@ -82,7 +88,7 @@ def attach_marks(model, log: MemoryLog):
     def post(mod, args, out):
         if log.phase == "backward" or marks.fwd[TRACED] is not None:
             return
-        marks.fwd[TRACED] = len(events)
+        marks.fwd[TRACED] = at()
         h = out[0] if isinstance(out, (tuple, list)) else out
         if isinstance(h, torch.Tensor) and h.requires_grad:
             h.register_hook(grad_mark(lambda n: setattr(marks, "bwd_start_last", n)))

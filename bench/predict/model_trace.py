@@ -144,6 +144,20 @@ def _inputs(key: ShapeKey, spec, vocab: int) -> dict:
     return {"input_ids": ids, "labels": torch.empty(want.shape, dtype=dtype, device="meta")}
 
 
+RECORD_OPS = True
+"""Count the step's kernels for the time prediction in the same pass (``op_log.Recording``);
+off, the time prediction counts them in a pass of its own (``benchmarks/bench_speed.py``
+turns it off to time the memory trace alone)."""
+
+
+def _recording(key: ShapeKey, spec, model):
+    if not RECORD_OPS:
+        return None
+    from bench.predict import op_log
+
+    return op_log.Recording.of(key, spec, model)
+
+
 def trace_now(key: ShapeKey) -> TrainTrace:
     """The micro-step of ``key``, traced now (``shapes.traced`` asks the cache first)."""
     model, spec = build(key)
@@ -155,7 +169,9 @@ def trace_now(key: ShapeKey) -> TrainTrace:
     for t in [*model.parameters(), *model.buffers()]:
         t.untyped_storage()._bench_key = 0  # static: accounted by the caller
     trace = tr.Trace()
-    log = tr.MemoryLog(trace)
+    rec = _recording(key, spec, model)
+    log = rec.memory_log(trace) if rec is not None else tr.MemoryLog(trace)
+    counting = rec.counting if rec is not None else contextlib.nullcontext
     out_emb = model.get_output_embeddings()
     hook = (
         out_emb.register_forward_pre_hook(lambda *_: setattr(log, "phase", "logits")) if out_emb is not None else None
@@ -165,25 +181,36 @@ def trace_now(key: ShapeKey) -> TrainTrace:
     if key.autocast:
         ac = tr.AutocastEmulation(torch_dtype(key.autocast))
         modes.append(ac)  # type: ignore[arg-type]
-    inputs = _inputs(key, spec, 0)  # made outside the log, so the batch is tagged "input", not "forward"
+    if rec is not None:  # the innermost function mode (all_labelled is a config patch)
+        inner = len(modes) - 1 if key.autocast else 0
+        modes[inner] = rec.count(modes[inner])  # type: ignore[assignment]
+    with rec.log if rec is not None else contextlib.nullcontext():
+        inputs = _inputs(key, spec, 0)  # made outside the log, so the batch is tagged "input", not "forward"
     with log:
         for t in inputs.values():
             log.track(t, "input")
         input_bytes = sum(t.untyped_storage().nbytes() for t in {id(v): v for v in inputs.values()}.values())
         with contextlib.ExitStack() as stack:
+            stack.enter_context(counting())
             for m in modes:
                 stack.enter_context(m)
             out = model(**inputs)  # the training loop holds the output (logits, KV cache) until the step ends
+        loss = out.loss
         if key.outputs_to_fp32:  # accelerate's wrapper, outside autocast; the half output is dropped
             from accelerate.utils.operations import convert_to_fp32
 
             out = convert_to_fp32(out)
-        loss = out.loss
+            if rec is not None and out.loss is not loss:  # a cast the separate op count does not run
+                rec.valid = False
+            loss = out.loss
         trace.forward_end = len(trace.events)
         if key.autocast:
             ac.cache.clear()
         log.phase = "backward"
-        loss.backward()
+        if rec is not None:
+            rec.log.phase = "backward"
+        with counting():
+            loss.backward()
         del loss
         trace.grad_keys = {p.grad.untyped_storage()._bench_key for p in model.parameters() if p.grad is not None}
         log.live = {}  # stop recording: grads, inputs and the output outlive the micro-step
@@ -193,6 +220,10 @@ def trace_now(key: ShapeKey) -> TrainTrace:
     for h in mark_hooks:
         h.remove()
     trace.events = [(k, key_, n, "grad" if key_ in trace.grad_keys else tag) for k, key_, n, tag in trace.events]
+    if rec is not None:
+        from bench.predict import op_cost
+
+        op_cost.record(rec.results())
     return TrainTrace(
         params=params,
         buffers_bytes=buffers,

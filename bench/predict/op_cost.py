@@ -24,7 +24,10 @@ and the forward again for each recomputation under checkpointing.
 A micro-step is traced at the cell's real batch and lengths (meta tensors cost
 the same at any size) with one and with two blocks; the second block's ops are
 replicated to the real depth, as ``blocks`` does for memory. The counting
-itself (``op_log``, torch) runs only when the trace cache misses.
+itself (``op_log``, torch) runs only when the trace cache misses, and then
+inside the memory trace's pass (``op_log.Recording``: the memory trace of
+``blocks.TRACED`` blocks gives the counts of one and two), which ``record``
+keeps here and in the cache; a separate pass counts only what that one did not.
 """
 
 from __future__ import annotations
@@ -80,10 +83,15 @@ def micro_step(key: shapes.ShapeKey) -> OpCounts:
             key = dataclasses.replace(key, target_seq=key.seq)
         return rescaled(micro_step(base), key)
     depth = shapes.layer_count(spec)
-    if depth <= 2 or key.layers is not None:
+    wanted = [key] if depth <= 2 or key.layers is not None else [dataclasses.replace(key, layers=n) for n in (1, 2)]
+    if key.layers is None and not spec.is_encoder_decoder and not key.freeze and not all(map(_known, wanted)):
+        try:  # the memory trace counts them in its pass (a prediction of the cell needs it anyway)
+            shapes.trace_train(key)
+        except Exception:  # a shortcut only: the separate pass below says what is wrong, if anything is
+            pass
+    if len(wanted) == 1:
         return _trace(key)
-    one = _trace(dataclasses.replace(key, layers=1))
-    two = _trace(dataclasses.replace(key, layers=2))
+    one, two = map(_trace, wanted)
     block = two.combine(one, -1.0)
     return one.combine(block, float(depth - 1))
 
@@ -97,8 +105,30 @@ def rescaled(counts: OpCounts, shape) -> OpCounts:
     return OpCounts(dict(out), counts.views, counts.params)
 
 
+_RECORDED: dict[shapes.ShapeKey, OpCounts] = {}
+"""Counts taken by a memory trace's pass in this process (``record``), with or without the disk cache."""
+
+
+def record(counts: dict[shapes.ShapeKey, OpCounts]) -> None:
+    """Keep counts taken in a memory trace's pass (``op_log.Recording``), here and in the cache."""
+    for key, c in counts.items():
+        _RECORDED[key] = c
+        while len(_RECORDED) > 1024:  # a long-lived process (bench serve) keeps the newest
+            del _RECORDED[next(iter(_RECORDED))]
+        path = trace_cache._path(("ops", key))
+        if path is not None:
+            _store(path, c)
+
+
+def _known(key: shapes.ShapeKey) -> bool:
+    path = trace_cache._path(("ops", key))
+    return key in _RECORDED or (path is not None and path.exists())
+
+
 def _trace(key: shapes.ShapeKey) -> OpCounts:
-    """``_trace_now``, through the on-disk trace cache (``trace_cache``)."""
+    """``_trace_now``, through the counts of a memory trace's pass and the on-disk trace cache (``trace_cache``)."""
+    if key in _RECORDED:
+        return _RECORDED[key]
     path = trace_cache._path(("ops", key))
     if path is not None and path.exists():
         try:
@@ -109,15 +139,19 @@ def _trace(key: shapes.ShapeKey) -> OpCounts:
             pass  # unreadable entry: trace again and overwrite it
     counts = _trace_now(key)
     if path is not None:
-        trace_cache.store(
-            path,
-            {
-                "kernels": [[list(op), n] for op, n in counts.kernels.items()],
-                "views": counts.views,
-                "params": counts.params,
-            },
-        )
+        _store(path, counts)
     return counts
+
+
+def _store(path, counts: OpCounts) -> None:
+    trace_cache.store(
+        path,
+        {
+            "kernels": [[list(op), n] for op, n in counts.kernels.items()],
+            "views": counts.views,
+            "params": counts.params,
+        },
+    )
 
 
 def _trace_now(key: shapes.ShapeKey) -> OpCounts:
