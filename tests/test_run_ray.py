@@ -33,7 +33,15 @@ from bench.run.machine import GpuInfo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "matrices" / "smoke-cpu.yaml"
-SUBSET = ["model=[tiny-gpt2,tiny-llama]", "method=full", "gpus=1", "grad_accum=1", "loop=plain"]
+SUBSET = [
+    "model=[tiny-gpt2,tiny-llama]",
+    "method=full",
+    "gpus=1",
+    "grad_accum=1",
+    "loop=plain",
+    "head=lm",
+    "num_labels=2",
+]
 """4 cells of the smoke matrix: training and generation of two models."""
 FAKE_LABEL = "A100-80G"
 ONE_CELL = (
