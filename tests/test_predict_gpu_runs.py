@@ -116,7 +116,7 @@ def test_t5_contiguous_mask_takes_the_fused_kernel(t5_as_measured):
 def test_t5_gap_is_the_attention_probabilities():
     """With every attention layer keeping its S x S probabilities (the eager trace), the T5
     cell lands on its measurement: the missing memory is that, not weights, optimizer or logits."""
-    (r,) = [r for r in records() if r["cell"].model in T5_AS_MEASURED]
+    r = _t5_record()
     eager = predict(replace(r["cell"], attn="eager"))
     assert abs(eager.peak_bytes - r["measured"]) / r["measured"] <= 0.02, eager.peak_bytes / 2**30
     fused = predict(r["cell"])

@@ -68,6 +68,16 @@ def _func(func) -> tuple:
     return info
 
 
+_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+"""Data-dependent reads, answered from ``trace.mark_truth``'s tags instead of run."""
+
+
+def _read(func, t: torch.Tensor):
+    if func is torch.ops.aten.is_nonzero.default:
+        return bool(getattr(t, "_bench_value", False))
+    return tr.scalar_of(t)
+
+
 class OpLog(TorchDispatchMode):
     """Counts the kernels (and view ops) of everything it sees, per phase."""
 
@@ -97,23 +107,25 @@ class OpLog(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            return getattr(args[0], "_bench_value", False if args[0].dtype == torch.bool else 0)
-        if func is torch.ops.aten.is_nonzero.default:
-            return bool(getattr(args[0], "_bench_value", False))
+        if func in _READS:
+            return _read(func, args[0])
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         before = {id(t.untyped_storage()) for t in inputs}
         out = func(*args, **kwargs)
-        if func.overloadpacket in (torch.ops.aten.all, torch.ops.aten.any) and isinstance(out, torch.Tensor):
-            out._bench_value = func.overloadpacket is torch.ops.aten.all
+        tr.mark_truth(func, out)
+        self.guarded(self._count, func, args, kwargs, inputs, before, out)
+        return out
+
+    def guarded(self, count, *args) -> None:
+        """``count(*args)``; when ``tolerant``, an error sets ``failed`` (and later counts are skipped)
+        instead of raising: the pass it rides on (a memory trace) goes on, its counts are dropped."""
         if not self.tolerant:
-            self._count(func, args, kwargs, inputs, before, out)
+            count(*args)
         elif not self.failed:
             try:
-                self._count(func, args, kwargs, inputs, before, out)
-            except Exception:  # the pass it rides on (a memory trace) goes on; its counts are dropped
+                count(*args)
+            except Exception:
                 self.failed = True
-        return out
 
     def _count(self, func, args, kwargs, inputs, before, out, outs=None) -> None:
         if outs is None:
@@ -149,24 +161,16 @@ class AttentionCount(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.wrapped is not None:
-            if func is not torch.nn.functional.scaled_dot_product_attention:
-                return self.wrapped.__torch_function__(func, types, args, kwargs)
-            seen = self.log.flops_seen
-            out = self.wrapped.__torch_function__(func, types, args, kwargs)
+            run = lambda: self.wrapped.__torch_function__(func, types, args, kwargs)  # noqa: E731
         else:
-            if func is not torch.nn.functional.scaled_dot_product_attention:
-                return func(*args, **kwargs)
-            seen = self.log.flops_seen
-            out = func(*args, **kwargs)
+            run = lambda: func(*args, **kwargs)  # noqa: E731
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return run()
+        seen = self.log.flops_seen
+        out = run()
         if self.log.flops_seen != seen:  # the math path: its matmuls were counted
             return out
-        if not self.log.tolerant:
-            self._count(args, kwargs, out)
-        elif not self.log.failed:
-            try:
-                self._count(args, kwargs, out)
-            except Exception:
-                self.log.failed = True
+        self.log.guarded(self._count, args, kwargs, out)
         return out
 
     def _count(self, args, kwargs, out) -> None:
@@ -257,24 +261,17 @@ class CountingMemoryLog(tr.MemoryLog):
         if not self.counting:
             return super().__torch_dispatch__(func, types, args, kwargs)
         kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
-            return getattr(args[0], "_bench_value", False if args[0].dtype == torch.bool else 0)
-        if func is torch.ops.aten.is_nonzero.default:
-            return bool(getattr(args[0], "_bench_value", False))
+        if func in _READS:
+            return _read(func, args[0])
         ops = self.ops
         inputs = _tensors((args, kwargs), []) if not ops.failed else []
         before = {id(t.untyped_storage()) for t in inputs}
         out = func(*args, **kwargs)
-        if func.overloadpacket in (torch.ops.aten.all, torch.ops.aten.any) and isinstance(out, torch.Tensor):
-            out._bench_value = func.overloadpacket is torch.ops.aten.all
+        tr.mark_truth(func, out)
         outs = _tensors(out, [])
         for t in outs:
             self.track(t)
-        if not ops.failed:
-            try:
-                ops._count(func, args, kwargs, inputs, before, out, outs)
-            except Exception:  # the memory trace goes on; its counts are dropped
-                ops.failed = True
+        ops.guarded(ops._count, func, args, kwargs, inputs, before, out, outs)
         return out
 
 

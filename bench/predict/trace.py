@@ -51,6 +51,23 @@ __all__ = ["ALLOC", "FREE", "AttentionEmulation", "AutocastEmulation", "MemoryLo
 # --- allocation log ---------------------------------------------------------
 
 
+_SCALAR = torch.ops.aten._local_scalar_dense.default
+_TRUTHS = (torch.ops.aten.all, torch.ops.aten.any)
+
+
+def scalar_of(t: torch.Tensor):
+    """What a data-dependent read of a meta tensor returns (``_local_scalar_dense``): the truth
+    ``mark_truth`` gave an ``all``/``any`` result ("all" is true, "any" is false), else ``False``
+    for a bool and 0 for a number."""
+    return getattr(t, "_bench_value", False if t.dtype == torch.bool else 0)
+
+
+def mark_truth(func, out) -> None:
+    """Tag the result of ``all``/``any`` with the truth ``scalar_of`` will read back."""
+    if func.overloadpacket in _TRUTHS and isinstance(out, torch.Tensor):
+        out._bench_value = func.overloadpacket is torch.ops.aten.all  # type: ignore[attr-defined]
+
+
 class MemoryLog(TorchDispatchMode):
     """Records an event per storage an op creates and per storage freed."""
 
@@ -62,12 +79,10 @@ class MemoryLog(TorchDispatchMode):
         self._next = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            # data-dependent checks: "all" is true, "any" is false, numbers are 0
-            return getattr(args[0], "_bench_value", False if args[0].dtype == torch.bool else 0)
+        if func is _SCALAR:  # data-dependent checks
+            return scalar_of(args[0])
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket in (torch.ops.aten.all, torch.ops.aten.any) and isinstance(out, torch.Tensor):
-            out._bench_value = func.overloadpacket is torch.ops.aten.all
+        mark_truth(func, out)
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self.track(t)
