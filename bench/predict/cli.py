@@ -109,12 +109,17 @@ def _cell_from_args(a: argparse.Namespace, gpu: str):
     return c, tuple(notes), guessed
 
 
+def host_fits(p, host_memory: int) -> bool:
+    """Whether a node's host RAM (all its ranks) fits the stated host size."""
+    return p.host_node_bytes <= host_memory
+
+
 def _host_verdict(p, host_memory: int | None) -> str:
     """Host RAM of a node (all its ranks) against the stated host size."""
-    need = p.host_node_bytes
     if host_memory is None:
         return ""
-    return f"  {100 * need / host_memory:.0f}% of {host_memory / GiB:.0f} GiB: {'fits' if need <= host_memory else 'does NOT fit'}"
+    need = p.host_node_bytes
+    return f"  {100 * need / host_memory:.0f}% of {host_memory / GiB:.0f} GiB: {'fits' if host_fits(p, host_memory) else 'does NOT fit'}"
 
 
 def speed_fields(

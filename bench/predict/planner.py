@@ -50,14 +50,14 @@ def entry(
 
 def _predicted_fields(cell, tokens, price_table, calibration, host_memory=None) -> dict:
     from bench.predict import predict
-    from bench.predict.cli import speed_fields
+    from bench.predict.cli import host_fits, speed_fields
 
     p = predict(cell, host_memory)
     predicted = p.to_dict()
     predicted.update(speed_fields(cell, calibration, tokens, price_table, host_memory))
     if host_memory is not None:
         predicted["host_memory_bytes"] = host_memory
-        predicted["host_fits"] = p.host_node_bytes <= host_memory
+        predicted["host_fits"] = host_fits(p, host_memory)
     out: dict = {"predicted": predicted}
     if p.cards:  # split: layers: where accelerate puts each block
         from bench.predict import split
