@@ -201,17 +201,32 @@ def hf_config(spec: ModelSpec, **overrides):
     return AutoConfig.for_model(spec.model_type, **kwargs)
 
 
-_AUTO_CLASSES = {
-    False: "AutoModelForCausalLM",
-    True: "AutoModelForSeq2SeqLM",
-    "seq-cls": "AutoModelForSequenceClassification",
-    "token-cls": "AutoModelForTokenClassification",
+_MODEL_KINDS = {
+    "causal": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "causal language"),
+    "seq2seq": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "sequence-to-sequence"),
+    "seq-cls": (
+        "AutoModelForSequenceClassification",
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+        "sequence classification",
+    ),
+    "token-cls": (
+        "AutoModelForTokenClassification",
+        "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+        "token classification",
+    ),
 }
-"""The Auto class ``build`` asks, by ``head`` (``lm``: by ``is_encoder_decoder``)."""
-_HEAD_TABLES = {
-    "seq-cls": ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "sequence classification"),
-    "token-cls": ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "token classification"),
-}
+"""Per kind of model (``_kind``): the Auto class ``build`` asks, the mapping ``model_class`` reads
+and the kind's name in an error."""
+
+
+def _kind(spec: ModelSpec, head: str) -> str:
+    """The kind of model ``spec`` is built as with ``head``: the head, or for ``lm`` a causal or a
+    sequence-to-sequence LM; an encoder-only model with ``lm`` is refused in one line."""
+    if head != "lm":
+        return head
+    if architectures.is_encoder_only(spec):
+        raise UserError(*architectures.problems(spec, head=head))
+    return "seq2seq" if spec.is_encoder_decoder else "causal"
 
 
 def model_class(spec: ModelSpec, head: str = "lm"):
@@ -219,16 +234,8 @@ def model_class(spec: ModelSpec, head: str = "lm"):
     import transformers
     from transformers.models.auto import modeling_auto as auto
 
-    if head == "lm" and architectures.is_encoder_only(spec):
-        raise UserError(*architectures.problems(spec, head=head))
-    if head in _HEAD_TABLES:
-        table_name, kind = _HEAD_TABLES[head]
-        table = getattr(auto, table_name)
-    elif spec.is_encoder_decoder:
-        table, kind = auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, "sequence-to-sequence"
-    else:
-        table, kind = auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "causal language"
-    name = table.get(spec.model_type)
+    _, table_name, kind = _MODEL_KINDS[_kind(spec, head)]
+    name = getattr(auto, table_name).get(spec.model_type)
     if name is None:
         raise UserError(f"model: {spec.name}: model_type {spec.model_type!r} has no {kind} model in transformers")
     return getattr(transformers, name)
@@ -265,9 +272,7 @@ def build(
     if attn is not None:
         config_overrides.setdefault("attn_implementation", attn)
     config_overrides = {**head_overrides(spec, head, num_labels), **config_overrides}
-    if head == "lm" and architectures.is_encoder_only(spec):
-        raise UserError(*architectures.problems(spec, head=head))
-    auto = getattr(transformers, _AUTO_CLASSES[head] if head != "lm" else _AUTO_CLASSES[spec.is_encoder_decoder])
+    auto = getattr(transformers, _MODEL_KINDS[_kind(spec, head)][0])
     kwargs = {}
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
